@@ -1,0 +1,91 @@
+"""The colorizer registry, in the manner of timm: one decorator per architecture file.
+
+    @register_model("eccv16", output="bins", stride=4, render_size=256)
+    def eccv16(**kw) -> nn.Module: ...
+
+Every model's `forward(L)` takes lightness `(N, 1, H, W)` with L in [0, 100] (H and W multiples
+of `stride`) and returns either
+  - `output="bins"`: logits `(N, 313, h, w)` over the bins of `bttf.models.bins.AB_BINS`, scaled so
+    that softmax(logits) is the model's predicted distribution (temperature 1), or
+  - `output="ab"`: chrominance `(N, 2, h, w)` in Lab units,
+where (h, w) may be smaller than (H, W): `Colorizer` upsamples.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+from torch import nn
+
+from bttf.errors import UnknownModelError
+
+OutputKind = Literal["bins", "ab"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the pipeline needs to know about a registered architecture."""
+
+    name: str
+    factory: Callable[..., nn.Module]
+    output: OutputKind
+    stride: int
+    render_size: int
+    shipped: str | None = None  # file name under bttf/weights/, if weights ship with the package
+    aliases: tuple[str, ...] = field(default=())
+    description: str = ""
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    output: OutputKind,
+    stride: int,
+    render_size: int,
+    shipped: str | None = None,
+    aliases: tuple[str, ...] = (),
+    description: str = "",
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a model factory under `name` (and `aliases`); duplicates are refused."""
+
+    def decorate(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        for key in (name, *aliases):
+            if key in _REGISTRY or key in _ALIASES:
+                raise ValueError(f"model name {key!r} is already registered")
+        doc = description or (factory.__doc__ or "").strip().splitlines()[0:1]
+        spec = ModelSpec(
+            name=name,
+            factory=factory,
+            output=output,
+            stride=stride,
+            render_size=render_size,
+            shipped=shipped,
+            aliases=tuple(aliases),
+            description=doc if isinstance(doc, str) else "".join(doc),
+        )
+        _REGISTRY[name] = spec
+        for alias in aliases:
+            _ALIASES[alias] = name
+        return factory
+
+    return decorate
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec of a registered model or alias; unknown names list the valid ones."""
+    key = _ALIASES.get(name, name)
+    if key not in _REGISTRY:
+        valid = ", ".join(sorted([*_REGISTRY, *_ALIASES]))
+        raise UnknownModelError(f"unknown model {name!r}; choose one of: {valid}")
+    return _REGISTRY[key]
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names (not aliases) matching a shell-style pattern, sorted."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
