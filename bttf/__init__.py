@@ -1,3 +1,29 @@
-"""bttf: colorize black-and-white films."""
+"""bttf: colorize black-and-white films.
+
+    import bttf
+    stats = bttf.colorize_video("film.mp4", "film_color.mp4", bttf.ColorizeConfig())
+    bttf.colorize_image("photo.jpg", "photo_color.jpg")
+
+The API is imported on first use, so `import bttf` (and `bttf --help`) stays quick.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from bttf.pipeline.colorize import ColorizeConfig, ColorizeStats, colorize_image, colorize_video
+
+_LAZY = ("ColorizeConfig", "ColorizeStats", "colorize_image", "colorize_video")
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from bttf.pipeline import colorize
+
+        return getattr(colorize, name)
+    raise AttributeError(f"module 'bttf' has no attribute {name!r}")

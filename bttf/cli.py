@@ -28,6 +28,508 @@ def cli(verbose: bool) -> None:
     )
 
 
+def _timecode(seconds: float) -> str:
+    m, s = divmod(max(seconds, 0.0), 60.0)
+    h, m = divmod(int(m), 60)
+    return f"{h:02d}:{m:02d}:{s:06.3f}"
+
+
+@cli.command("cuts")
+@click.argument("input", type=click.Path(dir_okay=True, file_okay=True))
+@click.option("--json", "as_json", is_flag=True, help="Print the cuts as a JSON list.")
+@click.option("--fps", type=float, default=24.0, show_default=True,
+              help="Frame rate of a folder of frames (a video file's own timing is used).")
+@click.option("--min-scene-len", type=int, default=8, show_default=True,
+              help="Shortest shot in frames; no cut closer than this to the previous one.")
+@click.option("--threshold", type=float, default=3.0, show_default=True,
+              help="How many times the recent median frame difference a cut must reach.")
+def cuts_cmd(input: str, as_json: bool, fps: float, min_scene_len: int, threshold: float) -> None:
+    """Print the hard scene cuts of INPUT (a video file or a folder of frames).
+
+    One line per cut: the time of the first frame of the new shot and its index.
+    """
+    import json
+
+    from bttf.pipeline.cuts import CutParams, detect_cuts
+
+    if fps <= 0:
+        raise click.BadParameter("must be > 0", param_hint="--fps")
+    if min_scene_len < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--min-scene-len")
+    if threshold < 1.0:
+        raise click.BadParameter("must be at least 1.0", param_hint="--threshold")
+    params = CutParams(min_scene_len=min_scene_len, ratio=threshold)
+    with console.status(f"looking for cuts in {input}"):
+        cuts = detect_cuts(input, params, fps=fps)
+    if as_json:
+        click.echo(json.dumps([c.to_dict() for c in cuts], indent=2))
+        return
+    for c in cuts:
+        click.echo(f"{_timecode(c.time)}  frame {c.frame}")
+    console.print(f"{len(cuts)} cut(s), {len(cuts) + 1} shot(s)", highlight=False)
+
+
+@cli.command("eval-video")
+@click.argument("output", type=click.Path(dir_okay=True, file_okay=True))
+@click.option("--truth", type=click.Path(dir_okay=True, file_okay=True), default=None,
+              help="The colour original (video or folder of frames): adds PSNR, SSIM, colourfulness.")
+@click.option("--max-frames", type=int, default=None, help="Evaluate only the first N frames.")
+@click.option("--fps", type=float, default=24.0, show_default=True,
+              help="Frame rate of a folder of frames.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def eval_video_cmd(
+    output: str, truth: str | None, max_frames: int | None, fps: float, as_json: bool
+) -> None:
+    """Temporal consistency of a colorized video OUTPUT: warping error and CDC (lower is better).
+
+    Warping error follows Lai et al. 2018 with OpenCV DIS flow (not FlowNet2: compare numbers
+    only with this tool's); CDC follows Liu et al. 2021. With --truth, flow is computed on the
+    truth's luma and the truth's own values are shown for reference.
+    """
+    import json
+
+    from bttf.pipeline.temporal_metrics import evaluate_video
+
+    if max_frames is not None and max_frames < 2:
+        raise click.BadParameter("must be at least 2", param_hint="--max-frames")
+    if fps <= 0:
+        raise click.BadParameter("must be > 0", param_hint="--fps")
+    with console.status(f"evaluating {output}"):
+        m = evaluate_video(output, truth, max_frames=max_frames, fps=fps)
+    if as_json:
+        click.echo(json.dumps(m.to_dict(), indent=2))
+        return
+    rows = [("frames", f"{m.frames}", None),
+            ("warping error", f"{m.warping_error:.6f}", m.truth_warping_error),
+            ("CDC", f"{m.cdc:.6f}", m.truth_cdc)]
+    if m.psnr is not None:
+        rows += [("PSNR (dB)", f"{m.psnr:.2f}", None), ("SSIM", f"{m.ssim:.4f}", None),
+                 ("colourfulness", f"{m.colorfulness:.2f}", m.truth_colorfulness)]
+    for name, value, ref in rows:
+        extra = f"   (truth: {ref:.6g})" if ref is not None else ""
+        click.echo(f"{name:<15}{value}{extra}")
+    click.echo(f"flow: {m.flow_method}")
+    for note in m.notes:
+        console.print(f"note: {note}", highlight=False)
+
+
+# --- colorize -------------------------------------------------------------------------------
+
+_DEVICE_RE = r"^(auto|cpu|mps|cuda(:\d+)?)$"
+
+
+class _TimeParam(click.ParamType):
+    """Seconds, as `12.5`, `1:02.5` (MM:SS) or `0:01:02.5` (HH:MM:SS), like ffmpeg's -ss/-t."""
+
+    name = "TIME"
+
+    def convert(self, value, param, ctx):  # noqa: ANN001 - click's signature
+        if isinstance(value, (int, float)):
+            seconds = float(value)
+        else:
+            try:
+                parts = [float(p) for p in str(value).strip().split(":")]
+                if not 1 <= len(parts) <= 3 or any(p < 0 for p in parts[:-1]):
+                    raise ValueError
+                seconds = 0.0
+                for p in parts:
+                    seconds = seconds * 60.0 + p
+            except ValueError:
+                self.fail(f"{value!r} is not a time; use seconds (12.5) or [HH:]MM:SS[.ms]",
+                          param, ctx)  # fmt: skip
+        if not seconds >= 0 or seconds == float("inf"):
+            self.fail(f"{value!r} must be a time >= 0", param, ctx)
+        return seconds
+
+
+def _default_output(src: str) -> str:
+    from pathlib import Path
+
+    from bttf.pipeline.media import is_image_path
+
+    p = Path(src)
+    return str(p.with_name(f"{p.stem}_color{p.suffix if is_image_path(p) else '.mp4'}"))
+
+
+@cli.command("colorize")
+@click.argument("input", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Output file; its suffix picks the format. [default: INPUT_color.mp4, or "
+                   "the image's own suffix]")
+@click.option("--model", default=None, help="Colorizer name (see `bttf models`). [default: default]")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="Weights file; a bttf .safetensors names its model, so it is enough alone.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--render-size", type=click.IntRange(16, 4096), default=None,
+              help="Short side (pixels) the model works at. [default: the model's, 256]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Frames per model call (halved automatically on CUDA out-of-memory).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.38,
+              show_default=True, help="Annealed-mean temperature; lower is more saturated.")
+@click.option("--top-k", type=click.IntRange(1, 313), default=None,
+              help="Decode colours from the k most likely bins only.")
+@click.option("--temporal/--no-temporal", default=True, show_default=True,
+              help="Stabilize colours across frames (flow-guided fusion).")
+@click.option("--temporal-strength", type=click.FloatRange(0.0, 1.0), default=None,
+              help="How much of the past frames the stabilizer keeps, 0..1. [default: 0.8]")
+@click.option("--codec", default="libx264", show_default=True, help="Video encoder.")
+@click.option("--crf", type=click.IntRange(0, 63), default=18, show_default=True,
+              help="Encoder quality (lower is better and bigger).")
+@click.option("--preset", default="medium", show_default=True, help="Encoder speed preset.")
+@click.option("--pix-fmt", default="yuv420p", show_default=True,
+              help="Output pixel format: yuv420p, yuv422p, yuv444p or their 10-bit p10le forms.")
+@click.option("--start", type=_TimeParam(), default=None,
+              help="Start at this time (seconds or [HH:]MM:SS[.ms]), like ffmpeg -ss.")
+@click.option("--duration", type=_TimeParam(), default=None,
+              help="Colorize this much (seconds or [HH:]MM:SS[.ms]), like ffmpeg -t.")
+@click.option("--no-audio", is_flag=True, help="Leave the audio out.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for the model. [default: all cores but one]")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+def colorize_cmd(
+    input: str,
+    output: str | None,
+    model: str | None,
+    weights: str | None,
+    device: str,
+    render_size: int | None,
+    batch_size: int,
+    temperature: float,
+    top_k: int | None,
+    temporal: bool,
+    temporal_strength: float | None,
+    codec: str,
+    crf: int,
+    preset: str,
+    pix_fmt: str,
+    start: float | None,
+    duration: float | None,
+    no_audio: bool,
+    threads: int | None,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    """Colorize INPUT, a film (any format PyAV reads) or a photo (jpg, png, tiff…).
+
+    The film keeps its own luma (only chroma comes from the model), its frames, timestamps,
+    audio and rotation. OUTPUT is written beside itself and renamed when complete.
+    """
+    import re
+
+    from bttf.pipeline.colorize import ColorizeConfig, colorize_image, colorize_video
+    from bttf.pipeline.encode import OUTPUT_PIX_FMTS
+    from bttf.pipeline.media import is_image_path
+
+    if not re.match(_DEVICE_RE, device.strip().lower()):
+        raise click.BadParameter(f"{device!r}; use auto, cpu, cuda, cuda:N or mps",
+                                 param_hint="--device")  # fmt: skip
+    if pix_fmt not in OUTPUT_PIX_FMTS:
+        raise click.BadParameter(f"{pix_fmt!r}; choose one of {', '.join(OUTPUT_PIX_FMTS)}",
+                                 param_hint="--pix-fmt")  # fmt: skip
+    if duration is not None and duration <= 0:
+        raise click.BadParameter("must be more than 0", param_hint="--duration")
+    config = ColorizeConfig(
+        model=model, weights=weights, device=device, render_size=render_size,
+        batch_size=batch_size, temperature=temperature, top_k=top_k, temporal=temporal,
+        temporal_strength=temporal_strength, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, start=start, duration=duration,
+        audio=not no_audio, overwrite=overwrite, threads=threads,
+    )  # fmt: skip
+    output = output or _default_output(input)
+    if is_image_path(input):
+        if quiet:
+            stats = colorize_image(input, output, config)
+        else:
+            with console.status(f"colorizing {input}"):
+                stats = colorize_image(input, output, config)
+    elif quiet:
+        stats = colorize_video(input, output, config)
+    else:
+        from rich.progress import (
+            BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+            TimeElapsedColumn, TimeRemainingColumn,
+        )  # fmt: skip
+        from rich.text import Text
+
+        class _Fps(ProgressColumn):
+            def render(self, task) -> Text:  # noqa: ANN001 - rich's signature
+                speed = task.finished_speed or task.speed
+                return Text(f"{speed:5.1f} fps" if speed else "  ... fps", style="progress.data.speed")
+
+        with Progress(TextColumn("[bold]colorizing[/]"), BarColumn(), MofNCompleteColumn(),
+                      _Fps(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                      console=console, transient=True) as bar:  # fmt: skip
+            task = bar.add_task("colorize", total=None)
+
+            def progress(done: int, total: int | None) -> None:
+                bar.update(task, completed=done, total=max(total, done) if total else None)
+
+            stats = colorize_video(input, output, config, progress=progress)
+    if not quiet:
+        console.print(f"wrote {stats.output}: {stats.summary()}", highlight=False, markup=False,
+                      soft_wrap=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare / train / eval (bttf.training)
+
+
+def _val_every(value: str) -> tuple[int, str]:
+    """"500" -> every 500 steps; "2ep" (or "2e", "2epochs") -> every 2 epochs; "0": each epoch."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+)\s*(ep|e|epoch|epochs|s|steps?)?\s*", value or "")
+    if not m:
+        raise click.BadParameter("give N (steps) or Nep (epochs), e.g. 500 or 1ep",
+                                 param_hint="--val-every")
+    unit = "epochs" if (m.group(2) or "").startswith("e") else "steps"
+    return int(m.group(1)), unit
+
+
+@cli.command("prepare")
+@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Cache folder to write (L.npy, ab.npy, index.json).")
+@click.option("--size", type=int, default=256, show_default=True,
+              help="Working size: short side resized to this, centre-cropped square.")
+@click.option("--val-fraction", type=float, default=0.05, show_default=True,
+              help="Share of source files held out for validation (stable: by file hash).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
+@click.option("--frame-step", type=int, default=30, show_default=True,
+              help="Videos: keep every N-th frame (near-duplicates are skipped too).")
+@click.option("--workers", type=int, default=0, show_default=True,
+              help="Decoding threads (0: one per core, at most 4).")
+@click.option("--overwrite", is_flag=True, help="Rebuild an existing cache.")
+def prepare_cmd(data: tuple[str, ...], out: str, size: int, val_fraction: float, seed: int,
+                frame_step: int, workers: int, overwrite: bool) -> None:
+    """Build a training cache (Lab, uint8, memory-mapped) from images and colour videos in DATA."""
+    from pathlib import Path
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from bttf.training.data import PrepareConfig, prepare
+
+    if size < 16:
+        raise click.BadParameter("must be at least 16", param_hint="--size")
+    if not 0.0 <= val_fraction < 1.0:
+        raise click.BadParameter("must be in [0, 1)", param_hint="--val-fraction")
+    if frame_step < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--frame-step")
+    if workers < 0:
+        raise click.BadParameter("must be 0 or more", param_hint="--workers")
+    cfg = PrepareConfig(inputs=tuple(Path(d) for d in data), out=Path(out), size=size,
+                        val_fraction=val_fraction, seed=seed, frame_step=frame_step,
+                        workers=workers, overwrite=overwrite)
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("preparing", total=None)
+        s = prepare(cfg, lambda _stage, done, total: bar.update(task, completed=done,
+                                                                total=total))
+    console.print(
+        f"{out}: {s.train} train + {s.val} val images ({s.size}x{s.size}) from {s.files} files "
+        f"and {s.videos} videos; skipped {s.unreadable} unreadable, {s.grayscale} grayscale, "
+        f"{s.duplicate_frames} duplicate frames", highlight=False)
+
+
+@cli.command("train")
+@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("-m", "--model", default="fastcolor", show_default=True,
+              help="Registered model to train (`bttf models`).")
+@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Run folder: checkpoints, metrics.csv, loss.png, samples/.")
+@click.option("--epochs", type=int, default=None, help="Length of the run in epochs.")
+@click.option("--steps", type=int, default=None, help="Length of the run in steps (wins).")
+@click.option("--batch-size", type=int, default=16, show_default=True,
+              help="Images per step (per process under torchrun).")
+@click.option("--image-size", type=int, default=176, show_default=True,
+              help="Training crop size (a multiple of the model's stride).")
+@click.option("--lr", type=float, default=3e-4, show_default=True, help="Peak learning rate.")
+@click.option("--weight-decay", type=float, default=0.01, show_default=True)
+@click.option("--warmup-steps", type=int, default=None,
+              help="Linear warm-up (default: 3% of the run, at most 500), then cosine decay.")
+@click.option("--loss", type=click.Choice(["auto", "rebalanced", "ce", "normalized", "huber",
+                                           "l2", "l1", "gan"]), default="auto", show_default=True,
+              help="Objective; auto: rebalanced for bin models, huber for ab models.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Background threads preparing batches (0: none).")
+@click.option("--threads", type=int, default=None, help="torch CPU threads (default: all cores).")
+@click.option("--init", default=None,
+              help="Start from a weights file, or 'pretrained' for the official weights.")
+@click.option("--freeze-encoder", is_flag=True, help="Train the decoder only at first.")
+@click.option("--unfreeze-at", type=int, default=None,
+              help="Epoch (0-based) at which a frozen encoder joins training.")
+@click.option("--encoder-lr-mult", type=float, default=None,
+              help="Encoder LR = lr x this (default 0.1 with --init, else 1).")
+@click.option("--val-every", default="0", show_default=True,
+              help="Validate every N steps, or every Nep epochs; 0: each epoch.")
+@click.option("--save-every", type=int, default=0, show_default=True,
+              help="Also checkpoint every N steps (0: at each validation).")
+@click.option("--val-images", type=int, default=64, show_default=True,
+              help="Validation images used (a fixed subset).")
+@click.option("--best-metric", type=click.Choice(["auc_rebal", "auc", "loss", "psnr", "ssim"]),
+              default="auc_rebal", show_default=True, help="What best.safetensors maximises.")
+@click.option("--grad-clip", type=float, default=1.0, show_default=True)
+@click.option("--no-augment", is_flag=True, help="No flips, crops or jitter.")
+@click.option("--no-amp", is_flag=True, help="No bf16 autocast on CUDA.")
+@click.option("--cache-size", type=int, default=256, show_default=True,
+              help="Raw DATA is prepared into RUN/cache at this size.")
+@click.option("--val-fraction", type=float, default=0.05, show_default=True,
+              help="Raw DATA: validation share.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped.")
+@click.option("--overwrite", is_flag=True, help="Start again in an existing run folder.")
+def train_cmd(data: tuple[str, ...], model: str, out: str, epochs: int | None,
+              steps: int | None, batch_size: int, image_size: int, lr: float,
+              weight_decay: float, warmup_steps: int | None, loss: str, device: str, seed: int,
+              workers: int, threads: int | None, init: str | None, freeze_encoder: bool,
+              unfreeze_at: int | None, encoder_lr_mult: float | None, val_every: str,
+              save_every: int, val_images: int, best_metric: str, grad_clip: float,
+              no_augment: bool, no_amp: bool, cache_size: int, val_fraction: float,
+              resume: bool, overwrite: bool) -> None:
+    """Train MODEL on DATA (a cache from `bttf prepare`, or image/video folders).
+
+    Multi-GPU: torchrun --nproc_per_node=N -m bttf train ... (DDP; rank 0 writes).
+    """
+    from pathlib import Path
+
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    from bttf.models import get_spec
+    from bttf.training.loop import TrainConfig, TrainEvent, train
+
+    spec = get_spec(model)
+    if epochs is None and steps is None:
+        raise click.BadParameter("give --epochs or --steps", param_hint="--epochs/--steps")
+    for value, hint in ((epochs, "--epochs"), (steps, "--steps"), (batch_size, "--batch-size")):
+        if value is not None and value < 1:
+            raise click.BadParameter("must be at least 1", param_hint=hint)
+    if image_size < spec.stride or image_size % spec.stride:
+        raise click.BadParameter(f"must be a multiple of {spec.stride} for {spec.name}",
+                                 param_hint="--image-size")
+    if lr <= 0:
+        raise click.BadParameter("must be > 0", param_hint="--lr")
+    if workers < 0:
+        raise click.BadParameter("must be 0 or more", param_hint="--workers")
+    if unfreeze_at is not None and not freeze_encoder:
+        raise click.BadParameter("needs --freeze-encoder", param_hint="--unfreeze-at")
+    if resume and overwrite:
+        raise click.BadParameter("--resume and --overwrite exclude each other",
+                                 param_hint="--resume")
+    every, unit = _val_every(val_every)
+    cfg = TrainConfig(
+        data=tuple(Path(d) for d in data), model=model, out=Path(out), epochs=epochs, steps=steps,
+        batch_size=batch_size, image_size=image_size, lr=lr, weight_decay=weight_decay,
+        warmup_steps=warmup_steps, loss=loss, device=device, amp=not no_amp, seed=seed,
+        workers=workers, threads=threads, init=init, freeze_encoder=freeze_encoder,
+        unfreeze_at=unfreeze_at, encoder_lr_mult=encoder_lr_mult, val_every=every,
+        val_unit=unit, save_every=save_every, val_images=val_images, best_metric=best_metric,
+        grad_clip=grad_clip, augment=not no_augment, cache_size=cache_size,
+        val_fraction=val_fraction, resume=resume, overwrite=overwrite,
+    )
+    if os.environ.get("RANK", "0") != "0":
+        train(cfg)
+        return
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(),
+               MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=console) as bar:
+        prep = None
+        task = None
+
+        def on_event(e: TrainEvent) -> None:
+            nonlocal prep, task
+            if e.kind == "prepare":
+                if prep is None:
+                    prep = bar.add_task("preparing data", total=e.total, info="")
+                bar.update(prep, completed=e.done, total=e.total)
+            elif e.kind == "start":
+                console.print(f"{spec.name}: {e.message}", highlight=False)
+                task = bar.add_task("training", total=e.total_steps, completed=e.step, info="")
+            elif e.kind in ("step", "val") and task is not None:
+                info = (f"epoch {e.epoch + 1}/{e.epochs}  loss {e.loss:.4f}  "
+                        f"{e.images_per_s:.1f} img/s")
+                bar.update(task, completed=e.step, info=info)
+                if e.kind == "val":
+                    m = e.metrics
+                    console.print(
+                        f"step {e.step}: val loss {m.get('loss', float('nan')):.4f}  "
+                        f"PSNR {m.get('psnr', float('nan')):.2f}  "
+                        f"AuC {m.get('auc', float('nan')):.3f}  "
+                        f"AuC rebal {m.get('auc_rebal', float('nan')):.3f}  "
+                        f"colorfulness {m.get('colorfulness', float('nan')):.1f}",
+                        highlight=False)
+
+        result = train(cfg, on_event)
+    console.print(f"done: {result.steps} steps; best {result.best}, last {result.last}",
+                  highlight=False)
+
+
+@cli.command("eval")
+@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("-m", "--model", "models", multiple=True,
+              help="Registered model with its shipped/official weights (repeatable).")
+@click.option("-w", "--weights", "weights", multiple=True, type=click.Path(exists=True,
+              dir_okay=False), help="A checkpoint (.safetensors names its model; repeatable).")
+@click.option("--split", type=click.Choice(["val", "train", "all"]), default="val",
+              show_default=True, help="Which images of a cache.")
+@click.option("--size", type=int, default=256, show_default=True,
+              help="Raw images: short side resized to this, centre-cropped.")
+@click.option("--limit", type=int, default=None, help="Score at most N images.")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--temperature", type=float, default=0.38, show_default=True,
+              help="Annealed-mean temperature of bin models.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def eval_cmd(data: tuple[str, ...], models: tuple[str, ...], weights: tuple[str, ...],
+             split: str, size: int, limit: int | None, batch_size: int, device: str,
+             temperature: float, as_json: bool) -> None:
+    """Score models on DATA (images or a cache) against the gray baseline: PSNR, SSIM,
+    colorfulness, AuC of the ab error (raw and class-rebalanced)."""
+    import json
+    import math
+    from pathlib import Path
+
+    from rich.table import Table
+
+    from bttf.models import get_spec
+    from bttf.training.evaluate import EvalConfig, evaluate
+
+    for name in models:
+        get_spec(name)
+    if size < 16:
+        raise click.BadParameter("must be at least 16", param_hint="--size")
+    if limit is not None and limit < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--limit")
+    if batch_size < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--batch-size")
+    if not (temperature > 0):
+        raise click.BadParameter("must be > 0", param_hint="--temperature")
+    cfg = EvalConfig(inputs=tuple(Path(d) for d in data), models=models,
+                     weights=tuple(Path(w) for w in weights), split=split, size=size,
+                     limit=limit, batch_size=batch_size, device=device, temperature=temperature)
+    with console.status("evaluating") as status:
+        report = evaluate(cfg, lambda name, k, n: status.update(f"evaluating: {name} ({k}/{n})"))
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+
+    def f(v: float, fmt: str) -> str:
+        return "inf" if math.isinf(v) else ("-" if math.isnan(v) else format(v, fmt))
+
+    table = Table(title=f"{report.images} images, {report.size}x{report.size} "
+                        f"(truth colorfulness {f(report.colorfulness_truth, '.1f')})")
+    for col in ("model", "PSNR (dB)", "SSIM", "colorfulness", "AuC", "AuC rebal.", "prior"):
+        table.add_column(col, justify="left" if col in ("model", "prior") else "right")
+    for r in report.rows:
+        m = r.metrics
+        table.add_row(r.name, f(m["psnr"], ".2f"), f(m["ssim"], ".4f"),
+                      f(m["colorfulness"], ".1f"), f(m["auc"], ".4f"), f(m["auc_rebal"], ".4f"),
+                      r.prior)
+    Console().print(table)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors, exit codes 0 / 1 / 2 / 130; BTTF_DEBUG=1 re-raises."""
     debug = os.environ.get("BTTF_DEBUG", "") not in ("", "0")

@@ -1,0 +1,41 @@
+"""The colorizer zoo: a registry of architectures, their weights, and `Colorizer`.
+
+Importing this package registers every architecture (one module each):
+  - "fastcolor" (alias "default"): bttf's small real-time CPU model, 313-bin head.
+  - "eccv16": Zhang et al. 2016, official PyTorch key layout, 313-bin head.
+  - "siggraph17": Zhang et al. 2017, official PyTorch key layout, ab regression head.
+
+    model = create_model("eccv16", weights="colorization_release_v2-9b330a0b.pth")
+    colorizer = Colorizer(model, get_spec("eccv16"))
+    ab = colorizer(L)            # L (N, 1, H, W) in [0, 100] -> ab (N, 2, H, W)
+"""
+
+from bttf.models import eccv16, fastcolor, siggraph17  # noqa: F401 - registers the models
+from bttf.models._registry import ModelSpec, get_spec, list_models, register_model
+from bttf.models.colorizer import Colorizer
+from bttf.models.weights import (
+    WEIGHTS_DIR,
+    create_model,
+    load_model,
+    load_state_into,
+    read_weights,
+    save_weights,
+)
+
+# The name the interface contract uses for `load_model`.
+load_weights_file = load_model
+
+__all__ = [
+    "WEIGHTS_DIR",
+    "Colorizer",
+    "ModelSpec",
+    "create_model",
+    "get_spec",
+    "list_models",
+    "load_model",
+    "load_state_into",
+    "load_weights_file",
+    "read_weights",
+    "register_model",
+    "save_weights",
+]

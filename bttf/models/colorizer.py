@@ -1,0 +1,126 @@
+"""`Colorizer`: one interface over every registered model, whatever its output kind.
+
+The pipeline calls `predict` (the raw output, which a stabilizer may fuse across frames) and
+`decode` (raw output -> ab at the wanted size) separately; `forward` does both.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bttf.errors import BadInputError
+from bttf.models._registry import ModelSpec, get_spec
+from bttf.models.bins import AB_BINS, annealed_mean
+from bttf.models.weights import create_model, load_model
+
+Q = AB_BINS.shape[0]
+
+
+class Colorizer(nn.Module):
+    """A registered model plus its decoding: L in [0, 100] -> ab in Lab units.
+
+    Args:
+        model: the network (its `forward(L)` follows the registry contract).
+        spec: its `ModelSpec` (output kind, stride, render size).
+        temperature: annealed-mean temperature for "bins" models (> 0; 0.38 as in Zhang et al.
+            2016: lower is more saturated, 1 is the plain mean).
+        top_k: decode from the k most likely bins only (1..313; 1 is the mode), or None.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: ModelSpec,
+        temperature: float = 0.38,
+        top_k: int | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+            math.isfinite(temperature) and temperature > 0
+        ):
+            raise BadInputError(f"temperature must be a number > 0, got {temperature!r}")
+        if top_k is not None and (
+            isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= Q
+        ):
+            raise BadInputError(f"top_k must be an integer in 1..{Q} or unset, got {top_k!r}")
+        self.model = model
+        self.spec = spec
+        self.temperature = float(temperature)
+        self.top_k = top_k
+
+    @classmethod
+    def create(
+        cls,
+        name: str | None = None,
+        weights: str | Path | None = None,
+        pretrained: bool = True,
+        temperature: float = 0.38,
+        top_k: int | None = None,
+    ) -> Colorizer:
+        """A ready Colorizer (eval mode) from a model name and/or a weights file.
+
+        A bttf safetensors file names its model, so `weights` alone is enough.
+        """
+        if name is None and weights is None:
+            name = "default"
+        if name is None:
+            model, spec, _ = load_model(weights)
+        else:
+            spec = get_spec(name)
+            model = create_model(name, weights=weights, pretrained=pretrained)
+        return cls(model, spec, temperature=temperature, top_k=top_k).eval()
+
+    @property
+    def output(self) -> str:
+        """"bins" (313 logits) or "ab"."""
+        return self.spec.output
+
+    @property
+    def stride(self) -> int:
+        """Input height and width must be multiples of this."""
+        return self.spec.stride
+
+    @property
+    def render_size(self) -> int:
+        """The model's default working size (short side, pixels)."""
+        return self.spec.render_size
+
+    def predict(self, L: torch.Tensor) -> torch.Tensor:
+        """L (N, 1, H, W) in [0, 100], H and W multiples of `stride` -> the model's raw output:
+        logits (N, 313, h, w) or ab (N, 2, h, w), (h, w) possibly smaller than (H, W)."""
+        if L.ndim != 4 or L.shape[1] != 1:
+            raise BadInputError(f"L must be (N, 1, H, W), got {tuple(L.shape)}")
+        h, w = L.shape[-2:]
+        if h % self.stride or w % self.stride:
+            raise BadInputError(
+                f"{self.spec.name} needs H and W multiples of {self.stride}, got {h}x{w}"
+            )
+        return self.model(L)
+
+    def decode(self, out: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+        """Raw output -> ab (N, 2, *size) in Lab units: annealed mean for "bins" (at the
+        model's resolution), then bilinear resize (align_corners=False)."""
+        if self.output == "bins":
+            if out.ndim != 4 or out.shape[1] != Q:
+                raise BadInputError(f"expected logits (N, {Q}, h, w), got {tuple(out.shape)}")
+            ab = annealed_mean(out, temperature=self.temperature, top_k=self.top_k)
+        else:
+            if out.ndim != 4 or out.shape[1] != 2:
+                raise BadInputError(f"expected ab (N, 2, h, w), got {tuple(out.shape)}")
+            ab = out
+        size = (int(size[0]), int(size[1]))
+        if tuple(ab.shape[-2:]) != size:
+            ab = F.interpolate(ab, size=size, mode="bilinear", align_corners=False)
+        return ab
+
+    def forward(self, L: torch.Tensor) -> torch.Tensor:
+        """L (N, 1, H, W) in [0, 100] -> ab (N, 2, H, W)."""
+        return self.decode(self.predict(L), L.shape[-2:])
+
+    def extra_repr(self) -> str:
+        return f"name={self.spec.name}, temperature={self.temperature}, top_k={self.top_k}"

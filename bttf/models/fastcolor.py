@@ -1,0 +1,150 @@
+"""fastcolor: bttf's small default colorizer, built to run in real time on a laptop CPU.
+
+A MobileNetV2-style encoder (inverted residual blocks: 1x1 expand, 3x3 depthwise, 1x1 project)
+takes L to stride 16; two dilated blocks and a global-context branch (image pooling, as in
+DeepLabV3's ASPP) give each pixel the whole frame's context, which decides colour more than
+local texture does. A light U-Net decoder brings the features back to stride 4 through skip
+connections from strides 8 and 4, and a 1x1 convolution gives the 313 bin logits of
+`bttf.models.bins` (temperature 1, trained with cross-entropy on soft-encoded targets).
+
+Input: L (N, 1, H, W) in [0, 100], H and W multiples of 16. Output: logits (N, 313, H/4, W/4).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bttf.models._registry import register_model
+
+Q = 313
+
+
+class ConvBNAct(nn.Sequential):
+    """conv (no bias) -> BatchNorm -> ReLU (or no activation)."""
+
+    def __init__(self, cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1,
+                 groups: int = 1, act: bool = True) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, k, stride=stride, padding=dilation * (k // 2),
+                      dilation=dilation, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        if act:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block; the residual path is taken when shapes allow."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, expand: int = 4,
+                 dilation: int = 1) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.use_res = stride == 1 and cin == cout
+        self.block = nn.Sequential(
+            ConvBNAct(cin, mid, 1),
+            ConvBNAct(mid, mid, 3, stride=stride, dilation=dilation, groups=mid),
+            ConvBNAct(mid, cout, 1, act=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return x + y if self.use_res else y
+
+
+class SepConv(nn.Sequential):
+    """Depthwise 3x3 then pointwise 1x1, each with BN + ReLU: the decoder's cheap conv."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(ConvBNAct(cin, cin, 3, groups=cin), ConvBNAct(cin, cout, 1))
+
+
+class FastColor(nn.Module):
+    """L -> 313 bin logits at stride 4 (about 1 M parameters with the defaults).
+
+    Args:
+        widths: channels at strides 2, 4, 8, 16 and of the dilated context blocks.
+        depths: blocks at strides 4, 8, 16 (the first of each strides down).
+        decoder: channels of the decoder at strides 8 and 4.
+        expand: inverted-residual expansion ratio.
+    """
+
+    def __init__(
+        self,
+        widths: tuple[int, ...] | list[int] = (16, 32, 64, 128, 160),
+        depths: tuple[int, ...] | list[int] = (1, 3, 4),
+        decoder: tuple[int, ...] | list[int] = (96, 64),
+        expand: int = 4,
+    ) -> None:
+        super().__init__()
+        c2, c4, c8, c16, cctx = widths
+        d4, d8, d16 = depths
+        d8c, d4c = decoder
+
+        def stage(cin: int, cout: int, n: int) -> nn.Sequential:
+            blocks = [InvertedResidual(cin, cout, stride=2, expand=expand)]
+            blocks += [InvertedResidual(cout, cout, expand=expand) for _ in range(n - 1)]
+            return nn.Sequential(*blocks)
+
+        self.stem = nn.Sequential(ConvBNAct(1, c2, 3, stride=2), ConvBNAct(c2, c4, 3, stride=2))
+        self.enc4 = nn.Sequential(*[InvertedResidual(c4, c4, expand=expand) for _ in range(d4)])
+        self.enc8 = stage(c4, c8, d8)
+        self.enc16 = stage(c8, c16, d16)
+        self.context = nn.Sequential(
+            InvertedResidual(c16, cctx, expand=expand, dilation=2),
+            InvertedResidual(cctx, cctx, expand=expand, dilation=4),
+        )
+        self.pool = nn.Sequential(nn.Conv2d(cctx, cctx, 1, bias=False), nn.ReLU(inplace=True))
+        self.lat16 = ConvBNAct(cctx, d8c, 1)
+        self.dec8 = SepConv(d8c + c8, d8c)
+        self.lat8 = ConvBNAct(d8c, d4c, 1)
+        self.dec4 = nn.Sequential(SepConv(d4c + c4, d4c), SepConv(d4c, d4c))
+        self.head = nn.Conv2d(d4c, Q, 1, bias=True)
+        self._init()
+
+    def _init(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for m in self.modules():
+            # Residual branches start near identity: the last BN of each block at zero.
+            if isinstance(m, InvertedResidual) and m.use_res:
+                nn.init.zeros_(m.block[-1][1].weight)
+        # Logits start small and flat: the first predictions are near the uniform distribution.
+        nn.init.normal_(self.head.weight, std=1e-3)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, L: torch.Tensor) -> torch.Tensor:
+        """L (N, 1, H, W) in [0, 100], H and W multiples of 16 -> logits (N, 313, H/4, W/4)."""
+        x = self.stem((L - 50.0) / 50.0)
+        s4 = self.enc4(x)
+        s8 = self.enc8(s4)
+        s16 = self.context(self.enc16(s8))
+        s16 = s16 + self.pool(s16.mean(dim=(2, 3), keepdim=True))
+        y = F.interpolate(self.lat16(s16), size=s8.shape[-2:], mode="bilinear",
+                          align_corners=False)
+        y = self.dec8(torch.cat((y, s8), dim=1))
+        y = F.interpolate(self.lat8(y), size=s4.shape[-2:], mode="bilinear",
+                          align_corners=False)
+        y = self.dec4(torch.cat((y, s4), dim=1))
+        # The 1x1 head as one batched GEMM: oneDNN's convolution is slow for 313 channels.
+        n, c, h, w = y.shape
+        w2 = self.head.weight.view(Q, c)
+        logits = torch.matmul(w2, y.reshape(n, c, h * w)) + self.head.bias.view(1, Q, 1)
+        return logits.view(n, Q, h, w)
+
+
+@register_model("fastcolor", output="bins", stride=16, render_size=256,
+                shipped="fastcolor.safetensors", aliases=("default",),
+                description="bttf's fast default (MobileNetV2-style U-Net, ~1 M params)")
+def fastcolor(**kw) -> FastColor:
+    """bttf's small, fast default colorizer (313-bin head)."""
+    return FastColor(**kw)

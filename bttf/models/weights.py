@@ -1,0 +1,308 @@
+"""Reading and writing colorizer weights.
+
+Two formats come in:
+  - bttf's own `.safetensors`: the metadata names the model and the keyword arguments it was
+    built with, so a path alone is enough to rebuild it (`format = "bttf-1"`);
+  - an official PyTorch `.pth` / `.pt` state dict (Zhang et al.'s eccv16 and siggraph17
+    releases), read with `torch.load(weights_only=True)` only: no pickle ever runs code here.
+    The architecture is recognised from the key set when the caller does not name it.
+
+Loading is strict: every key must be there with the right shape, and nothing extra may come
+with it. The errors name the first key that does not fit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from bttf.errors import UnknownModelError, WeightsError
+from bttf.models._registry import ModelSpec, get_spec, list_models
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+FORMAT = "bttf-1"
+_RESERVED = ("bttf_model", "bttf_config", "format")
+# BatchNorm's step counter is never used at inference; older files lack it.
+_OPTIONAL_SUFFIX = "num_batches_tracked"
+
+
+def create_model(
+    name: str, weights: str | Path | None = None, pretrained: bool = True, **kw: Any
+) -> nn.Module:
+    """Build a registered model (eval mode), with weights.
+
+    Args:
+        name: registered name or alias (`list_models()`).
+        weights: a weights file to load (see `load_model`); a bttf safetensors file brings
+            its own config, which `kw` may not contradict.
+        pretrained: without `weights`, load the weights shipped in `bttf/weights/` when the
+            model has some and the file is present; otherwise the model keeps its random init
+            (with a warning when shipped weights were expected but are absent).
+        **kw: architecture keyword arguments for the model's factory.
+
+    Raises:
+        UnknownModelError: `name` is not registered (the message lists the valid names).
+        WeightsError: the weights are missing, malformed or do not fit.
+    """
+    spec = get_spec(name)
+    if weights is None and pretrained and spec.shipped:
+        shipped = WEIGHTS_DIR / spec.shipped
+        if shipped.is_file():
+            weights = shipped
+        else:
+            log.warning(
+                "model %s has no trained weights installed (%s is absent): it runs with random "
+                "weights and its colours mean nothing", spec.name, shipped,
+            )
+    if weights is None:
+        return spec.factory(**kw).eval()
+    state, meta = read_weights(weights)
+    if meta.get("format") == FORMAT:
+        if get_spec(meta["bttf_model"]).name != spec.name:
+            raise WeightsError(
+                f"{weights} holds {meta['bttf_model']!r} weights, not {spec.name!r}"
+            )
+        config = meta["bttf_config"]
+        clash = {k for k in kw if k in config and _jsonish(kw[k]) != config[k]}
+        if clash:
+            raise WeightsError(
+                f"{weights} was saved with {', '.join(f'{k}={config[k]!r}' for k in sorted(clash))}"
+                "; drop those options"
+            )
+        kw = {**config, **kw}
+    model = spec.factory(**kw)
+    try:
+        load_state_into(model, state)
+    except WeightsError as e:
+        raise WeightsError(f"{weights} does not fit {spec.name!r}: {e}") from None
+    return model.eval()
+
+
+def save_weights(
+    path: str | Path,
+    model: nn.Module,
+    name: str,
+    config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    half: bool = False,
+) -> Path:
+    """Write `model`'s state dict as safetensors that `load_model(path)` rebuilds alone.
+
+    Args:
+        path: destination file (conventionally `*.safetensors`).
+        model: the module whose `state_dict()` is saved.
+        name: registered model name (an alias is stored as its canonical name).
+        config: the keyword arguments `create_model(name, **config)` needs to rebuild the
+            architecture (JSON-serialisable; `{}` for the defaults).
+        extra: more metadata (training recipe, dataset, metrics); each value is stored
+            JSON-encoded under its key. Keys may not shadow the reserved ones.
+        half: store floating tensors as float16 (half the size; cast back on load).
+
+    Returns:
+        The path written.
+    """
+    spec = get_spec(name)
+    metadata = {"bttf_model": spec.name, "bttf_config": json.dumps(config), "format": FORMAT}
+    for key, value in (extra or {}).items():
+        if key in _RESERVED:
+            raise ValueError(f"metadata key {key!r} is reserved")
+        metadata[str(key)] = json.dumps(value)
+    tensors = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().to("cpu")
+        if half and value.is_floating_point():
+            value = value.half()
+        tensors[key] = value.contiguous().clone()
+    path = Path(path)
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def load_state_into(model: nn.Module, state_dict: Mapping[str, Any]) -> nn.Module:
+    """Copy `state_dict` into `model`, strictly; floating tensors are cast to the model's dtype.
+
+    Raises:
+        WeightsError: naming the first missing or unexpected key, or the first shape mismatch
+            (key, expected shape, shape found). Missing `num_batches_tracked` counters are
+            tolerated.
+    """
+    expected = model.state_dict()
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise WeightsError(f"entry {key!r} is a {type(value).__name__}, not a tensor")
+    missing = [k for k in expected if k not in state_dict and not k.endswith(_OPTIONAL_SUFFIX)]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise WeightsError(f"the weights lack key {missing[0]!r}{more}: not this model's weights")
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise WeightsError(
+            f"the weights hold unexpected key {unexpected[0]!r}{more}: not this model's weights"
+        )
+    converted = {}
+    for key, value in state_dict.items():
+        target = expected[key]
+        if tuple(value.shape) != tuple(target.shape):
+            raise WeightsError(
+                f"key {key!r} has shape {tuple(value.shape)}, the model expects "
+                f"{tuple(target.shape)}"
+            )
+        if value.is_floating_point() and target.is_floating_point():
+            value = value.to(target.dtype)
+        converted[key] = value
+    model.load_state_dict(converted, strict=False)
+    return model
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and decoded metadata of a weights file, without building a model.
+
+    Metadata of a bttf safetensors file: `bttf_model` (str), `bttf_config` (dict), `format`,
+    plus every extra key JSON-decoded. A `.pth` state dict gives `{"format": "torch"}`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    return _read_torch(path), {"format": "torch"}
+
+
+def load_model(
+    path: str | Path, name: str | None = None
+) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
+    """Build the model a weights file belongs to and load it (eval mode).
+
+    Args:
+        path: a bttf `.safetensors` (its metadata names the model and config) or an official
+            `.pth`/`.pt` state dict.
+        name: the registered model the file is for. Needed for a `.pth` whose keys match no
+            registered architecture's defaults; for a safetensors file it is only checked.
+
+    Returns:
+        (model, spec, metadata) where metadata is as `read_weights` describes.
+
+    Raises:
+        WeightsError: the file is missing, malformed, not a plain state dict, for another
+            model than `name`, or does not fit the architecture.
+    """
+    path = Path(path)
+    state, meta = read_weights(path)
+    config: dict[str, Any] = {}
+    if meta.get("format") == FORMAT:
+        spec = get_spec(meta["bttf_model"])
+        config = meta["bttf_config"]
+        if name is not None and get_spec(name).name != spec.name:
+            raise WeightsError(
+                f"{path} holds {spec.name!r} weights, not {get_spec(name).name!r}; "
+                f"drop the model name or pick another file"
+            )
+    elif name is not None:
+        spec = get_spec(name)
+    else:
+        spec = _identify(state, path)
+        meta["bttf_model"] = spec.name
+    meta.setdefault("bttf_config", config)
+    try:
+        model = spec.factory(**config)
+    except TypeError as e:
+        raise WeightsError(f"{path}: its config does not fit {spec.name!r}: {e}") from None
+    try:
+        load_state_into(model, state)
+    except WeightsError as e:
+        raise WeightsError(f"{path} does not fit {spec.name!r}: {e}") from None
+    return model.eval(), spec, meta
+
+
+def _jsonish(value: Any) -> Any:
+    """`value` as it reads back from the metadata (tuples become lists)."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+        return value
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            raw = dict(f.metadata() or {})
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"{path} is not a readable safetensors file ({first})") from None
+    meta: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in ("bttf_model", "format"):
+            meta[key] = value
+            continue
+        try:
+            meta[key] = json.loads(value)
+        except json.JSONDecodeError:
+            if key == "bttf_config":
+                raise WeightsError(f"{path}: metadata 'bttf_config' is not JSON") from None
+            meta[key] = value
+    if meta.get("format") != FORMAT or "bttf_model" not in meta:
+        # A foreign safetensors file: plain tensors, the caller must name the model.
+        return state, {**meta, "format": meta.get("format", "safetensors")}
+    if not isinstance(meta.get("bttf_config", {}), dict):
+        raise WeightsError(f"{path}: metadata 'bttf_config' is not a JSON object")
+    meta.setdefault("bttf_config", {})
+    return state, meta
+
+
+def _read_torch(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise WeightsError(
+            f"{path} is a pickle that needs more than plain tensors to load ({first[:120]}); "
+            "bttf only reads weights_only state dicts: re-save it with "
+            "torch.save(model.state_dict(), path)"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a corrupt file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"{path} is not a readable PyTorch weights file ({first[:160]})") from None
+    if isinstance(obj, Mapping):
+        for wrapper in ("state_dict", "model"):
+            inner = obj.get(wrapper)
+            if isinstance(inner, Mapping) and inner:
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise WeightsError(f"{path} does not hold a state dict (found {type(obj).__name__})")
+    state = dict(obj)
+    if all(isinstance(k, str) and k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _identify(state: Mapping[str, Any], path: Path) -> ModelSpec:
+    """The registered architecture whose default key set equals the file's."""
+    keys = {k for k in state if not k.endswith(_OPTIONAL_SUFFIX)}
+    for candidate in list_models():
+        spec = get_spec(candidate)
+        try:
+            with torch.device("meta"):
+                ref = spec.factory().state_dict()
+        except (TypeError, RuntimeError, UnknownModelError):
+            continue
+        if keys == {k for k in ref if not k.endswith(_OPTIONAL_SUFFIX)}:
+            log.info("%s: keys identify model %s", path, spec.name)
+            return spec
+    raise WeightsError(
+        f"cannot tell which model {path} is for (its keys match none of: "
+        f"{', '.join(list_models())}); name the model"
+    )

@@ -1,0 +1,38 @@
+"""Streaming stages over frames: decode -> colorize (model, stabilizer) -> encode.
+
+    from bttf.pipeline import ColorizeConfig, colorize_video
+    stats = colorize_video("film.mp4", "film_color.mp4", ColorizeConfig(batch_size=4))
+
+The names below are imported on first use, so importing a light stage (e.g. `cuts`) does not
+pull in torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bttf.pipeline.colorize import (
+        ColorizeConfig,
+        ColorizeStats,
+        colorize,
+        colorize_image,
+        colorize_video,
+    )
+
+_LAZY = {
+    "ColorizeConfig": "bttf.pipeline.colorize",
+    "ColorizeStats": "bttf.pipeline.colorize",
+    "colorize": "bttf.pipeline.colorize",
+    "colorize_image": "bttf.pipeline.colorize",
+    "colorize_video": "bttf.pipeline.colorize",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'bttf.pipeline' has no attribute {name!r}")

@@ -1,0 +1,641 @@
+"""The streaming engine: colorize a film (or a still image) while keeping its own luma.
+
+    decode (thread) -> batch -> Colorizer.predict -> Stabilizer (optional) -> Colorizer.decode
+        -> chroma planes -> encode (thread)
+
+The decode thread yields each frame's Y plane, plus two small gray images made from it: one at
+the model's render size (short side `render_size`, rounded to the model's stride) and one at the
+output's chroma plane size. The model sees lightness L = luma_to_l(gray) at render size and
+predicts ab. The chroma planes are then built at the chroma plane's own resolution: ab is
+upsampled to it, combined with that resolution's L into Lab, converted to R'G'B' and then to
+Cb/Cr with the output's matrix (the source's tag, else BT.601 below 720 lines and BT.709 from
+720) and range (the source's). The output frame is Y = the source's Y plane, untouched, plus
+those Cb/Cr planes: only chroma comes from the model, as DeOldify's post-processing does.
+
+Queues between the threads are bounded (a few batches), so memory does not grow with the
+film's length. On CUDA, the model runs under bf16/fp16 autocast in channels_last, and a batch
+that runs out of memory is split in halves and retried; no frame is ever written uncoloured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from bttf.errors import BadInputError, BttfError
+from bttf.pipeline.decode import KR_KB, SourceFrame, VideoInfo, probe_video, read_frames, to_fraction
+from bttf.pipeline.encode import OUTPUT_PIX_FMTS, EncodeSettings, VideoWriter, plan_encode
+from bttf.pipeline.media import (
+    Consumer,
+    Producer,
+    atomic_output,
+    check_input,
+    check_output,
+    is_image_path,
+)
+
+log = logging.getLogger(__name__)
+
+#: `progress(done, total)`: frames written so far and the expected total (None if unknown).
+ProgressCallback = Callable[[int, "int | None"], None]
+
+
+@dataclass(frozen=True)
+class ColorizeConfig:
+    """Every option of `bttf colorize` (see `bttf colorize --help`).
+
+    model / weights: the colorizer: a registered name (`default` when neither is given), and/or
+        a weights file (a bttf .safetensors names its own model, so it is enough alone).
+    device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N", "mps".
+    render_size: short side (pixels) the model works at, rounded to its stride; None = the
+        model's own (256 for the shipped models).
+    batch_size: frames per model call (halved automatically on CUDA out-of-memory).
+    temperature, top_k: decoding of 313-bin models (annealed mean; lower is more saturated).
+    temporal: fuse predictions across frames with `bttf.pipeline.temporal.Stabilizer`.
+    temporal_strength: 0..1, how much of the previous frames the stabilizer keeps where the
+        optical flow is trusted (0 = frame by frame); None = its measured default.
+    codec, crf, preset, pix_fmt: the video encoder (crf/preset are passed when not None).
+    start, duration: seconds, like ffmpeg's -ss and -t (output timestamps then start at 0).
+    audio: keep the source's audio streams.
+    overwrite: replace an existing output file.
+    threads: torch CPU threads (None: all cores but one, leaving room for decode/encode).
+    """
+
+    model: str | None = None
+    weights: str | Path | None = None
+    device: str = "auto"
+    render_size: int | None = None
+    batch_size: int = 8
+    temperature: float = 0.38
+    top_k: int | None = None
+    temporal: bool = True
+    temporal_strength: float | None = None
+    codec: str = "libx264"
+    crf: int | None = 18
+    preset: str | None = "medium"
+    pix_fmt: str = "yuv420p"
+    start: float | None = None
+    duration: float | None = None
+    audio: bool = True
+    overwrite: bool = False
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        def bad(what: str) -> BadInputError:
+            return BadInputError(f"invalid option: {what}")
+
+        if self.batch_size < 1:
+            raise bad(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.render_size is not None and not 16 <= self.render_size <= 4096:
+            raise bad(f"render_size must be in 16..4096, got {self.render_size}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise bad(f"temperature must be > 0, got {self.temperature}")
+        if self.start is not None and not (math.isfinite(self.start) and self.start >= 0):
+            raise bad(f"start must be >= 0 seconds, got {self.start}")
+        if self.duration is not None and not (math.isfinite(self.duration) and self.duration > 0):
+            raise bad(f"duration must be > 0 seconds, got {self.duration}")
+        if self.temporal_strength is not None and not 0.0 <= self.temporal_strength <= 1.0:
+            raise bad(f"temporal_strength must be in 0..1, got {self.temporal_strength}")
+        if self.threads is not None and self.threads < 1:
+            raise bad(f"threads must be at least 1, got {self.threads}")
+        if self.pix_fmt not in OUTPUT_PIX_FMTS:
+            raise bad(f"pix_fmt {self.pix_fmt!r}; choose one of {', '.join(OUTPUT_PIX_FMTS)}")
+
+    def encode_settings(self) -> EncodeSettings:
+        return EncodeSettings(codec=self.codec, crf=self.crf, preset=self.preset,
+                              pix_fmt=self.pix_fmt)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ColorizeStats:
+    """What a run did. Stage times overlap (decode and encode run beside the model)."""
+
+    output: Path
+    frames: int
+    seconds: float
+    decode_s: float
+    model_s: float
+    encode_s: float
+    model: str
+    device: str
+    render_size: tuple[int, int]  # (h, w) the model saw
+    batch_size: int  # the batch size at the end (smaller after an out-of-memory retry)
+    size: tuple[int, int]  # (w, h) of the output
+    notices: tuple[str, ...] = field(default=())
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        """One line: frames, time, speed, and time per stage."""
+        return (
+            f"{self.frames} frame{'s' if self.frames != 1 else ''} in {self.seconds:.1f} s "
+            f"({self.fps:.1f} fps) — decode {self.decode_s:.1f} s, model {self.model_s:.1f} s, "
+            f"encode {self.encode_s:.1f} s [{self.model} on {self.device}, "
+            f"{self.render_size[1]}x{self.render_size[0]}]"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Device, model and sizes
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` | `cpu` | `cuda` | `cuda:N` | `mps` -> a usable torch.device (BadInputError if not)."""
+    name = name.strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise BadInputError(f"--device {name!r} is not a device; use auto, cpu or cuda[:N]") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BadInputError("CUDA is not available here; use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise BadInputError(
+                f"there is no {name} (this machine has {torch.cuda.device_count()} CUDA devices)"
+            )
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise BadInputError("MPS is not available here; use --device cpu (or auto)")
+    elif dev.type != "cpu":
+        raise BadInputError(f"--device {name!r} is not supported; use auto, cpu or cuda[:N]")
+    return dev
+
+
+def build_colorizer(config: ColorizeConfig, device: torch.device):
+    """The `Colorizer` the config names, in eval mode on `device`."""
+    from bttf.models import Colorizer
+
+    if config.weights is not None and not Path(config.weights).is_file():
+        raise BadInputError(f"--weights {config.weights} is not a file; check the path")
+    colorizer = Colorizer.create(
+        name=config.model,
+        weights=config.weights,
+        temperature=config.temperature,
+        top_k=config.top_k,
+    )
+    colorizer = colorizer.eval().to(device)
+    if device.type == "cuda":
+        colorizer = colorizer.to(memory_format=torch.channels_last)
+    return colorizer
+
+
+def render_dims(height: int, width: int, short: int, stride: int) -> tuple[int, int]:
+    """(h, w) for the model: short side `short` rounded to `stride`, aspect kept (to stride)."""
+    s = max(stride, int(round(short / stride)) * stride)
+    if height <= width:
+        return s, max(stride, int(round(width * s / height / stride)) * stride)
+    return max(stride, int(round(height * s / width / stride)) * stride), s
+
+
+def gray_lut(bits: int, full_range: bool) -> np.ndarray:
+    """Code value of a `bits`-bit Y plane -> full-range 8-bit gray (the model's view of it)."""
+    v = np.arange(1 << bits, dtype=np.float64)
+    if full_range:
+        g = v * 255.0 / ((1 << bits) - 1)
+    else:
+        g = (v / (1 << (bits - 8)) - 16.0) * 255.0 / 219.0
+    return np.clip(np.rint(g), 0, 255).astype(np.uint8)
+
+
+def _resize(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    if img.shape[:2] == hw:
+        return img
+    down = hw[0] <= img.shape[0] and hw[1] <= img.shape[1]
+    return cv2.resize(img, (hw[1], hw[0]),
+                      interpolation=cv2.INTER_AREA if down else cv2.INTER_LINEAR)  # fmt: skip
+
+
+@contextlib.contextmanager
+def torch_threads(device: torch.device, threads: int | None) -> Iterator[None]:
+    """On CPU, run torch with `threads` (default: all cores but one), then restore."""
+    if device.type != "cpu" or (threads is None and os.environ.get("OMP_NUM_THREADS")):
+        yield
+        return
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads or max(1, cores - 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _is_oom(e: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(e, oom) or (isinstance(e, RuntimeError) and "out of memory" in str(e))
+
+
+# ---------------------------------------------------------------------------------------------
+# The model stage
+
+
+def chroma_planes(L: torch.Tensor, ab: torch.Tensor, matrix: int, full_range: bool,
+                  bits: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Cb, Cr code values (N, h, w) (uint8, or int32 above 8 bits) from Lab.
+
+    L (N, 1, h, w) in [0, 100] and ab (N, 2, h, w) in Lab units; Lab -> sRGB (clipped to the
+    gamut) -> Cb/Cr with the `matrix`'s (Kr, Kb), quantized in the given range and depth.
+    A neutral ab (0, 0) gives exactly the mid code (128 at 8 bits).
+    """
+    from bttf.color import lab_to_rgb
+
+    rgb = lab_to_rgb(torch.cat([L.float(), ab.float()], dim=1))
+    r, g, b = rgb.unbind(1)
+    kr, kb = KR_KB[matrix]
+    y = kr * r + (1.0 - kr - kb) * g + kb * b
+    cb = (b - y) / (2.0 * (1.0 - kb))
+    cr = (r - y) / (2.0 * (1.0 - kr))
+    top = (1 << bits) - 1
+    mid = float(1 << (bits - 1))
+    scale = float(top) if full_range else 224.0 * (1 << (bits - 8))
+    out = []
+    for c in (cb, cr):
+        q = torch.round(mid + scale * c).clamp_(0, top)
+        out.append(q.to(torch.uint8 if bits == 8 else torch.int32))
+    return out[0], out[1]
+
+
+@dataclass
+class _Prepared:
+    frame: SourceFrame
+    small: np.ndarray  # uint8 (h, w) gray at render size (model orientation)
+    chroma: np.ndarray  # uint8 (ch, cw) gray at the chroma plane size
+
+
+class _ModelStage:
+    """Runs batches through predict -> stabilizer -> decode -> chroma, splitting on OOM."""
+
+    def __init__(self, colorizer, device: torch.device, batch_size: int, stabilizer=None,
+                 rotate_k: int = 0):  # fmt: skip
+        self.colorizer = colorizer
+        self.device = device
+        self.max_batch = batch_size
+        self.stabilizer = stabilizer
+        self.rotate_k = rotate_k
+        self.amp = None
+        if device.type == "cuda":
+            self.amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        from bttf.color import L_LUT
+
+        self.lut = L_LUT.to(device)
+
+    def _to_device(self, a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(a)
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    def _split(self, n: int, fn: Callable[[int, int], object]) -> list:
+        """fn(i, j) over [0, n) in chunks of at most `max_batch`, halving it on out-of-memory."""
+        outs, i = [], 0
+        while i < n:
+            j = min(n, i + self.max_batch)
+            try:
+                outs.append(fn(i, j))
+                i = j
+            except Exception as e:
+                if not _is_oom(e):
+                    raise
+                if j - i == 1:
+                    raise BttfError(
+                        "out of memory with a batch of 1 frame; lower --render-size or use "
+                        "--device cpu"
+                    ) from e
+                self.max_batch = max(1, (j - i) // 2)
+                log.warning("out of memory with %d frames a batch; retrying with %d",
+                            j - i, self.max_batch)  # fmt: skip
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        return outs
+
+    def _predict(self, L: torch.Tensor) -> torch.Tensor:
+        if self.amp is not None:
+            L = L.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=self.amp):
+                return self.colorizer.predict(L).float()
+        return self.colorizer.predict(L).float()
+
+    @torch.inference_mode()
+    def __call__(self, batch: list[_Prepared], matrix: int, full_range: bool,
+                 bits: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        small = np.stack([p.small for p in batch])
+        gray = self._to_device(small)
+        L = self.lut[gray.long()].unsqueeze(1)
+        out = torch.cat(self._split(len(batch), lambda i, j: self._predict(L[i:j])))
+        if self.stabilizer is not None:
+            out = self.stabilizer(small, out, self.colorizer.output)
+        if self.rotate_k:
+            out = torch.rot90(out, -self.rotate_k, dims=(2, 3))
+        gchroma = self._to_device(np.stack([p.chroma for p in batch]))
+        size = tuple(gchroma.shape[-2:])
+
+        def chroma(i: int, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+            ab = self.colorizer.decode(out[i:j].float(), size)
+            Lc = self.lut[gchroma[i:j].long()].unsqueeze(1)
+            cb, cr = chroma_planes(Lc, ab, matrix, full_range, bits)
+            return cb.cpu(), cr.cpu()
+
+        parts = self._split(len(batch), chroma)
+        cb = torch.cat([p[0] for p in parts]).numpy()
+        cr = torch.cat([p[1] for p in parts]).numpy()
+        if bits > 8:
+            cb, cr = cb.astype(np.uint16), cr.astype(np.uint16)
+        return cb, cr
+
+
+def _make_stabilizer(enabled: bool, strength: float | None = None):
+    if not enabled:
+        return None
+    try:
+        from bttf.pipeline.temporal import Stabilizer
+    except ModuleNotFoundError as e:
+        if e.name != "bttf.pipeline.temporal":
+            raise
+        log.info("bttf.pipeline.temporal is not installed; colorizing frame by frame")
+        return None
+    return Stabilizer() if strength is None else Stabilizer(strength=strength)
+
+
+def _batched(items: Iterable, n: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _expected_frames(info: VideoInfo, start: float | None, duration: float | None) -> int | None:
+    if info.frames is None:
+        return None
+    if start is None and duration is None:
+        return info.frames
+    if not info.rate:
+        return None
+    total = float(info.duration) if info.duration else info.frames / float(info.rate)
+    span = max(0.0, total - (start or 0.0))
+    if duration is not None:
+        span = min(span, duration)
+    return max(0, round(span * float(info.rate)))
+
+
+def _model_name(colorizer) -> str:
+    return getattr(getattr(colorizer, "spec", None), "name", type(colorizer).__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def colorize_video(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    config: ColorizeConfig | None = None,
+    progress: ProgressCallback | None = None,
+) -> ColorizeStats:
+    """Colorize the film `src` into `dst` (its suffix picks the container).
+
+    The output keeps the source's Y plane, frame count, every timestamp and duration, frame
+    rate, audio (copied when the container allows), rotation and colour tags; see the module
+    notes. The file appears at `dst` only when complete (written beside it, then renamed).
+
+    Raises:
+        BadInputError: unreadable input, bad options, existing output without `overwrite`.
+        BttfError: other failures (e.g. out of memory at batch size 1).
+    """
+    config = config or ColorizeConfig()
+    t_begin = time.perf_counter()
+    src = check_input(src)
+    dst = check_output(src, dst, config.overwrite)
+    if is_image_path(dst):
+        raise BadInputError(
+            f"{src} is a film but OUTPUT {dst} is an image; give OUTPUT a video suffix (.mp4, .mkv)"
+        )
+    info = probe_video(src)
+    if config.start is not None and info.duration is not None and config.start >= info.duration:
+        raise BadInputError(
+            f"--start {config.start:g} is past the end of {src} ({info.duration:.2f} s)"
+        )
+    settings = config.encode_settings()
+    enc_w, enc_h = plan_encode(settings, info.width, info.height, info.time_base)
+    device = resolve_device(config.device)
+    colorizer = build_colorizer(config, device)
+    short = config.render_size or colorizer.render_size
+    rotate_k = (info.rotation // 90) % 4 if info.rotation % 90 == 0 else 0
+    rh, rw = render_dims(info.height, info.width, short, colorizer.stride)
+    model_hw = (rw, rh) if rotate_k % 2 else (rh, rw)
+    total = _expected_frames(info, config.start, config.duration)
+    stabilizer = _make_stabilizer(config.temporal, config.temporal_strength)
+    stage = _ModelStage(colorizer, device, config.batch_size, stabilizer, rotate_k)
+    log.info("%s: %dx%d %s, %s frames; model %s at %dx%d on %s", src, info.width, info.height,
+             info.pix_fmt, total, _model_name(colorizer), model_hw[1], model_hw[0], device)  # fmt: skip
+
+    done = 0
+    t_model = 0.0
+    notices: list[str] = []
+    with torch_threads(device, config.threads), atomic_output(dst) as tmp:
+        writer = VideoWriter(tmp, info, settings, (enc_w, enc_h), audio=config.audio)
+        if writer.audio is not None:
+            notices.extend(writer.audio.notices)
+        chroma_hw = writer.chroma_size
+        luts: dict[tuple[int, bool], np.ndarray] = {}
+
+        def prepare(f: SourceFrame) -> _Prepared:
+            y = f.y
+            if y.shape != (info.height, info.width):
+                log.warning("frame %d is %dx%d, not %dx%d; resized", f.index, y.shape[1],
+                            y.shape[0], info.width, info.height)  # fmt: skip
+                y = f.y = _resize(y, (info.height, info.width))
+            lut = luts.get((info.bits, info.full_range))
+            if lut is None:
+                lut = luts[(info.bits, info.full_range)] = gray_lut(info.bits, info.full_range)
+            small = lut[_resize(y, (rh, rw))]
+            if rotate_k:
+                small = np.ascontiguousarray(np.rot90(small, rotate_k))
+            return _Prepared(f, small, lut[_resize(y, chroma_hw)])
+
+        t_start = info.start + (to_fraction(config.start) or 0)
+        t_end = None if config.duration is None else t_start + to_fraction(config.duration)
+        started = False
+
+        def write(item: tuple[SourceFrame, np.ndarray, np.ndarray]) -> None:
+            nonlocal started
+            f, cb, cr = item
+            if not started:
+                if config.start is not None:
+                    writer.start(Fraction(f.pts) * f.time_base, t_end, f.pts)
+                else:
+                    writer.start(None, t_end, 0)
+                started = True
+            writer.write(f.y, info.bits, cb, cr, f.pts, f.duration)
+
+        def prepared() -> Iterator[_Prepared]:
+            with contextlib.closing(read_frames(info, config.start, config.duration)) as frames:
+                for f in frames:
+                    yield prepare(f)
+
+        depth = 2 * config.batch_size
+        producer = Producer(prepared(), maxsize=depth, name="decode")
+        consumer = Consumer(write, on_finish=writer.finish, maxsize=depth, name="encode")
+        try:
+            if progress is not None:
+                progress(0, total)
+            for batch in _batched(producer, config.batch_size):
+                t0 = time.perf_counter()
+                cb, cr = stage(batch, info.colorspace, info.full_range, writer.bits)
+                t_model += time.perf_counter() - t0
+                for k, p in enumerate(batch):
+                    consumer.put((p.frame, cb[k], cr[k]))
+                done += len(batch)
+                if progress is not None:
+                    progress(done, total)
+            if done == 0:
+                raise BadInputError(
+                    f"no frames of {src} fall in --start {config.start} --duration "
+                    f"{config.duration}; check the range"
+                )
+            consumer.finish()
+        except BaseException:
+            consumer.abort()
+            raise
+        finally:
+            producer.close()
+            with contextlib.suppress(Exception):
+                writer.close()
+    stats = ColorizeStats(
+        output=dst,
+        frames=done,
+        seconds=time.perf_counter() - t_begin,
+        decode_s=producer.busy_s,
+        model_s=t_model,
+        encode_s=consumer.busy_s,
+        model=_model_name(colorizer),
+        device=str(device),
+        render_size=model_hw,
+        batch_size=stage.max_batch,
+        size=(enc_w, enc_h),
+        notices=tuple(notices),
+    )
+    log.info("%s", stats.summary())
+    return stats
+
+
+_IMWRITE_PARAMS = {
+    ".jpg": [cv2.IMWRITE_JPEG_QUALITY, 95],
+    ".jpeg": [cv2.IMWRITE_JPEG_QUALITY, 95],
+    ".webp": [cv2.IMWRITE_WEBP_QUALITY, 95],
+}
+_SIXTEEN_BIT_SUFFIXES = {".png", ".tif", ".tiff"}
+
+
+def read_gray_image(path: Path) -> tuple[np.ndarray, int]:
+    """A still image as gray levels on the 0..255 scale (float32 (H, W)) and its bit depth."""
+    data = np.fromfile(path, dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if data.size else None
+    if img is None:
+        raise BadInputError(f"{path} is not an image OpenCV can read; check the file")
+    if img.ndim == 3:
+        code = cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+        img = cv2.cvtColor(img, code)
+    if img.dtype == np.uint8:
+        return img.astype(np.float32), 8
+    if img.dtype == np.uint16:
+        return img.astype(np.float32) / 257.0, 16
+    if img.dtype in (np.float32, np.float64):
+        return np.clip(img.astype(np.float32), 0, 1) * 255.0, 16
+    raise BadInputError(f"{path} has {img.dtype} pixels; convert it to 8 or 16 bit")
+
+
+def colorize_image(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    config: ColorizeConfig | None = None,
+) -> ColorizeStats:
+    """Colorize the still image `src` into `dst` (its suffix picks the format: jpg, png, tiff,
+    bmp, webp). The output's Lab lightness is the input's: L of every pixel is kept, only
+    a and b come from the model (16-bit input stays 16-bit in png/tiff)."""
+    from bttf.color import lab_to_rgb, luma_to_l
+
+    config = config or ColorizeConfig()
+    t_begin = time.perf_counter()
+    src = check_input(src)
+    dst = check_output(src, dst, config.overwrite)
+    if not is_image_path(dst):
+        raise BadInputError(
+            f"{src} is an image; give OUTPUT an image suffix (.png, .jpg, .tif), not {dst.suffix}"
+        )
+    t0 = time.perf_counter()
+    gray, bits = read_gray_image(src)
+    t_decode = time.perf_counter() - t0
+    device = resolve_device(config.device)
+    colorizer = build_colorizer(config, device)
+    h, w = gray.shape
+    short = config.render_size or colorizer.render_size
+    rh, rw = render_dims(h, w, short, colorizer.stride)
+    t0 = time.perf_counter()
+    with torch_threads(device, config.threads), torch.inference_mode():
+        stage = _ModelStage(colorizer, device, 1)
+        small = luma_to_l(torch.from_numpy(_resize(gray, (rh, rw)))).to(device)
+        out = stage._split(1, lambda i, j: stage._predict(small[None, None]))[0]
+        ab = colorizer.decode(out, (h, w))
+        L = luma_to_l(torch.from_numpy(gray)).to(device)[None, None]
+        rgb = lab_to_rgb(torch.cat([L, ab.float()], dim=1))[0].permute(1, 2, 0).cpu().numpy()
+    t_model = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if bits > 8 and dst.suffix.lower() in _SIXTEEN_BIT_SUFFIXES:
+        pixels = np.rint(rgb * 65535.0).astype(np.uint16)
+    else:
+        pixels = np.rint(rgb * 255.0).astype(np.uint8)
+    ok, buf = cv2.imencode(dst.suffix.lower(), np.ascontiguousarray(pixels[..., ::-1]),
+                           _IMWRITE_PARAMS.get(dst.suffix.lower(), []))  # fmt: skip
+    if not ok:
+        raise BttfError(f"OpenCV could not encode {dst.suffix} images; use .png or .jpg")
+    with atomic_output(dst) as tmp:
+        tmp.write_bytes(buf.tobytes())
+    return ColorizeStats(
+        output=dst,
+        frames=1,
+        seconds=time.perf_counter() - t_begin,
+        decode_s=t_decode,
+        model_s=t_model,
+        encode_s=time.perf_counter() - t0,
+        model=_model_name(colorizer),
+        device=str(device),
+        render_size=(rh, rw),
+        batch_size=1,
+        size=(w, h),
+    )
+
+
+def colorize(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    config: ColorizeConfig | None = None,
+    progress: ProgressCallback | None = None,
+) -> ColorizeStats:
+    """`colorize_image` when `src` has an image suffix, else `colorize_video`."""
+    if is_image_path(src):
+        return colorize_image(src, dst, config)
+    return colorize_video(src, dst, config, progress)

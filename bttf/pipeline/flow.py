@@ -1,0 +1,119 @@
+"""Dense optical flow between gray frames, occlusion masks, and warping.
+
+Shared by the temporal stabilizer (`bttf.pipeline.temporal`) and the temporal metrics
+(`bttf.pipeline.temporal_metrics`). The flow method is OpenCV's DIS (Kroeger et al. 2016): fast on
+a CPU, good enough to carry colour from one frame to the next. Convention used everywhere here:
+
+    flow = estimate_flow(src, dst)   # (H, W, 2) float32, (dx, dy) in pixels
+    src[y, x] ~= dst[y + flow[y, x, 1], x + flow[y, x, 0]]
+    warp(dst, flow) ~= src           # dst pulled back onto src's pixel grid
+
+so to bring frame t-1 onto frame t, estimate the flow from t to t-1 and warp frame t-1 with it.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+
+
+class FlowEstimator:
+    """OpenCV DIS optical flow on uint8 gray frames.
+
+    `preset` is "ultrafast", "fast" or "medium" (slower, more accurate). One instance keeps one
+    DIS object (not thread-safe: use one estimator per thread).
+    """
+
+    def __init__(self, preset: str = "fast") -> None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown DIS preset {preset!r}; choose one of {sorted(PRESETS)}")
+        self.preset = preset
+        self._dis = cv2.DISOpticalFlow_create(PRESETS[preset])
+
+    def __call__(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        """Flow (H, W, 2) float32 from `src` to `dst`, both uint8 (H, W): src(p) ~ dst(p + flow(p))."""
+        if src.shape != dst.shape or src.ndim != 2:
+            raise ValueError(f"expected two gray frames of equal shape (H, W), got {src.shape} and "
+                             f"{dst.shape}")
+        return self._dis.calc(_u8(src), _u8(dst), None)
+
+
+def _u8(img: np.ndarray) -> np.ndarray:
+    if img.dtype != np.uint8:
+        img = np.clip(img, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(img)
+
+
+def _sample_map(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    h, w = flow.shape[:2]
+    xs = np.arange(w, dtype=np.float32)[None, :] + flow[..., 0]
+    ys = np.arange(h, dtype=np.float32)[:, None] + flow[..., 1]
+    return xs, ys
+
+
+def warp(img: np.ndarray, flow: np.ndarray, border: int = cv2.BORDER_REPLICATE) -> np.ndarray:
+    """Sample `img` (H, W) or (H, W, C<=4) at p + flow(p) (bilinear), returning an array on flow's grid."""
+    xs, ys = _sample_map(flow)
+    return cv2.remap(img, xs, ys, interpolation=cv2.INTER_LINEAR, borderMode=border)
+
+
+def in_bounds(flow: np.ndarray) -> np.ndarray:
+    """Bool (H, W): where p + flow(p) falls inside the frame."""
+    h, w = flow.shape[:2]
+    xs, ys = _sample_map(flow)
+    return (xs >= 0) & (xs <= w - 1) & (ys >= 0) & (ys <= h - 1)
+
+
+def consistent_mask(flow_fw: np.ndarray, flow_bw: np.ndarray) -> np.ndarray:
+    """Bool (H, W) on `flow_fw`'s source grid: True where the flow can be trusted.
+
+    `flow_fw` goes src -> dst and `flow_bw` dst -> src. A pixel is rejected (occluded or on a
+    motion boundary) by the checks of Sundaram et al. 2010 as used by Ruder et al. 2016 and by
+    Lai et al. 2018's warping-error code:
+      |fw + bw(p + fw)|^2 > 0.01 (|fw|^2 + |bw(p + fw)|^2) + 0.5    (forward-backward mismatch)
+      |grad fw|^2          > 0.01 |fw|^2 + 0.002                     (motion boundary)
+    and where p + fw(p) leaves the frame.
+    """
+    bw_at = warp(flow_bw, flow_fw)
+    total = flow_fw + bw_at
+    mismatch = (total**2).sum(-1) > 0.01 * ((flow_fw**2).sum(-1) + (bw_at**2).sum(-1)) + 0.5
+    du_dy, du_dx = np.gradient(flow_fw[..., 0])
+    dv_dy, dv_dx = np.gradient(flow_fw[..., 1])
+    boundary = du_dx**2 + du_dy**2 + dv_dx**2 + dv_dy**2 > 0.01 * (flow_fw**2).sum(-1) + 0.002
+    return ~mismatch & ~boundary & in_bounds(flow_fw)
+
+
+def resize_flow(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Flow (H, W, 2) resampled to `size` = (h, w) with vectors rescaled to the new pixel units."""
+    h, w = size
+    H, W = flow.shape[:2]
+    if (h, w) == (H, W):
+        return flow
+    out = cv2.resize(flow, (w, h), interpolation=cv2.INTER_AREA if h < H else cv2.INTER_LINEAR)
+    out[..., 0] *= w / W
+    out[..., 1] *= h / H
+    return out
+
+
+def flow_grid(flow: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A `grid_sample` grid (1, H, W, 2) in [-1, 1] (align_corners=True) that samples p + flow(p)."""
+    h, w = flow.shape[:2]
+    xs, ys = _sample_map(flow)
+    gx = xs * (2.0 / max(w - 1, 1)) - 1.0
+    gy = ys * (2.0 / max(h - 1, 1)) - 1.0
+    grid = np.stack([gx, gy], axis=-1)[None]
+    return torch.from_numpy(grid).to(device)
+
+
+def warp_tensor(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Warp (N, C, H, W) by a grid from `flow_grid` (bilinear, edges replicated)."""
+    return F.grid_sample(x, grid.to(x.dtype).expand(x.shape[0], -1, -1, -1), mode="bilinear",
+                         padding_mode="border", align_corners=True)

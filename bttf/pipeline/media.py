@@ -1,0 +1,241 @@
+"""Helpers shared by the pipeline stages: opening inputs, the output file's life cycle, and the
+background threads that run decoding and encoding beside the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import av
+
+from bttf.errors import BadInputError, OutputExistsError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Suffixes read and written as still images (everything else is treated as a film).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    """Whether `path` names a still image by its suffix (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def check_input(path: str | os.PathLike) -> Path:
+    """The input as a Path; BadInputError when it does not exist or is not a file."""
+    p = Path(path)
+    if not p.exists():
+        raise BadInputError(f"{p} does not exist; check the path of INPUT")
+    if not p.is_file():
+        raise BadInputError(f"{p} is not a file; give a video or image file as INPUT")
+    return p
+
+
+def open_input(path: str | os.PathLike) -> av.container.InputContainer:
+    """Open a media file with PyAV, turning its errors into one-line BadInputErrors."""
+    p = check_input(path)
+    try:
+        return av.open(str(p), mode="r")
+    except av.FFmpegError as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise BadInputError(f"{p} is not a video or image PyAV can read ({reason})") from e
+
+
+def check_output(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool) -> Path:
+    """Validate OUTPUT before any work: not INPUT itself, not existing unless `overwrite`."""
+    s, d = Path(src), Path(dst)
+    if d.resolve() == s.resolve() or (d.exists() and s.exists() and os.path.samefile(s, d)):
+        raise BadInputError(f"OUTPUT {d} is INPUT itself; choose another output path with -o")
+    if d.is_dir():
+        raise BadInputError(f"OUTPUT {d} is a folder; give a file name such as {d / 'out.mp4'}")
+    if d.exists() and not overwrite:
+        raise OutputExistsError(f"{d} already exists; pass --overwrite to replace it")
+    if not d.parent.is_dir():
+        raise BadInputError(f"the folder {d.parent} does not exist; create it first")
+    if not d.suffix:
+        raise BadInputError(f"OUTPUT {d} has no suffix; add one (.mp4, .mkv, .png …) to pick a format")
+    return d
+
+
+@contextlib.contextmanager
+def atomic_output(dst: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `dst` (same suffix, so muxers pick the same format).
+
+    On success the file is renamed over `dst` in one step; on any error or interrupt it is
+    removed and `dst` is left as it was.
+    """
+    d = Path(dst)
+    tmp = d.with_name(f".{d.stem}.partial-{secrets.token_hex(4)}{d.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, d)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# Background stages. The main thread runs the model; decoding and encoding run beside it in
+# daemon threads joined by bounded queues, so memory does not grow with the film's length.
+
+_END = object()
+_POLL_S = 0.1
+
+
+class Producer(Generic[T]):
+    """Run an iterable in a daemon thread; iterate the Producer to receive its items.
+
+    The queue is bounded, so the thread stays at most `maxsize` items ahead. An exception in
+    the thread is re-raised on the consuming thread; `close()` (also on `with` exit) stops the
+    thread and joins it. `busy_s` is the time the thread spent producing items.
+    """
+
+    def __init__(self, source: Iterable[T], *, maxsize: int = 8, name: str = "producer"):
+        self._source = source
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, maxsize))
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self.busy_s = 0.0
+        self._thread = threading.Thread(target=self._run, name=f"bttf-{name}", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            it = iter(self._source)
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    item = next(it)
+                except StopIteration:
+                    break
+                finally:
+                    self.busy_s += time.perf_counter() - t0
+                if not self._put(item):
+                    break
+        except BaseException as e:  # noqa: BLE001 - handed to the consuming thread
+            self._error = e
+        finally:
+            close = getattr(self._source, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
+            self._put(_END)
+
+    def __iter__(self) -> Iterator[T]:
+        while True:
+            try:
+                item = self._queue.get(timeout=_POLL_S)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    break
+                continue
+            if item is _END:
+                break
+            yield item
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> Producer[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Consumer(Generic[T]):
+    """Feed items to `handle` in a daemon thread through a bounded queue.
+
+    `put()` blocks while the queue is full and re-raises the thread's exception as soon as it
+    fails. `finish()` waits for every item to be handled (then runs `on_finish` in the thread);
+    `abort()` drops what is queued and joins. `busy_s` is the time spent in `handle`.
+    """
+
+    def __init__(
+        self,
+        handle: Callable[[T], None],
+        *,
+        on_finish: Callable[[], None] | None = None,
+        maxsize: int = 8,
+        name: str = "consumer",
+    ):
+        self._handle = handle
+        self._on_finish = on_finish
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, maxsize))
+        self._abort = threading.Event()
+        self._error: BaseException | None = None
+        self.busy_s = 0.0
+        self._thread = threading.Thread(target=self._run, name=f"bttf-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._abort.is_set():
+                try:
+                    item = self._queue.get(timeout=_POLL_S)
+                except queue.Empty:
+                    continue
+                t0 = time.perf_counter()
+                if item is _END:
+                    if self._on_finish is not None:
+                        self._on_finish()
+                    self.busy_s += time.perf_counter() - t0
+                    return
+                self._handle(item)
+                self.busy_s += time.perf_counter() - t0
+        except BaseException as e:  # noqa: BLE001 - handed to the producing thread
+            self._error = e
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, item: T) -> None:
+        while True:
+            self._raise_if_failed()
+            if not self._thread.is_alive():
+                raise RuntimeError(f"{self._thread.name} stopped unexpectedly")
+            try:
+                self._queue.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> None:
+        self.put(_END)  # type: ignore[arg-type]
+        self._thread.join()
+        self._raise_if_failed()
+
+    def abort(self) -> None:
+        self._abort.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
+        self._thread.join(timeout=10)

@@ -1,0 +1,165 @@
+"""Temporal stabilization of per-frame colorization: flow-guided recursive fusion of predictions.
+
+A per-frame colorizer picks its colours afresh on every frame, so they flicker. The `Stabilizer`
+sits between `Colorizer.predict` and `Colorizer.decode` in the streaming engine and, frame by
+frame, carries the previous frame's *fused* prediction forward along the optical flow and blends
+it with the current one:
+
+    p_t   = (1 - a) * softmax(logits_t) + a * warp(p_{t-1})      (313-bin models, "mixture")
+    ab_t  = (1 - a) * ab_t               + a * warp(ab_{t-1})    (models that output ab)
+    a     = strength * confidence
+
+and returns log p_t in place of the logits, so the engine decodes it with the annealed mean as
+usual (softmax(log p / T) = p^(1/T) / Z). Blending distributions rather than decoded colours
+keeps two plausible modes (a red or a blue car) from averaging to gray: the annealed mean picks
+the dominant mode of the mixture. `fusion="product"` (a geometric mixture, product of experts)
+is kept for comparison; benchmarks/temporal.py measures both.
+
+The confidence falls to zero where the flow cannot be trusted: the forward-backward check
+(occlusions, motion boundaries, pixels that came from outside the frame) and the luma check
+(the previous gray frame warped onto the current one must match it, up to a global exposure
+change, which old film has plenty of). Flow is OpenCV DIS on the gray frames at render size;
+the warp happens at the prediction's resolution (the flow is downscaled) with grid_sample.
+
+Scene cuts reset the state (`bttf.pipeline.cuts.CutDetector`), so no colour crosses a cut: the
+first frame of every shot is exactly the per-frame prediction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+
+from bttf.pipeline.cuts import CutDetector, CutParams
+from bttf.pipeline.flow import FlowEstimator, consistent_mask, flow_grid, resize_flow, warp, warp_tensor
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STRENGTH = 0.8
+Fusion = Literal["mixture", "product"]
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class StabilizerParams:
+    """Knobs of the stabilizer; the defaults are the measured ones (benchmarks/temporal.py)."""
+
+    strength: float = DEFAULT_STRENGTH  # 0 = per-frame, 1 = keep the past wherever flow is trusted
+    fusion: Fusion = "mixture"
+    flow_preset: str = "fast"  # DIS preset: "ultrafast", "fast" or "medium"
+    luma_tolerance: float = 10.0  # gray levels: warped-previous vs current mismatch scale
+    detect_cuts: bool = True
+    cut_params: CutParams | None = None
+
+
+class Stabilizer:
+    """Stateful, flow-guided temporal fusion of a colorizer's raw output (see the module doc).
+
+    Call it with consecutive batches of one video:
+        fused = stabilizer(gray, out, output_kind)
+    `gray`: uint8 (N, h, w) the frames at render size; `out`: (N, C, h', w') the model's raw output
+    for them (logits over the 313 bins when `output_kind == "bins"`, ab when "ab"). Returns a
+    tensor of the same shape, dtype and device: log-probabilities for "bins" (decode them like
+    logits), ab for "ab". Call `reset()` before another video or after a seek.
+    `cuts` lists the frame indices (counted since the last `reset()`) where a new shot began.
+    """
+
+    def __init__(self, params: StabilizerParams | None = None, **overrides) -> None:
+        params = params or StabilizerParams()
+        if overrides:
+            params = StabilizerParams(**{**params.__dict__, **overrides})
+        if not 0.0 <= params.strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {params.strength}")
+        if params.fusion not in ("mixture", "product"):
+            raise ValueError(f"fusion must be 'mixture' or 'product', got {params.fusion!r}")
+        self.params = params
+        self._flow = FlowEstimator(params.flow_preset)
+        self._cut_detector = CutDetector(params.cut_params)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything: a new video starts at frame 0."""
+        self.cuts: list[int] = []
+        self._frame = 0
+        self._cut_detector.reset()
+        self._drop_state()
+
+    def _drop_state(self) -> None:
+        self._state: torch.Tensor | None = None  # (1, C, h', w') fused probabilities or ab, float32
+        self._prev_gray: np.ndarray | None = None
+
+    def __call__(self, gray: np.ndarray, out: torch.Tensor, output_kind: str) -> torch.Tensor:
+        if output_kind not in ("bins", "ab"):
+            raise ValueError(f"output_kind must be 'bins' or 'ab', got {output_kind!r}")
+        gray = np.asarray(gray)
+        if gray.ndim != 3 or out.ndim != 4 or gray.shape[0] != out.shape[0]:
+            raise ValueError(f"expected gray (N, h, w) and out (N, C, h', w') with the same N, got "
+                             f"{gray.shape} and {tuple(out.shape)}")
+        if gray.dtype != np.uint8:
+            gray = np.clip(gray, 0, 255).astype(np.uint8)
+        if out.shape[0] == 0:
+            return out
+        with torch.no_grad():
+            return self._run(gray, out, output_kind)
+
+    def _run(self, gray: np.ndarray, out: torch.Tensor, kind: str) -> torch.Tensor:
+        p = self.params
+        bins = kind == "bins"
+        cur = torch.softmax(out.float(), dim=1) if bins else out.float()
+        result = torch.empty_like(out)
+        for i in range(out.shape[0]):
+            g = gray[i]
+            new_shot = False
+            if p.detect_cuts and self._cut_detector.feed(g):
+                self.cuts.append(self._frame)
+                new_shot = True
+            self._frame += 1
+            c = cur[i : i + 1]
+            if (new_shot or self._state is None or self._prev_gray.shape != g.shape
+                    or self._state.shape[1:] != c.shape[1:] or p.strength == 0.0):
+                # first frame of a shot: exactly the per-frame prediction
+                self._state = c.clone()
+                self._prev_gray = g
+                result[i] = out[i]
+                continue
+            alpha, grid = self._confidence(g, self._prev_gray, tuple(c.shape[-2:]), out.device)
+            alpha.mul_(p.strength)
+            self._prev_gray = g
+            warped = warp_tensor(self._state, grid)
+            if not bins or p.fusion == "mixture":
+                # (1 - a) * current + a * warped previous, in probabilities (or ab)
+                self._state = torch.lerp(c, warped, alpha)
+                if bins:
+                    result[i] = torch.clamp_min(self._state, _EPS, out=warped).log_()[0]
+                else:
+                    result[i] = self._state[0]
+            else:  # product of experts: a geometric mixture, renormalised
+                logp = torch.lerp(torch.log(c.clamp_min(_EPS)), warped.clamp_min_(_EPS).log_(),
+                                  alpha).log_softmax(dim=1)
+                result[i] = logp[0]
+                self._state = logp.exp_()
+        return result
+
+    def _confidence(
+        self, g: np.ndarray, prev: np.ndarray, size: tuple[int, int], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-pixel trust in the previous frame (1, 1, h', w') and the warp grid, at `size`."""
+        fw = self._flow(g, prev)  # current -> previous: where each current pixel came from
+        bw = self._flow(prev, g)
+        valid = consistent_mask(fw, bw)
+        warped_prev = warp(prev.astype(np.float32), fw)
+        diff = warped_prev - g.astype(np.float32)
+        if valid.any():  # a global exposure change (film flicker) is not a disagreement
+            diff -= float(np.median(diff[valid]))
+        tol = self.params.luma_tolerance
+        conf = valid.astype(np.float32) * np.exp(-((diff / tol) ** 2))
+        h, w = size
+        if conf.shape != (h, w):
+            conf = cv2.resize(conf, (w, h), interpolation=cv2.INTER_AREA)
+        grid = flow_grid(resize_flow(fw, size), device)
+        return torch.from_numpy(conf)[None, None].to(device), grid

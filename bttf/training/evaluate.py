@@ -1,0 +1,236 @@
+"""`bttf eval`: score colorizers against the truth, next to the gray baseline (ab = 0).
+
+Per model: PSNR and SSIM of the RGB result, colorfulness (Hasler & Süsstrunk 2003) of the result
+(the truth's is reported alongside), and the AuC of the per-pixel ab error CDF over thresholds
+0..150 (Zhang et al. 2016), raw and class-rebalanced by a bin prior. Every number is the mean
+over images. The functions are those of `bttf.training.metrics`, so training validation and
+`eval` agree.
+
+The rebalanced AuC uses the prior stored in a checkpoint's metadata when there is one, else the
+prior estimated from the evaluated images (the gray baseline always uses the latter).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bttf.errors import BadInputError
+from bttf.training import data as D
+
+ProgressFn = Callable[[str, int, int], None]  # (what, done, total)
+METRICS = ("psnr", "ssim", "colorfulness", "auc", "auc_rebal")
+
+
+class MetricAccumulator:
+    """Means over images of PSNR, SSIM, colorfulness, AuC and rebalanced AuC.
+
+    `bin_weights` (313,): rebalancing weights for the AuC, `rebalance_weights(prior)` (None: no
+    rebalanced AuC). add(L (N, 1, H, W), pred_ab (N, 2, H, W), true_ab (N, 2, H, W)), Lab units.
+    """
+
+    def __init__(self, bin_weights: torch.Tensor | None = None):
+        self.bin_weights = bin_weights
+        self.sums = {m: 0.0 for m in (*METRICS, "colorfulness_truth")}
+        self.n = 0
+
+    def add(self, L: torch.Tensor, pred_ab: torch.Tensor, true_ab: torch.Tensor) -> None:
+        from bttf.color import lab_to_rgb
+        from bttf.training import metrics as M
+
+        L, pred_ab, true_ab = L.float().cpu(), pred_ab.float().cpu(), true_ab.float().cpu()
+        pred_rgb = lab_to_rgb(torch.cat([L, pred_ab], 1))
+        true_rgb = lab_to_rgb(torch.cat([L, true_ab], 1))
+        n = len(L)  # each metric is the mean over the batch: weight it by the batch size
+        self.sums["psnr"] += n * M.psnr(pred_rgb, true_rgb)
+        self.sums["ssim"] += n * M.ssim(pred_rgb, true_rgb)
+        self.sums["colorfulness"] += n * M.colorfulness(pred_rgb)
+        self.sums["colorfulness_truth"] += n * M.colorfulness(true_rgb)
+        self.sums["auc"] += n * M.auc_ab(pred_ab, true_ab)
+        if self.bin_weights is not None:
+            w = M.pixel_weights(true_ab, self.bin_weights)
+            self.sums["auc_rebal"] += n * M.auc_ab(pred_ab, true_ab, weights=w)
+        self.n += n
+
+    def result(self) -> dict[str, float]:
+        out = {k: v / self.n if self.n else math.nan for k, v in self.sums.items()}
+        if self.bin_weights is None:
+            out["auc_rebal"] = math.nan
+        return out
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What `evaluate` scores, and on what."""
+
+    inputs: tuple[Path, ...]  # a cache from `bttf prepare`, or image files / folders
+    models: tuple[str, ...] = ()  # registered names (their shipped / official weights)
+    weights: tuple[Path, ...] = ()  # checkpoints (`.safetensors` name their model)
+    split: str = "val"  # for a cache: "val", "train" or "all"
+    size: int = 256  # raw images: short side resized to this, centre-cropped square
+    limit: int | None = None  # at most this many images
+    batch_size: int = 8
+    device: str = "auto"
+    temperature: float = 0.38
+    gray_baseline: bool = True
+
+
+@dataclass
+class EvalRow:
+    name: str
+    source: str
+    prior: str  # where the rebalancing prior came from: "checkpoint" or "images"
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "source": self.source, "prior": self.prior,
+                **{k: _json_float(v) for k, v in self.metrics.items()}}
+
+
+@dataclass
+class EvalReport:
+    images: int
+    size: int
+    rows: list[EvalRow]
+    colorfulness_truth: float
+
+    def to_dict(self) -> dict:
+        return {"images": self.images, "size": self.size,
+                "colorfulness_truth": _json_float(self.colorfulness_truth),
+                "results": [r.to_dict() for r in self.rows]}
+
+
+def _json_float(v: float):
+    """JSON has no inf or NaN: inf as the string "inf", NaN as null."""
+    if isinstance(v, float) and math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
+
+
+def load_eval_images(cfg: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 L (N, S, S) and ab (N, 2, S, S) of the images to score (grayscale ones included)."""
+    if len(cfg.inputs) == 1 and D.is_cache(cfg.inputs[0]):
+        cache = D.LabCache(cfg.inputs[0])
+        if cfg.split not in ("train", "val", "all"):
+            raise BadInputError(f"split {cfg.split!r}: choose train, val or all")
+        rows = cache.indices(cfg.split)
+        if len(rows) == 0:
+            raise BadInputError(f"{cfg.inputs[0]} has no {cfg.split!r} images; try --split all")
+        rows = rows[: cfg.limit] if cfg.limit else rows
+        L, ab = cache.read(rows)
+        return torch.from_numpy(L), torch.from_numpy(ab)
+    media = [f for f, _ in D.find_media(cfg.inputs) if not D.is_video(f)]
+    if cfg.limit:
+        media = media[: cfg.limit]
+    Ls, abs_ = [], []
+    for f in media:
+        try:
+            rgb, _ = D._load_image(f, cfg.size)
+        except OSError:
+            rgb = None
+        if rgb is None:
+            continue
+        L, ab, _ = D.rgb_u8_to_cache(rgb)
+        Ls.append(L)
+        abs_.append(ab)
+    if not Ls:
+        raise BadInputError(f"no readable images in {', '.join(map(str, cfg.inputs))}")
+    return torch.from_numpy(np.stack(Ls)), torch.from_numpy(np.stack(abs_))
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise BadInputError(f"unknown device {name!r}: {e}") from e
+
+
+@torch.no_grad()
+def _score(predict: Callable[[torch.Tensor], torch.Tensor], L_u8: torch.Tensor,
+           ab_u8: torch.Tensor, prior: torch.Tensor | None, batch: int,
+           progress: Callable[[int], None] | None = None) -> dict[str, float]:
+    from bttf.models.bins import rebalance_weights
+
+    acc = MetricAccumulator(None if prior is None else rebalance_weights(prior, lam=0.5))
+    for i in range(0, len(L_u8), batch):
+        L = D.decode_l(L_u8[i : i + batch]).unsqueeze(1)
+        ab = D.decode_ab(ab_u8[i : i + batch])
+        acc.add(L, predict(L), ab)
+        if progress:
+            progress(min(len(L_u8), i + batch))
+    return acc.result()
+
+
+def _model_predictor(colorizer, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    stride = colorizer.stride
+
+    def predict(L: torch.Tensor) -> torch.Tensor:
+        h, w = L.shape[-2:]
+        hs, ws = max(stride, round(h / stride) * stride), max(stride, round(w / stride) * stride)
+        x = L.to(device)
+        if (hs, ws) != (h, w):
+            x = F.interpolate(x, size=(hs, ws), mode="bilinear", align_corners=False)
+        ab = colorizer.decode(colorizer.predict(x), (hs, ws))
+        if (hs, ws) != (h, w):
+            ab = F.interpolate(ab, size=(h, w), mode="bilinear", align_corners=False)
+        return ab.float().cpu()
+
+    return predict
+
+
+def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:
+    """Score every model of `cfg` (and the gray baseline) on the images of `cfg.inputs`."""
+    from bttf.models import Colorizer, create_model, get_spec, load_model
+    from bttf.models.bins import estimate_prior
+
+    if not cfg.models and not cfg.weights and not cfg.gray_baseline:
+        raise BadInputError("nothing to evaluate: give --model or --weights")
+    L_u8, ab_u8 = load_eval_images(cfg)
+    device = _device(cfg.device)
+    image_prior = estimate_prior([D.decode_ab(ab_u8[i : i + 64]) for i in
+                                  range(0, len(ab_u8), 64)])
+    n = len(L_u8)
+    rows: list[EvalRow] = []
+    jobs: list[tuple[str, str, Callable[[], tuple]]] = []
+    for name in cfg.models:
+        spec = get_spec(name)
+        jobs.append((spec.name, "shipped/official weights",
+                     lambda s=spec: (create_model(s.name, pretrained=True), s, {})))
+    for w in cfg.weights:
+        jobs.append((Path(w).stem, str(w), lambda w=w: load_model(w)))
+    total = len(jobs) + int(cfg.gray_baseline)
+    k = 0
+    if cfg.gray_baseline:
+        m = _score(lambda L: torch.zeros(L.shape[0], 2, *L.shape[-2:]), L_u8, ab_u8, image_prior,
+                   cfg.batch_size)
+        rows.append(EvalRow("gray (ab = 0)", "baseline", "images", m))
+        k += 1
+        if progress:
+            progress("gray", k, total)
+    truth = None
+    for label, source, build in jobs:
+        model, spec, meta = build()
+        prior, prior_src = image_prior, "images"
+        if isinstance(meta, dict) and meta.get("prior"):
+            prior, prior_src = torch.tensor(meta["prior"], dtype=torch.float32), "checkpoint"
+        col = Colorizer(model.to(device).eval(), spec, temperature=cfg.temperature)
+        name = label if label == spec.name else f"{label} ({spec.name})"
+        m = _score(_model_predictor(col, device), L_u8, ab_u8, prior, cfg.batch_size)
+        rows.append(EvalRow(name, source, prior_src, m))
+        k += 1
+        if progress:
+            progress(name, k, total)
+    truth = rows[0].metrics.get("colorfulness_truth", math.nan) if rows else math.nan
+    for r in rows:
+        r.metrics.pop("colorfulness_truth", None)
+    return EvalReport(images=n, size=int(L_u8.shape[-1]), rows=rows, colorfulness_truth=truth)

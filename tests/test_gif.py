@@ -1,0 +1,171 @@
+"""`bttf gif` and bttf.pipeline.gif: palette GIF previews, size budgets, the usual output rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from bttf.errors import BadInputError, BttfError, OutputExistsError
+from bttf.pipeline.gif import GifConfig, _label_png, _ladder, make_gif, parse_size
+
+W, H, RATE, N = 160, 120, 24, 48  # 2 s
+
+
+def _write_clip(path: Path, color: bool) -> Path:
+    """A moving gradient with a bright square, colour or gray; small and fast to encode."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=RATE)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        s.options = {"preset": "ultrafast", "crf": "18"}
+        y, x = np.mgrid[0:H, 0:W]
+        for i in range(N):
+            img = np.stack([(x + 3 * i) % 256, (2 * y) % 256, (x + y + 5 * i) % 256], -1)
+            img[20:50, 10 + 2 * i : 40 + 2 * i] = (230, 40, 40)
+            img = img.astype(np.uint8)
+            if not color:
+                img[:] = img.mean(-1, keepdims=True).astype(np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("gif_media")
+    return _write_clip(d / "bw.mp4", color=False), _write_clip(d / "color.mp4", color=True)
+
+
+def _gif_info(path: Path) -> tuple[tuple[int, int], int, int | None]:
+    with Image.open(path) as im:
+        assert im.format == "GIF"
+        return im.size, im.n_frames, im.info.get("loop")
+
+
+def _cfg(colorized: Path, **kw) -> GifConfig:
+    base = dict(duration=1.0, fps=12, width=96, colorized=colorized)
+    return GifConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    "text, n",
+    [("5MB", 5_000_000), ("800KB", 800_000), ("2.5M", 2_500_000), ("1MiB", 1 << 20),
+     ("300000", 300_000), ("64 kb", 64_000), ("1.5g", 1_500_000_000)],
+)
+def test_parse_size(text, n):
+    assert parse_size(text) == n
+
+
+@pytest.mark.parametrize("text", ["", "MB", "5XB", "-1MB", "0", "5 M B", "ib"])
+def test_parse_size_rejects(text):
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def test_gif_frames_width_loop(clips, tmp_path):
+    bw, color = clips
+    out = tmp_path / "p.gif"
+    r = make_gif(bw, out, _cfg(color, start=0.5))
+    (w, h), frames, loop = _gif_info(out)
+    assert (w, h) == (96, 72) == (r.width, r.height)
+    assert abs(frames - 12) <= 1 and r.frames == frames
+    assert loop == 0  # NETSCAPE loop count 0: forever
+    assert r.size_bytes == out.stat().st_size and not r.reduced and r.attempts == 1
+    with Image.open(out) as im:  # really in colour
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+    assert np.abs(rgb[..., 0] - rgb[..., 2]).mean() > 10
+    assert [p.name for p in tmp_path.iterdir()] == ["p.gif"]  # no temp file left beside it
+
+
+def test_side_by_side_is_twice_as_wide_gray_left_labelled(clips, tmp_path):
+    bw, color = clips
+    out = tmp_path / "sbs.gif"
+    r = make_gif(bw, out, _cfg(color, side_by_side=True, label="bttf test"))
+    (w, h), frames, loop = _gif_info(out)
+    assert (w, h) == (192, 72) and r.total_width == 192 and loop == 0
+    assert abs(frames - 12) <= 1
+    with Image.open(out) as im:
+        im.seek(frames // 2)
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+    left, right = rgb[30:, :96], rgb[30:, 96:]  # below the labels
+    assert np.abs(left[..., 0] - left[..., 2]).mean() < 3  # black and white
+    assert np.abs(right[..., 0] - right[..., 2]).mean() > 10
+
+
+def test_label_image_has_text_in_both_halves(tmp_path):
+    png = tmp_path / "l.png"
+    _label_png(png, 200, 100, ("original", "bttf fastcolor"))
+    with Image.open(png) as im:
+        a = np.asarray(im.convert("RGBA"))
+    assert a.shape == (100, 400, 4)
+    assert (a[..., 3] == 0).mean() > 0.7  # mostly transparent
+    for half in (a[:, :200], a[:, 200:]):
+        assert (half[..., :3].min(-1) > 150).sum() > 20  # light strokes
+
+
+def test_max_size_lowers_fps_then_width(clips, tmp_path):
+    bw, color = clips
+    full = make_gif(bw, tmp_path / "full.gif", _cfg(color, width=160))
+    budget = int(full.size_bytes * 0.45)
+    out = tmp_path / "small.gif"
+    r = make_gif(bw, out, _cfg(color, width=160, max_size=budget))
+    assert r.reduced and r.attempts >= 2
+    assert out.stat().st_size == r.size_bytes <= budget
+    assert (r.fps, r.width) in _ladder(12, 160)[1:]
+    (w, _), frames, loop = _gif_info(out)
+    assert w == r.width and loop == 0 and abs(frames - r.fps) <= 1
+
+
+def test_ladder_order():
+    steps = _ladder(12, 480)
+    assert steps[:4] == [(12, 480), (10, 480), (8, 480), (6, 480)]
+    assert all(f == 6 for f, _ in steps[4:])
+    widths = [w for _, w in steps[3:]]
+    assert widths == sorted(widths, reverse=True) and widths[-1] == 120
+
+
+def test_max_size_unreachable_is_a_clear_error(clips, tmp_path):
+    bw, color = clips
+    out = tmp_path / "x.gif"
+    with pytest.raises(BttfError, match="max-size"):
+        make_gif(bw, out, _cfg(color, max_size=1000))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_refused_then_allowed(clips, tmp_path):
+    bw, color = clips
+    out = tmp_path / "p.gif"
+    out.write_bytes(b"keep")
+    with pytest.raises(OutputExistsError):
+        make_gif(bw, out, _cfg(color))
+    assert out.read_bytes() == b"keep"
+    make_gif(bw, out, _cfg(color, overwrite=True))
+    assert _gif_info(out)[1] > 0
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(fps=0), dict(width=4), dict(duration=0), dict(start=-1), dict(dither="x")],
+)
+def test_bad_config(clips, kw):
+    with pytest.raises(BadInputError):
+        _cfg(clips[1], **kw)
+
+
+def test_bad_inputs(clips, tmp_path):
+    bw, color = clips
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all")
+    with pytest.raises(BadInputError):
+        make_gif(junk, tmp_path / "a.gif", _cfg(color))
+    with pytest.raises(BadInputError, match="past the end"):
+        make_gif(bw, tmp_path / "b.gif", _cfg(color, start=30))
+    with pytest.raises(BadInputError, match=".gif"):
+        make_gif(bw, tmp_path / "c.mp4", _cfg(color))
+    with pytest.raises(BadInputError):
+        make_gif(tmp_path / "missing.mp4", tmp_path / "d.gif", _cfg(color))
