@@ -28,6 +28,33 @@ def cli(verbose: bool) -> None:
     )
 
 
+@cli.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (for scripts).")
+def models_cmd(as_json: bool) -> None:
+    """List the registered colorizers."""
+    import json
+
+    from rich.table import Table
+
+    from bttf.models import describe_models
+
+    rows = describe_models()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="bttf colorizers",
+                  caption="weights: yes shipped / missing / no: use --weights FILE")
+    for column, justify in (("model", "left"), ("output", "left"), ("params", "right"),
+                            ("render size", "right"), ("weights", "left")):
+        table.add_column(column, justify=justify, no_wrap=column == "model")
+    for r in rows:
+        name = r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else "")
+        weights = "no" if r["shipped"] is None else "yes" if r["weights_present"] else "missing"
+        output = "313 bins" if r["output"] == "bins" else "ab"
+        table.add_row(name, output, f"{r['params']:,}", str(r["render_size"]), weights)
+    Console().print(table)
+
+
 def _timecode(seconds: float) -> str:
     m, s = divmod(max(seconds, 0.0), 60.0)
     h, m = divmod(int(m), 60)
@@ -391,6 +418,9 @@ def train_cmd(data: tuple[str, ...], model: str, out: str, epochs: int | None,
 
     Multi-GPU: torchrun --nproc_per_node=N -m bttf train ... (DDP; rank 0 writes).
     """
+    # Spinning OpenMP workers collapse throughput (5-10x) when the CPU is shared; read by the
+    # OpenMP runtime when torch loads, so only effective if nothing imported torch yet.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from pathlib import Path
 
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
@@ -528,6 +558,65 @@ def eval_cmd(data: tuple[str, ...], models: tuple[str, ...], weights: tuple[str,
                       f(m["colorfulness"], ".1f"), f(m["auc"], ".4f"), f(m["auc_rebal"], ".4f"),
                       r.prior)
     Console().print(table)
+
+
+@cli.command("compare")
+@click.argument("input", type=click.Path(exists=True, dir_okay=False))
+@click.option("-m", "--models", "models", multiple=True,
+              help="Models to compare, comma-separated or repeated (`bttf models`); each uses "
+                   "its shipped weights, or runs untrained (its caption says so).")
+@click.option("-w", "--weights", "weights", multiple=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="A checkpoint, one more column (a .safetensors names its model; repeatable).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="The sheet (.png, .jpg ...). [default: INPUT_compare.png]")
+@click.option("--frames", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="A film: this many evenly spaced frames, one row each.")
+@click.option("--height", "tile_height", type=click.IntRange(16, 2048), default=256,
+              show_default=True, help="Height of each tile in pixels (a 36 px caption is added).")
+@click.option("--render-size", type=click.IntRange(16, 4096), default=None,
+              help="Short side the models work at. [default: each model's own]")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.38,
+              show_default=True, help="Annealed-mean temperature of bin models.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def compare_cmd(input: str, models: tuple[str, ...], weights: tuple[str, ...], output: str | None,
+                frames: int, tile_height: int, render_size: int | None, device: str,
+                temperature: float, overwrite: bool) -> None:
+    """Colorize INPUT (image or film) with several models into one side-by-side sheet:
+    gray | each model | truth (when INPUT is in colour, it is turned gray first), captioned
+    with PSNR, AuC and colourfulness against the truth. The sheet is
+    (columns x tile width) wide and (rows x (height + 36)) high."""
+    import math
+    from pathlib import Path
+
+    from bttf.models import get_spec
+    from bttf.pipeline.compare import CompareConfig, compare
+
+    names = tuple(n.strip() for m in models for n in m.split(",") if n.strip())
+    for name in names:
+        get_spec(name)
+    if not names and not weights:
+        names = ("default",)
+    src = Path(input)
+    out = Path(output) if output else src.with_name(f"{src.stem}_compare.png")
+    cfg = CompareConfig(input=src, output=out, models=names,
+                        weights=tuple(Path(w) for w in weights), frames=frames,
+                        tile_height=tile_height, device=device, temperature=temperature,
+                        render_size=render_size, overwrite=overwrite)
+    with console.status("comparing") as status:
+        result = compare(cfg, lambda k, n: status.update(f"comparing: {k}/{n} tiles"))
+
+    def f(v: float, fmt: str) -> str:
+        return "inf" if math.isinf(v) else ("-" if math.isnan(v) else format(v, fmt))
+
+    console.print(f"wrote {result.output} ({result.width}x{result.height}, {result.rows} "
+                  f"row{'s' if result.rows > 1 else ''})", highlight=False)
+    for col in result.columns:
+        line = f"  {col.label:<28} colourfulness {f(col.mean('colorfulness'), '.1f')}"
+        if result.has_truth and col.kind != "truth":
+            line += f"  PSNR {f(col.mean('psnr'), '.2f')}  AuC {f(col.mean('auc'), '.4f')}"
+        console.print(line, highlight=False)
 
 
 def main(argv: list[str] | None = None) -> None:

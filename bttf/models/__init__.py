@@ -11,11 +11,13 @@ Importing this package registers every architecture (one module each):
 """
 
 from bttf.models import eccv16, fastcolor, siggraph17  # noqa: F401 - registers the models
+from bttf.models import cnn_ae, mean_chroma, pix2pix, resnet18, unet_ae  # noqa: F401 - the seed zoo
 from bttf.models._registry import ModelSpec, get_spec, list_models, register_model
 from bttf.models.colorizer import Colorizer
 from bttf.models.weights import (
     WEIGHTS_DIR,
     create_model,
+    describe_models,
     load_model,
     load_state_into,
     read_weights,
@@ -30,6 +32,7 @@ __all__ = [
     "Colorizer",
     "ModelSpec",
     "create_model",
+    "describe_models",
     "get_spec",
     "list_models",
     "load_model",

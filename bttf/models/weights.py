@@ -89,6 +89,32 @@ def create_model(
     return model.eval()
 
 
+def describe_models(pattern: str = "*") -> list[dict[str, Any]]:
+    """One record per registered model matching `pattern`, for listings (`bttf models`).
+
+    Keys: name, aliases (list), output ("bins"|"ab"), params (int, default config), stride,
+    render_size, shipped (file name under bttf/weights/ or None), weights_present (bool),
+    description.
+    """
+    rows = []
+    for name in list_models(pattern):
+        spec = get_spec(name)
+        with torch.device("meta"):  # counts parameters without allocating them
+            params = sum(p.numel() for p in spec.factory().parameters())
+        rows.append({
+            "name": spec.name,
+            "aliases": list(spec.aliases),
+            "output": spec.output,
+            "params": params,
+            "stride": spec.stride,
+            "render_size": spec.render_size,
+            "shipped": spec.shipped,
+            "weights_present": bool(spec.shipped and (WEIGHTS_DIR / spec.shipped).is_file()),
+            "description": spec.description,
+        })
+    return rows
+
+
 def save_weights(
     path: str | Path,
     model: nn.Module,

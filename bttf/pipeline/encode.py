@@ -177,6 +177,9 @@ class AudioRemux:
                     continue
                 dst = self.out.add_stream(codec, rate=s.codec_context.sample_rate)
                 dst.layout = s.codec_context.layout
+                channels = max(1, s.codec_context.layout.nb_channels)
+                # AAC allows at most 6144 bits per channel per 1024 samples.
+                dst.bit_rate = min(96_000 * channels, 5 * s.codec_context.sample_rate * channels)
                 fmt_out = dst.codec_context.codec.audio_formats[0].name
                 track = _AudioTrack(s, dst, copy=False, resampler=av.AudioResampler(
                     format=fmt_out, layout=s.codec_context.layout, rate=s.codec_context.sample_rate))  # fmt: skip

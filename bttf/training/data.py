@@ -260,7 +260,7 @@ def prepare(cfg: PrepareConfig, progress: ProgressFn | None = None) -> PrepareSu
     def load(fr: tuple[Path, Path]):
         try:
             return _load_image(fr[0], s)
-        except (OSError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - cv2.error, OSError...: skip the file, count it
             log.warning("cannot read %s: %s", fr[0], e)
             return None, ""
 

@@ -134,7 +134,7 @@ def load_eval_images(cfg: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
     for f in media:
         try:
             rgb, _ = D._load_image(f, cfg.size)
-        except OSError:
+        except Exception:  # noqa: BLE001 - unreadable: not scored
             rgb = None
         if rgb is None:
             continue

@@ -490,6 +490,13 @@ def _build_model(cfg: TrainConfig, spec) -> nn.Module:
     path = Path(cfg.init)
     if not path.is_file():
         raise BadInputError(f"--init {path} does not exist; give a weights file or 'pretrained'")
+    if path.suffix != ".safetensors":
+        from bttf.models.resnet18 import is_imagenet_trunk, load_imagenet_trunk
+        from bttf.models.weights import read_weights
+
+        state, _ = read_weights(path)
+        if is_imagenet_trunk(state):  # a torchvision ResNet classifier: load its trunk only
+            return load_imagenet_trunk(create_model(spec.name, pretrained=False), state)
     return create_model(spec.name, weights=path)
 
 
@@ -593,7 +600,9 @@ def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
     if state is not None and state.get("model_name") != spec.name:
         raise BadInputError(f"{out} is a run of {state.get('model_name')!r}, not {spec.name!r}")
 
-    loss_kind = resolve_loss(cfg.loss, spec.output)
+    # --loss auto: the model's own objective if it names one (cnn-ae: l2, pix2pix: gan).
+    loss_kind = resolve_loss(getattr(model, "default_loss", "auto") if cfg.loss == "auto"
+                             else cfg.loss, spec.output)
     prior: torch.Tensor | None = None
     if spec.output == "bins":
         prior = state["prior"] if state is not None else estimate_data_prior(cache, train_rows)

@@ -66,16 +66,17 @@ class BinCrossEntropy(nn.Module):
         self.weighted_mean = weighted_mean
 
     def forward(self, logits: torch.Tensor, ab_true: torch.Tensor) -> torch.Tensor:
-        from bttf.models.bins import encode_nearest, soft_encode
+        from bttf.models.bins import soft_encode_topk
 
         ab = resize_ab(ab_true.float(), tuple(logits.shape[-2:]))
         with torch.no_grad():
-            target = soft_encode(ab)
+            idx, wk = soft_encode_topk(ab)  # sparse target: the 5 nearest bins and their weights
         logp = F.log_softmax(logits.float(), dim=1)
-        ce = -(target * logp).sum(1)  # (N, h, w)
+        ce = -(wk * logp.gather(1, idx)).sum(1)  # (N, h, w)
         if self.weights is None:
             return ce.mean()
-        w = self.weights.to(ce.device)[encode_nearest(ab)]
+        nearest = idx.gather(1, wk.argmax(1, keepdim=True)).squeeze(1)
+        w = self.weights.to(ce.device)[nearest]
         if self.weighted_mean:
             return (w * ce).sum() / w.sum().clamp(min=1e-8)
         return (w * ce).mean()

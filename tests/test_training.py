@@ -1,0 +1,314 @@
+"""The training loop, losses and `eval`, on tiny generated data on the CPU (a few steps each)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import bttf.models  # noqa: F401 - registers the models
+from bttf.errors import BadInputError, OutputExistsError
+from bttf.models import list_models, register_model
+from bttf.training import data as D
+from bttf.training.evaluate import EvalConfig, evaluate
+from bttf.training.losses import (
+    BinCrossEntropy,
+    GanObjective,
+    build_loss,
+    normalized_weights,
+)
+from bttf.training.loop import TrainConfig, TrainEvent, encoder_parameter_names, lr_factor, train
+
+TINY_AB = "test-tiny-ab"
+
+
+class TinyAb(nn.Module):
+    """A test-only ab regressor: L -> ab at stride 2 (a few hundred parameters)."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv2d(1, width, 3, 2, 1), nn.ReLU(),
+                                     nn.Conv2d(width, width, 3, 1, 1), nn.ReLU())
+        self.head = nn.Conv2d(width, 2, 1)
+
+    def forward(self, L: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(L / 50.0 - 1.0)) * 50.0
+
+
+if TINY_AB not in list_models():
+    register_model(TINY_AB, output="ab", stride=4, render_size=32)(lambda **kw: TinyAb(**kw))
+
+
+def make_images(folder: Path, n: int, size: tuple[int, int] = (40, 40), seed: int = 0) -> None:
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    h, w = size
+    for i in range(n):
+        c1, c2 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        t = (np.arange(w) / w)[None, :, None]
+        img = np.broadcast_to(c1 * (1 - t) + c2 * t, (h, w, 3)).astype(np.uint8).copy()
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        cv2.circle(img, (w // 2, h // 2), h // 4, colour, -1)
+        cv2.imwrite(str(folder / f"img{i:02d}.png"), img)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    make_images(root / "photos", 10)
+    D.prepare(D.PrepareConfig(inputs=(root / "photos",), out=root / "cache", size=32,
+                              val_fraction=0.2))
+    return root / "cache"
+
+
+def cfg_for(cache: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=(cache,), model="fastcolor", out=out, steps=4, batch_size=4, image_size=32,
+                lr=3e-3, warmup_steps=0, workers=0, threads=1, val_images=4, sample_images=2)
+    return TrainConfig(**{**base, **kw})
+
+
+def losses_of(run: Path) -> list[str]:
+    with open(run / "metrics.csv", newline="") as f:
+        return [r["loss"] for r in csv.DictReader(f)]
+
+
+def test_fastcolor_run_writes_everything(cache: Path, tmp_path: Path) -> None:
+    events: list[TrainEvent] = []
+    res = train(cfg_for(cache, tmp_path / "run", steps=4, val_every=2), events.append)
+    assert res.steps == 4
+    for name in ("last.safetensors", "best.safetensors", "state.pt", "metrics.csv", "loss.png"):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert list((tmp_path / "run" / "samples").glob("epoch_*.png"))
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert rows[1]["val_auc_rebal"] and rows[3]["val_psnr"] and not rows[0]["val_loss"]
+    assert 0 < float(rows[3]["val_auc"]) <= 1 and float(rows[3]["images_per_s"]) > 0
+    kinds = {e.kind for e in events}
+    assert {"start", "step", "val", "done"} <= kinds
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    assert state["step"] == 4 and "optimizer" in state and "numpy" in state["rng"]
+
+    from bttf.models import Colorizer, load_model
+
+    model, spec, meta = load_model(tmp_path / "run" / "best.safetensors")
+    assert spec.name == "fastcolor" and len(meta["prior"]) == 313
+    assert meta["step"] in (2, 4) and "auc_rebal" in meta["val_metrics"]
+    assert abs(sum(meta["prior"]) - 1) < 1e-3
+    ab = Colorizer(model, spec)(torch.full((1, 1, 32, 32), 50.0))
+    assert ab.shape == (1, 2, 32, 32) and torch.isfinite(ab).all()
+    colorize_image = getattr(__import__("bttf"), "colorize_image", None)
+    if colorize_image is None:
+        pytest.skip("bttf.colorize_image is not there yet")
+    gray = np.full((32, 48), 120, np.uint8)
+    try:
+        out = colorize_image(gray, weights=tmp_path / "run" / "best.safetensors")
+    except TypeError:
+        pytest.skip("bttf.colorize_image has another signature")
+    assert np.asarray(out).shape[:2] == (32, 48)
+
+
+def test_fastcolor_overfits_four_images(tmp_path: Path) -> None:
+    make_images(tmp_path / "four", 4, seed=3)
+    D.prepare(D.PrepareConfig(inputs=(tmp_path / "four",), out=tmp_path / "c", size=32,
+                              val_fraction=0.0))
+    cfg = cfg_for(tmp_path / "c", tmp_path / "run", steps=40, augment=False, lr=5e-3,
+                  loss="rebalanced")
+    train(cfg)
+    loss = [float(x) for x in losses_of(tmp_path / "run")]
+    assert np.mean(loss[-5:]) < 0.6 * np.mean(loss[:5]), loss
+
+
+@pytest.mark.parametrize("loss", ["l1", "huber", "l2", "gan"])
+def test_ab_model_trains(cache: Path, tmp_path: Path, loss: str) -> None:
+    steps = 40 if loss == "l1" else 3
+    train(cfg_for(cache, tmp_path / "run", model=TINY_AB, loss=loss, steps=steps,
+                  augment=False, lr=1e-2, val_every=1000))
+    values = [float(x) for x in losses_of(tmp_path / "run")]
+    assert all(math.isfinite(v) for v in values)
+    if loss == "l1":
+        assert np.mean(values[-5:]) < 0.8 * np.mean(values[:5]), values
+    if loss == "gan":
+        state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+        assert "discriminator" in state and "d_optimizer" in state
+
+
+def test_resume_equals_an_uninterrupted_run(cache: Path, tmp_path: Path) -> None:
+    cfg = cfg_for(cache, tmp_path / "full", steps=6, save_every=3, val_every=1000, workers=1)
+    train(cfg)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_3(e: TrainEvent) -> None:
+        if e.kind in ("step", "val") and e.step == 3:
+            raise Killed
+
+    killed = replace(cfg, out=tmp_path / "killed")
+    with pytest.raises(Killed):
+        train(killed, kill_after_3)
+    assert torch.load(tmp_path / "killed" / "state.pt", weights_only=True)["step"] == 3
+    with pytest.raises(OutputExistsError):
+        train(killed)
+    res = train(replace(killed, resume=True))
+    assert res.steps == 6
+    full, resumed = losses_of(tmp_path / "full"), losses_of(tmp_path / "killed")
+    assert len(full) == 6 and resumed == full
+
+
+def test_freeze_and_unfreeze_encoder(cache: Path, tmp_path: Path) -> None:
+    # 8 train images / batch 4 = 2 steps per epoch: frozen in epoch 0, unfrozen from epoch 1.
+    from bttf.models import load_model
+
+    train(cfg_for(cache, tmp_path / "a", model=TINY_AB, loss="l1", steps=2, freeze_encoder=True,
+                  unfreeze_at=1, val_every=1000))
+    torch.manual_seed(0)
+    init = TinyAb()
+    a, _, _ = load_model(tmp_path / "a" / "last.safetensors")
+    assert torch.equal(a.encoder[0].weight, init.encoder[0].weight)
+    assert not torch.equal(a.head.weight, init.head.weight)
+    train(cfg_for(cache, tmp_path / "b", model=TINY_AB, loss="l1", steps=4, freeze_encoder=True,
+                  unfreeze_at=1, val_every=1000, init=str(tmp_path / "a" / "last.safetensors")))
+    b, _, _ = load_model(tmp_path / "b" / "last.safetensors")
+    assert not torch.equal(b.encoder[0].weight, a.encoder[0].weight)
+
+
+def test_encoder_parameter_rule() -> None:
+    from bttf.models import create_model
+
+    names = encoder_parameter_names(create_model("fastcolor", pretrained=False))
+    assert any(n.startswith("stem.") for n in names) and any(n.startswith("enc16.") for n in names)
+    assert not any(n.startswith("head.") for n in names)
+    assert encoder_parameter_names(TinyAb()) == {"encoder.0.weight", "encoder.0.bias",
+                                                 "encoder.2.weight", "encoder.2.bias"}
+
+
+def test_lr_schedule() -> None:
+    f = [lr_factor(s, 100, 10, 0.02) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[9:], f[10:])) and f[-1] == pytest.approx(0.02, abs=1e-3)
+
+
+def test_losses() -> None:
+    from bttf.models.bins import rebalance_weights
+
+    torch.manual_seed(0)
+    prior = torch.rand(313) ** 4
+    prior /= prior.sum()
+    w = normalized_weights(prior)
+    assert float((prior * w).sum()) == pytest.approx(1.0, abs=1e-5)
+    logits, ab = torch.randn(2, 313, 4, 4, requires_grad=True), torch.randn(2, 2, 16, 16) * 30
+    for kind in ("ce", "rebalanced", "normalized"):
+        loss = build_loss(kind, "bins", prior)(logits, ab)
+        loss.backward()
+        assert math.isfinite(float(loss)) and logits.grad is not None
+    # a confident correct prediction scores lower than a uniform one
+    from bttf.models.bins import soft_encode
+
+    target = soft_encode(torch.full((1, 2, 4, 4), 20.0))
+    good, flat = (target + 1e-6).log(), torch.zeros(1, 313, 4, 4)
+    ce = BinCrossEntropy(rebalance_weights(prior))
+    assert float(ce(good, torch.full((1, 2, 4, 4), 20.0))) < float(ce(flat, torch.full((1, 2, 4, 4), 20.0)))
+    with pytest.raises(BadInputError, match="does not fit"):
+        build_loss("l2", "bins", prior)
+    with pytest.raises(BadInputError, match="does not fit"):
+        build_loss("rebalanced", "ab")
+    with pytest.raises(BadInputError, match="prior"):
+        build_loss("rebalanced", "bins", None)
+    gan = GanObjective.for_model(TinyAb())
+    L, fake, real = torch.rand(2, 1, 16, 16) * 100, torch.randn(2, 2, 8, 8), torch.randn(2, 2, 16, 16)
+    g, parts = gan.generator_loss(L, fake, real)
+    d = gan.discriminator_loss(L, fake, real)
+    assert math.isfinite(float(g)) and math.isfinite(float(d)) and {"g_adv", "l1"} <= set(parts)
+
+
+def test_bad_configs_are_clear_errors(cache: Path, tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match="multiple of 16"):
+        train(cfg_for(cache, tmp_path / "r", image_size=40))
+    with pytest.raises(BadInputError, match="fewer than one batch"):
+        train(cfg_for(cache, tmp_path / "r", batch_size=64))
+    with pytest.raises(BadInputError, match="--resume"):
+        train(cfg_for(cache, tmp_path / "r2", resume=True))
+    with pytest.raises(BadInputError, match="does not exist"):
+        train(cfg_for(cache, tmp_path / "r3", data=(tmp_path / "missing",)))
+
+
+def test_train_prepares_raw_folders(tmp_path: Path) -> None:
+    make_images(tmp_path / "raw", 6)
+    res = train(TrainConfig(data=(tmp_path / "raw",), model=TINY_AB, out=tmp_path / "run",
+                            steps=2, batch_size=2, image_size=32, loss="l2", cache_size=32,
+                            val_fraction=0.3, workers=0, threads=1))
+    assert D.is_cache(tmp_path / "run" / "cache") and res.steps == 2
+
+
+def test_cli_train_and_eval(cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from bttf.cli import main
+
+    main(["train", str(cache), "--model", "fastcolor", "--out", str(tmp_path / "run"),
+          "--loss", "rebalanced", "--steps", "2", "--batch-size", "4", "--image-size", "32",
+          "--threads", "1", "--workers", "0", "--val-every", "1ep"])
+    assert (tmp_path / "run" / "best.safetensors").is_file()
+    capsys.readouterr()
+    main(["eval", str(cache), "--weights", str(tmp_path / "run" / "best.safetensors"), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    names = [r["name"] for r in report["results"]]
+    assert names[0].startswith("gray") and "fastcolor" in names[1]
+    assert report["results"][1]["prior"] == "checkpoint"
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(cache), "--out", str(tmp_path / "x"), "--steps", "1",
+              "--image-size", "40"])
+    assert e.value.code == 2
+    assert "--image-size" in capsys.readouterr().err
+
+
+def test_eval_on_known_inputs(tmp_path: Path) -> None:
+    import cv2
+
+    (tmp_path / "gray").mkdir()
+    for i in range(2):
+        g = np.tile(np.linspace(0, 255, 32, dtype=np.uint8), (32, 1))
+        cv2.imwrite(str(tmp_path / "gray" / f"g{i}.png"), np.dstack([g, g, g]))
+    report = evaluate(EvalConfig(inputs=(tmp_path / "gray",), size=32))
+    (gray,) = report.rows
+    assert report.images == 2
+    assert math.isinf(gray.metrics["psnr"]) and gray.metrics["ssim"] == pytest.approx(1.0)
+    assert gray.metrics["auc"] == pytest.approx(1.0) and gray.metrics["colorfulness"] < 1e-6
+    assert report.to_dict()["results"][0]["psnr"] == "inf"
+    json.dumps(report.to_dict(), allow_nan=False)
+
+    make_images(tmp_path / "col", 3)
+    report = evaluate(EvalConfig(inputs=(tmp_path / "col",), models=("fastcolor",), size=32))
+    gray, model = report.rows
+    assert 10 < gray.metrics["psnr"] < 60 and 0 < gray.metrics["auc"] < 1
+    assert 0 < gray.metrics["auc_rebal"] < gray.metrics["auc"] + 0.2
+    assert report.colorfulness_truth > gray.metrics["colorfulness"]
+    assert all(math.isfinite(model.metrics[k]) for k in ("psnr", "ssim", "auc", "auc_rebal"))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="gloo over localhost")
+def test_ddp_two_cpu_processes(cache: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_port=0", "-m", "bttf", "train", str(cache), "--model", "fastcolor",
+           "--out", str(tmp_path / "run"), "--steps", "2", "--batch-size", "2",
+           "--image-size", "32", "--device", "cpu", "--workers", "0", "--threads", "1",
+           "--val-every", "2"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = losses_of(tmp_path / "run")
+    assert len(rows) == 2  # one writer: rank 0
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    assert state["step"] == 2
+    assert (tmp_path / "run" / "best.safetensors").is_file()
