@@ -178,27 +178,43 @@ def _default_output(src: str) -> str:
     return str(p.with_name(f"{p.stem}_color{p.suffix if is_image_path(p) else '.mp4'}"))
 
 
+_COLORIZER_OPTIONS = [
+    click.option("--model", default=None,
+                 help="Colorizer name (see `bttf models`). [default: default]"),
+    click.option("--weights", type=click.Path(dir_okay=False), default=None,
+                 help="Weights file; a bttf .safetensors names its model, so it is enough alone."),
+    click.option("--device", default="auto", show_default=True,
+                 help="auto, cpu, cuda, cuda:N or mps."),
+    click.option("--render-size", type=click.IntRange(16, 4096), default=None,
+                 help="Short side (pixels) the model works at. [default: the model's, 256]"),
+    click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+                 help="Frames per model call (halved automatically on CUDA out-of-memory)."),
+    click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.38,
+                 show_default=True, help="Annealed-mean temperature; lower is more saturated."),
+    click.option("--top-k", type=click.IntRange(1, 313), default=None,
+                 help="Decode colours from the k most likely bins only."),
+    click.option("--temporal/--no-temporal", default=True, show_default=True,
+                 help="Stabilize colours across frames (flow-guided fusion)."),
+    click.option("--temporal-strength", type=click.FloatRange(0.0, 1.0), default=None,
+                 help="How much of the past frames the stabilizer keeps, 0..1. [default: 0.8]"),
+    click.option("--threads", type=click.IntRange(min=1), default=None,
+                 help="CPU threads for the model. [default: all cores but one]"),
+]
+
+
+def _colorizer_options(f):  # noqa: ANN001, ANN201 - a click decorator
+    """The model and colorizing options shared by `colorize` and `gif`."""
+    for option in reversed(_COLORIZER_OPTIONS):
+        f = option(f)
+    return f
+
+
 @cli.command("colorize")
 @click.argument("input", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Output file; its suffix picks the format. [default: INPUT_color.mp4, or "
                    "the image's own suffix]")
-@click.option("--model", default=None, help="Colorizer name (see `bttf models`). [default: default]")
-@click.option("--weights", type=click.Path(dir_okay=False), default=None,
-              help="Weights file; a bttf .safetensors names its model, so it is enough alone.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--render-size", type=click.IntRange(16, 4096), default=None,
-              help="Short side (pixels) the model works at. [default: the model's, 256]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Frames per model call (halved automatically on CUDA out-of-memory).")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.38,
-              show_default=True, help="Annealed-mean temperature; lower is more saturated.")
-@click.option("--top-k", type=click.IntRange(1, 313), default=None,
-              help="Decode colours from the k most likely bins only.")
-@click.option("--temporal/--no-temporal", default=True, show_default=True,
-              help="Stabilize colours across frames (flow-guided fusion).")
-@click.option("--temporal-strength", type=click.FloatRange(0.0, 1.0), default=None,
-              help="How much of the past frames the stabilizer keeps, 0..1. [default: 0.8]")
+@_colorizer_options
 @click.option("--codec", default="libx264", show_default=True, help="Video encoder.")
 @click.option("--crf", type=click.IntRange(0, 63), default=18, show_default=True,
               help="Encoder quality (lower is better and bigger).")
@@ -210,8 +226,6 @@ def _default_output(src: str) -> str:
 @click.option("--duration", type=_TimeParam(), default=None,
               help="Colorize this much (seconds or [HH:]MM:SS[.ms]), like ffmpeg -t.")
 @click.option("--no-audio", is_flag=True, help="Leave the audio out.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for the model. [default: all cores but one]")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def colorize_cmd(
@@ -295,6 +309,129 @@ def colorize_cmd(
     if not quiet:
         console.print(f"wrote {stats.output}: {stats.summary()}", highlight=False, markup=False,
                       soft_wrap=True)
+
+
+# --- gif --------------------------------------------------------------------------------------
+
+
+class _SizeParam(click.ParamType):
+    """A file size: 5MB, 800KB, 2.5M, 1MiB or plain bytes."""
+
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):  # noqa: ANN001 - click's signature
+        if isinstance(value, int):
+            return value
+        from bttf.pipeline.gif import parse_size
+
+        try:
+            return parse_size(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+@cli.command("gif")
+@click.argument("input", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="The GIF to write. [default: INPUT_preview.gif]")
+@click.option("--start", type=_TimeParam(), default=0.0,
+              help="Start at this time (seconds or [HH:]MM:SS[.ms]).  [default: 0]")
+@click.option("--duration", type=_TimeParam(), default=4.0, show_default=True,
+              help="Length of the preview (seconds or [HH:]MM:SS[.ms]).")
+@click.option("--fps", type=click.FloatRange(0, 50, min_open=True), default=12.0,
+              show_default=True, help="GIF frame rate (never above the film's).")
+@click.option("--width", type=click.IntRange(16, 4096), default=480, show_default=True,
+              help="GIF width in pixels, per panel with --side-by-side (never above the film's).")
+@click.option("--side-by-side", is_flag=True,
+              help='Black-and-white original left, colour right, labelled "original" and '
+                   '"bttf MODEL".')
+@click.option("--colorized", type=click.Path(dir_okay=False), default=None,
+              help="An already colorized version of INPUT (same timeline, e.g. from `bttf "
+                   "colorize`): only make the GIF.")
+@click.option("--max-size", type=_SizeParam(), default=None,
+              help="Size budget such as 5MB, 800KB or 2.5M: lowers fps, then width, until it fits.")
+@click.option("--dither", type=click.Choice(["bayer", "sierra2_4a", "floyd_steinberg", "none"]),
+              default="bayer", show_default=True,
+              help="Palette dithering: bayer compresses best; sierra2_4a looks finer on stills.")
+@click.option("--label", default=None, help='Right-hand label. [default: "bttf MODEL"]')
+@_colorizer_options
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress and no summary.")
+def gif_cmd(
+    input: str,
+    output: str | None,
+    start: float,
+    duration: float,
+    fps: float,
+    width: int,
+    side_by_side: bool,
+    colorized: str | None,
+    max_size: int | None,
+    dither: str,
+    label: str | None,
+    model: str | None,
+    weights: str | None,
+    device: str,
+    render_size: int | None,
+    batch_size: int,
+    temperature: float,
+    top_k: int | None,
+    temporal: bool,
+    temporal_strength: float | None,
+    threads: int | None,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    """Make a short looping GIF preview of INPUT colorized, for an issue, a chat or a README.
+
+    Only the requested range is colorized, at GIF size, in a temporary folder; the GIF uses a
+    palette computed for the clip (two passes through ffmpeg) and loops forever.
+    """
+    import re
+    from pathlib import Path
+
+    from bttf.pipeline.colorize import ColorizeConfig
+    from bttf.pipeline.gif import GifConfig, format_size, make_gif
+
+    if not re.match(_DEVICE_RE, device.strip().lower()):
+        raise click.BadParameter(f"{device!r}; use auto, cpu, cuda, cuda:N or mps",
+                                 param_hint="--device")  # fmt: skip
+    if duration <= 0:
+        raise click.BadParameter("must be more than 0", param_hint="--duration")
+    colorize = None
+    if colorized is None:
+        colorize = ColorizeConfig(
+            model=model, weights=weights, device=device, render_size=render_size,
+            batch_size=batch_size, temperature=temperature, top_k=top_k, temporal=temporal,
+            temporal_strength=temporal_strength, threads=threads, audio=False,
+        )  # fmt: skip
+    config = GifConfig(
+        start=start, duration=duration, fps=fps, width=width, side_by_side=side_by_side,
+        colorized=Path(colorized) if colorized else None, max_size=max_size, dither=dither,
+        overwrite=overwrite, label=label, colorize=colorize,
+    )  # fmt: skip
+    p = Path(input)
+    output = output or str(p.with_name(f"{p.stem}_preview.gif"))
+    if quiet:
+        result = make_gif(input, output, config)
+    else:
+        with console.status(f"making {output}") as status:
+
+            def progress(done: int, total: int | None) -> None:
+                status.update(f"colorizing frame {done}/{total or '?'}")
+
+            result = make_gif(input, output, config, progress=progress)
+    if quiet:
+        return
+    if result.fps != fps or result.width != width:
+        why = f"to fit --max-size {format_size(max_size)}" if result.reduced else "the film's own"
+        console.print(f"chose {result.fps:g} fps, {result.width} px wide ({why}; asked for "
+                      f"{fps:g} fps, {width} px)", highlight=False, markup=False)  # fmt: skip
+    console.print(
+        f"wrote {result.path}: {result.frames} frames, {result.total_width}x{result.height} at "
+        f"{result.fps:g} fps, {format_size(result.size_bytes)}",
+        highlight=False, markup=False, soft_wrap=True,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

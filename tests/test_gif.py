@@ -169,3 +169,88 @@ def test_bad_inputs(clips, tmp_path):
         make_gif(bw, tmp_path / "c.mp4", _cfg(color))
     with pytest.raises(BadInputError):
         make_gif(tmp_path / "missing.mp4", tmp_path / "d.gif", _cfg(color))
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def _main(capsys, *args: str) -> tuple[int, str]:
+    from bttf.cli import main
+
+    try:
+        main(["gif", *args])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def test_cli_colorizes_only_the_range_side_by_side(tiny_video, tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    out = tmp_path / "out" / "p.gif"
+    out.parent.mkdir()
+    code, err = _main(capsys, str(tiny_video), "-o", str(out), "--start", "0.25", "--duration",
+                      "0.5", "--width", "48", "--side-by-side", "--model", "fastcolor",
+                      "--device", "cpu", "--render-size", "32", "--threads", "1")  # fmt: skip
+    assert code == 0, err
+    (w, h), frames, loop = _gif_info(out)
+    assert (w, h) == (96, 36) and loop == 0 and abs(frames - 6) <= 1
+    assert "wrote" in err and "96x36" in err
+    assert list(scratch.iterdir()) == []  # the temporary colorized clip is gone
+    assert [p.name for p in out.parent.iterdir()] == ["p.gif"]
+
+
+def test_cli_max_size_says_what_it_chose(clips, tmp_path, capsys):
+    bw, color = clips
+    full = make_gif(bw, tmp_path / "full.gif", _cfg(color, width=160))
+    out = tmp_path / "p.gif"
+    budget = f"{full.size_bytes * 0.45 / 1000:.1f}KB"
+    code, err = _main(capsys, str(bw), "--colorized", str(color), "-o", str(out), "--width",
+                      "160", "--duration", "1", "--max-size", budget)  # fmt: skip
+    assert code == 0, err
+    assert "chose" in err and "max-size" in err
+    assert out.stat().st_size <= full.size_bytes * 0.45
+
+
+def test_cli_max_size_unreachable(clips, tmp_path, capsys):
+    bw, color = clips
+    code, err = _main(capsys, str(bw), "--colorized", str(color), "-o", str(tmp_path / "p.gif"),
+                      "--max-size", "1KB")  # fmt: skip
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("bttf: error:") and "max-size" in err
+
+
+def test_cli_overwrite_refusal(clips, tmp_path, capsys):
+    bw, color = clips
+    out = tmp_path / "p.gif"
+    out.write_bytes(b"keep")
+    args = (str(bw), "--colorized", str(color), "-o", str(out), "--duration", "0.5")
+    code, err = _main(capsys, *args)
+    assert code == 2 and err.count("\n") == 1 and "--overwrite" in err
+    assert out.read_bytes() == b"keep"
+    code, err = _main(capsys, *args, "--overwrite")
+    assert code == 0 and _gif_info(out)[1] > 0
+
+
+@pytest.mark.parametrize("bad", ["junk", "missing", "audio", "image", "past_end"])
+def test_cli_bad_input_exit_2_one_line(bad, clips, tiny_video, audio_only, gray_png, tmp_path,
+                                       capsys):  # fmt: skip
+    src = {"junk": tmp_path / "junk.mp4", "missing": tmp_path / "nope.mp4", "audio": audio_only,
+           "image": gray_png, "past_end": tiny_video}[bad]  # fmt: skip
+    if bad == "junk":
+        src.write_bytes(b"\x00" * 100)
+    extra = ["--start", "10"] if bad == "past_end" else []
+    code, err = _main(capsys, str(src), "-o", str(tmp_path / "p.gif"), "--colorized",
+                      str(clips[1]), *extra)  # fmt: skip
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("bttf: error:"), err
+    assert not (tmp_path / "p.gif").exists()
+
+
+def test_cli_bad_max_size_is_a_usage_error(clips, tmp_path, capsys):
+    code, err = _main(capsys, str(clips[0]), "-o", str(tmp_path / "p.gif"), "--max-size", "5XB")
+    assert code == 2 and "--max-size" in err

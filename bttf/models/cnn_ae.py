@@ -63,7 +63,8 @@ class CnnAutoencoder(nn.Module):
         self.encoder = nn.ModuleList(
             _level(chans[i], chans[i + 1], 2, variant, dropout) for i in range(5)
         )
-        # Decoder level i upsamples then maps widths[4 - i] -> widths[3 - i] (the last to widths[0]).
+        # Decoder level i upsamples, then maps widths[4 - i] to widths[3 - i] (the last to
+        # widths[0]): the encoder mirrored.
         out_ch = (*widths[::-1][1:], widths[0])
         self.decoder = nn.ModuleList(
             _level(widths[::-1][i], out_ch[i], 1, variant, dropout if i < 4 else 0.0)

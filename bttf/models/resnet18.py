@@ -169,7 +169,8 @@ def is_imagenet_trunk(state: Mapping[str, object]) -> bool:
 
 def load_imagenet_trunk(model: nn.Module, path_or_state: str | Path | Mapping[str, torch.Tensor]
                         ) -> nn.Module:
-    """Load an ImageNet ResNet-18 classifier's weights into `model`'s trunk; the head keeps its init.
+    """Load an ImageNet ResNet-18 classifier's weights into `model`'s trunk (the head keeps its
+    initialisation).
 
     Args:
         model: a `ResNet18Colorizer` ("resnet18" or "resnet18-bins").

@@ -51,7 +51,8 @@ class UNetAutoencoder(nn.Module):
             DoubleConv(1 if i == 0 else widths[i - 1], w) for i, w in enumerate(widths)
         )
         self.up = nn.ModuleList(
-            DoubleConv(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(len(widths) - 1))
+            DoubleConv(widths[i + 1] + widths[i], widths[i])
+            for i in reversed(range(len(widths) - 1))
         )
         self.head = nn.Conv2d(widths[0], 2, 1)
         for m in self.modules():

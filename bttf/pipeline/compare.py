@@ -168,8 +168,11 @@ def _read_video_frames(path: Path, count: int) -> tuple[list[np.ndarray], list[f
             duration = container.duration / av.time_base
         else:
             duration = None
+        rate = stream.average_rate or stream.guessed_rate
+        known = stream.frames or (round(duration * rate) if duration and rate else 0)
         try:
-            if duration and duration > 0:
+            # Seeking finds a few frames of a long film fast; a short one is simply decoded.
+            if duration and duration > 0 and (not known or count < known):
                 frames, times = _seek_frames(container, stream, start, duration, count)
                 if len(frames) == count:
                     return frames, times

@@ -85,6 +85,7 @@ class VideoInfo:
     frames: int | None  # the container's count, or an estimate from duration × rate
     duration: float | None  # seconds
     start: Fraction  # seconds: the first frame's time
+    end: Fraction | None  # seconds: where the video stream ends (its last frame's end)
     codec: str
     pix_fmt: str  # the decoder's output format
     bits: int  # bit depth of the Y plane the engine gets
@@ -191,6 +192,9 @@ def probe_video(path: str | Path) -> VideoInfo:
         else:
             duration = None
         frames = stream.frames or None
+        end = None
+        if stream.duration:
+            end = Fraction((stream.start_time or 0) + stream.duration) * tb
         if frames is None and duration and rate:
             frames = max(1, round(duration * rate))
         y, bits, full = luma_plane(first)
@@ -206,6 +210,7 @@ def probe_video(path: str | Path) -> VideoInfo:
             frames=frames,
             duration=duration,
             start=Fraction(start_pts) * tb,
+            end=end,
             codec=cc.name,
             pix_fmt=first.format.name,
             bits=bits,
@@ -234,6 +239,7 @@ def read_frames(
     before `start` are decoded (from the keyframe the seek lands on) and dropped, decoding stops
     at `start + duration`. Timestamps are the source's; a frame without one, or one that does
     not increase, gets the previous one plus a frame's duration so the encoder accepts it.
+    A frame's duration is the time to the next frame (the last one's: to the stream's end).
     """
     t_start = info.start + (to_fraction(start) or 0)
     t_end = None if duration is None else t_start + to_fraction(duration)
@@ -263,8 +269,8 @@ def read_frames(
                 if t < t_start:
                     continue
                 if pending is not None:
-                    y, ppts, pdur = pending
-                    yield SourceFrame(index, y, ppts, pdur or (pts - ppts), tb)
+                    y, ppts, _ = pending
+                    yield SourceFrame(index, y, ppts, pts - ppts, tb)
                     index += 1
                     pending = None
                 if t_end is not None and t >= t_end:
@@ -275,4 +281,6 @@ def read_frames(
             raise BadInputError(f"{info.path} stops decoding at frame {index} ({e})") from e
         if pending is not None:
             y, ppts, pdur = pending
+            if info.end is not None and 0 < info.end / tb - ppts <= 4 * step:
+                pdur = round(info.end / tb - ppts)
             yield SourceFrame(index, y, ppts, pdur or step, tb)

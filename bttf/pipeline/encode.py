@@ -175,14 +175,18 @@ class AudioRemux:
                 if not codec or codec == "none":
                     self.notices.append(f"{fmt} cannot hold audio; audio stream #{s.index} dropped")
                     continue
-                dst = self.out.add_stream(codec, rate=s.codec_context.sample_rate)
-                dst.layout = s.codec_context.layout
+                rate = s.codec_context.sample_rate
                 channels = max(1, s.codec_context.layout.nb_channels)
+                # The standard layout for the channel count ("1 channels" -> mono): AAC needs one.
+                layout = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1",
+                          7: "6.1", 8: "7.1"}.get(channels, "stereo")  # fmt: skip
+                dst = self.out.add_stream(codec, rate=rate)
+                dst.layout = layout
                 # AAC allows at most 6144 bits per channel per 1024 samples.
-                dst.bit_rate = min(96_000 * channels, 5 * s.codec_context.sample_rate * channels)
+                dst.bit_rate = min(96_000 * channels, 5 * rate * channels)
                 fmt_out = dst.codec_context.codec.audio_formats[0].name
-                track = _AudioTrack(s, dst, copy=False, resampler=av.AudioResampler(
-                    format=fmt_out, layout=s.codec_context.layout, rate=s.codec_context.sample_rate))  # fmt: skip
+                resampler = av.AudioResampler(format=fmt_out, layout=layout, rate=rate)
+                track = _AudioTrack(s, dst, copy=False, resampler=resampler)
                 self.notices.append(
                     f"{fmt} cannot hold {s.codec_context.name} audio as it is; "
                     f"audio stream #{s.index} re-encoded to {codec}"

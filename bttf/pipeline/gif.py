@@ -2,9 +2,10 @@
 
 `make_gif` colorizes only the requested range, at GIF size, into a temporary directory (or takes an
 already colorized video), then asks ffmpeg (the binary shipped with imageio-ffmpeg) for a GIF with
-an optimal palette: `palettegen=stats_mode=diff` on one branch of a split, `paletteuse` with ordered
-dithering and `diff_mode=rectangle` on the other, looping forever. With a size budget it lowers the
-frame rate, then the width, until the file fits, and returns the settings it chose.
+an optimal palette in two passes: `palettegen=stats_mode=diff` writes the clip's palette, then
+`paletteuse` maps it with ordered dithering and `diff_mode=rectangle`, looping forever. With a
+size budget it lowers the frame rate, then the width, until the file fits, and returns the
+settings it chose.
 
 Labels for the side-by-side view are drawn with OpenCV's built-in Hershey font into a transparent
 PNG that ffmpeg overlays: no system font is needed (ffmpeg's drawtext would need a font file).
@@ -33,7 +34,7 @@ from bttf.pipeline.decode import probe_video
 from bttf.pipeline.media import atomic_output, check_input, check_output, is_image_path
 
 if TYPE_CHECKING:
-    from bttf.pipeline.colorize import ColorizeConfig
+    from bttf.pipeline.colorize import ColorizeConfig, ColorizeStats
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class GifResult:
     attempts: int  # GIFs encoded (more than one when a size budget forced a reduction)
     reduced: bool  # fps or width were lowered to meet max_size
     side_by_side: bool = False
-    colorize_stats: Any = None  # what colorize_video returned, None with `colorized`
+    colorize_stats: ColorizeStats | None = None  # None with `colorized`
 
     @property
     def total_width(self) -> int:
@@ -186,6 +187,7 @@ def _run(stream: Any, what: str) -> None:
     if proc.returncode != 0:
         lines = [ln.strip() for ln in proc.stderr.decode(errors="replace").splitlines()]
         reason = next((ln for ln in reversed(lines) if ln), f"exit status {proc.returncode}")
+        reason = re.sub(r"^\[[^\]]* @ 0x[0-9a-f]+\] ", "", reason)  # "[out#0/gif @ 0x55…] "
         raise BttfError(f"ffmpeg failed {what}: {reason}")
 
 
@@ -213,7 +215,8 @@ def _label_png(path: Path, panel_w: int, panel_h: int, labels: tuple[str, str]) 
         img[y0:y1, x0:x1] = (0, 0, 0, 150)
         # draw into a separate opaque layer so the text's alpha is its own anti-aliasing
         layer = np.zeros((panel_h, 2 * panel_w), np.uint8)
-        cv2.putText(layer, text, (x0 + pad, y0 + pad + th), font, scale, 255, thickness, cv2.LINE_AA)
+        org = (x0 + pad, y0 + pad + th)
+        cv2.putText(layer, text, org, font, scale, 255, thickness, cv2.LINE_AA)
         a = layer.astype(np.float32) / 255.0
         img[..., :3] = (img[..., :3] * (1 - a[..., None]) + 255 * a[..., None]).astype(np.uint8)
         img[..., 3] = np.maximum(img[..., 3], layer)
@@ -222,7 +225,7 @@ def _label_png(path: Path, panel_w: int, panel_h: int, labels: tuple[str, str]) 
 
 
 def _cut(src: Path, dst: Path, start: float, duration: float | None, fps: float, w: int, h: int):
-    """The requested range of `src`, at GIF rate and size, losslessly (FFV1): what gets colorized."""
+    """The requested range of `src` at GIF rate and size, lossless (FFV1): what gets colorized."""
     kw: dict[str, Any] = {"ss": start} if start > 0 else {}
     if duration is not None:
         kw["t"] = duration
@@ -248,6 +251,7 @@ def _encode_gif(
     width: int,
     height: int,
     labels_png: Path | None,
+    palette: Path,
     config: GifConfig,
 ) -> None:
     def timed(path: Path, start: float):
@@ -276,13 +280,18 @@ def _encode_gif(
             v = ffmpeg.overlay(v, ffmpeg.input(str(labels_png)), x=0, y=0, format="rgb")
     else:
         v = scaled(v, "rgb24")
-    split = v.split()
-    palette = split[1].filter("palettegen", stats_mode="diff")
-    use: dict[str, Any] = {"dither": config.dither, "diff_mode": "rectangle"}
-    if config.dither == "bayer":
-        use["bayer_scale"] = config.bayer_scale
-    gif = ffmpeg.filter([split[0], palette], "paletteuse", **use)
-    _run(gif.output(str(out), f="gif", loop=0), "making the GIF")
+    # two runs rather than a split in one graph: a split would hold every frame in memory
+    # until palettegen has seen the last one
+    try:
+        pal = v.filter("palettegen", stats_mode="diff")
+        _run(pal.output(str(palette), update=1, **{"frames:v": 1}), "making the GIF palette")
+        use: dict[str, Any] = {"dither": config.dither, "diff_mode": "rectangle"}
+        if config.dither == "bayer":
+            use["bayer_scale"] = config.bayer_scale
+        gif = ffmpeg.filter([v, ffmpeg.input(str(palette))], "paletteuse", **use)
+        _run(gif.output(str(out), f="gif", loop=0), "making the GIF")
+    finally:
+        palette.unlink(missing_ok=True)
 
 
 def _count_frames(path: Path) -> int:
@@ -309,7 +318,7 @@ def make_gif(
     src: str | Path,
     dst: str | Path,
     config: GifConfig,
-    progress: Callable[..., Any] | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
 ) -> GifResult:
     """Make a looping GIF preview of `src` (colorized) at `dst`.
 
@@ -335,7 +344,14 @@ def make_gif(
         raise BadInputError(
             f"--start {config.start:g}s is past the end of {src} ({probe.duration:.2f}s)"
         )
-    color_probe = _probe(Path(config.colorized)) if config.colorized is not None else probe
+    color_probe = probe
+    if config.colorized is not None:
+        color_probe = _probe(Path(config.colorized))
+        if color_probe.duration is not None and config.start >= color_probe.duration:
+            raise BadInputError(
+                f"--start {config.start:g}s is past the end of the --colorized video "
+                f"{config.colorized} ({color_probe.duration:.2f}s); is it the same film?"
+            )
 
     # never upscale or add duplicate frames: they only make the file bigger
     fps = config.fps if probe.fps is None else min(config.fps, round(probe.fps, 3))
@@ -345,9 +361,6 @@ def make_gif(
         log.info("source is %dx%d at %s fps: GIF at %d px, %g fps",
                  probe.width, probe.height, probe.fps, width, fps)
 
-    model = getattr(config.colorize, "model", None) if config.colorize is not None else None
-    labels = ("original", config.label or (f"bttf {model}" if model else "bttf"))
-
     with tempfile.TemporaryDirectory(prefix="bttf-gif-") as tmp_name, atomic_output(dst) as part:
         tmp = Path(tmp_name)
         stats = None
@@ -355,11 +368,14 @@ def make_gif(
             clip, colored = tmp / "clip.mkv", tmp / "colorized.mkv"
             _cut(src, clip, config.start, config.duration, fps, _even(width), _even(height))
             stats = _colorize(clip, colored, config.colorize, progress)
+            model = stats.model
             color, original = (colored, 0.0), (clip, 0.0)
             duration = None
         else:
             color, original = (Path(config.colorized), config.start), (src, config.start)
             duration = config.duration
+            model = config.colorize.model if config.colorize is not None else None
+        labels = ("original", config.label or (f"bttf {model}" if model else "bttf"))
 
         candidates = _ladder(fps, width) if config.max_size else [(fps, width)]
         attempts, measured = 0, None
@@ -377,7 +393,7 @@ def make_gif(
                 png = tmp / f"labels_{w}.png"
                 _label_png(png, w, h, labels)
             _encode_gif(part, color, original if config.side_by_side else None, duration,
-                        f, w, h, png, config)
+                        f, w, h, png, tmp / "palette.png", config)  # fmt: skip
             attempts += 1
             size = part.stat().st_size
             log.info("GIF at %g fps, %d px wide: %s", f, w, format_size(size))
@@ -409,11 +425,10 @@ def make_gif(
     )
 
 
-def _colorize(clip: Path, out: Path, colorize: ColorizeConfig, progress):
+def _colorize(clip: Path, out: Path, colorize: ColorizeConfig, progress) -> ColorizeStats:
     from bttf.pipeline.colorize import colorize_video
 
-    # the whole (already cut) clip, near-lossless: it is an intermediate for the palette step
-    fields = {"start": 0.0, "duration": None, "overwrite": True, "crf": 12}
-    names = set(type(colorize).__dataclass_fields__)
-    cfg = replace(colorize, **{k: v for k, v in fields.items() if k in names})
+    # the whole (already cut) clip, near-lossless and quick: only the palette step reads it
+    cfg = replace(colorize, start=None, duration=None, audio=False, overwrite=True,
+                  codec="libx264", crf=12, preset="veryfast", pix_fmt="yuv420p")  # fmt: skip
     return colorize_video(clip, out, cfg, progress=progress)
