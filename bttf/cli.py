@@ -297,15 +297,22 @@ def colorize_cmd(
                 speed = task.finished_speed or task.speed
                 return Text(f"{speed:5.1f} fps" if speed else "  ... fps", style="progress.data.speed")
 
-        with Progress(TextColumn("[bold]colorizing[/]"), BarColumn(), MofNCompleteColumn(),
-                      _Fps(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                      console=console, transient=True) as bar:  # fmt: skip
-            task = bar.add_task("colorize", total=None)
+        bar = Progress(TextColumn("[bold]colorizing[/]"), BarColumn(), MofNCompleteColumn(),
+                       _Fps(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                       console=console, transient=True)  # fmt: skip
+        task = bar.add_task("colorize", total=None, start=False)
 
-            def progress(done: int, total: int | None) -> None:
-                bar.update(task, completed=done, total=max(total, done) if total else None)
+        def progress(done: int, total: int | None) -> None:
+            if not bar.live.is_started:  # only once the input is open and the model loaded
+                bar.start()
+                bar.start_task(task)
+            bar.update(task, completed=done, total=max(total, done) if total else None)
 
+        try:
             stats = colorize_video(input, output, config, progress=progress)
+        finally:
+            if bar.live.is_started:
+                bar.stop()
     if not quiet:
         console.print(f"wrote {stats.output}: {stats.summary()}", highlight=False, markup=False,
                       soft_wrap=True)

@@ -13,7 +13,8 @@ from bttf.errors import BadInputError, OutputExistsError
 from bttf.training import data as D
 
 
-def make_images(folder: Path, n: int, size: tuple[int, int] = (48, 64), seed: int = 0) -> list[Path]:
+def make_images(folder: Path, n: int, size: tuple[int, int] = (48, 64),
+                seed: int = 0) -> list[Path]:
     """`n` colourful PNGs (gradients between two random colours plus a disc) in `folder`."""
     import cv2
 

@@ -91,6 +91,7 @@ class FastColor(nn.Module):
         depths: tuple[int, ...] | list[int] = (1, 3, 4),
         decoder: tuple[int, ...] | list[int] = (96, 64),
         expand: int = 4,
+        out_channels: int = Q,
     ) -> None:
         super().__init__()
         c2, c4, c8, c16, cctx = widths
@@ -115,7 +116,7 @@ class FastColor(nn.Module):
         self.dec8 = SepConv(d8c + c8, d8c)
         self.lat8 = ConvBNAct(d8c, d4c, 1)
         self.dec4 = nn.Sequential(SepConv(d4c + c4, d4c), SepConv(d4c, d4c))
-        self.head = nn.Conv2d(d4c, Q, 1, bias=True)
+        self.head = nn.Conv2d(d4c, out_channels, 1, bias=True)
         self._init()
 
     def _init(self) -> None:
@@ -150,9 +151,11 @@ class FastColor(nn.Module):
         y = self.dec4(torch.cat((y, s4), dim=1))
         # The 1x1 head as one batched GEMM: oneDNN's convolution is slow for 313 channels.
         n, c, h, w = y.shape
-        logits = torch.baddbmm(self.head.bias.view(1, Q, 1), self.head.weight.view(1, Q, c)
-                               .expand(n, Q, c), y.reshape(n, c, h * w))
-        return logits.view(n, Q, h, w)
+        q = self.head.out_channels
+        out = torch.baddbmm(self.head.bias.view(1, q, 1), self.head.weight.view(1, q, c)
+                            .expand(n, q, c), y.reshape(n, c, h * w)).view(n, q, h, w)
+        # The ab variant regresses ab / 110 (the seeds' normalisation), returned in Lab units.
+        return out if q == Q else out * 110.0
 
 
 @register_model("fastcolor", output="bins", stride=16, render_size=256,
@@ -161,3 +164,10 @@ class FastColor(nn.Module):
 def fastcolor(**kw) -> FastColor:
     """bttf's small, fast default colorizer (313-bin head)."""
     return FastColor(**kw)
+
+
+@register_model("fastcolor-l2", output="ab", stride=16, render_size=256,
+                description="fastcolor's network regressing ab directly (trained with L2)")
+def fastcolor_l2(**kw) -> FastColor:
+    """fastcolor's network with a 2-channel ab head: the baseline for its L2-vs-bins comparison."""
+    return FastColor(out_channels=2, **kw)

@@ -1,4 +1,5 @@
-"""Training data: a compact Lab cache built once (`prepare`), read memory-mapped, augmented in torch.
+"""Training data: a compact Lab cache built once (`prepare`), read memory-mapped, augmented
+in torch.
 
 A cache is a folder:
 
@@ -52,7 +53,7 @@ class PrepareConfig:
     val_fraction: float = 0.05
     seed: int = 0
     frame_step: int = 30  # keep every N-th video frame...
-    dup_threshold: float = 4.0  # ...unless it differs from the last kept one by less (mean |dY|, 0-255)
+    dup_threshold: float = 4.0  # ...unless it is this close to the last kept one (mean |dY|)
     max_frames_per_video: int = 200
     gray_threshold: float = 4.0  # 99th percentile chroma below this: a grayscale image, skipped
     workers: int = 0  # decoding threads (0: one per core)

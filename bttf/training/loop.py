@@ -486,6 +486,11 @@ def _build_model(cfg: TrainConfig, spec) -> nn.Module:
     if cfg.init is None:
         return create_model(spec.name, pretrained=False)
     if cfg.init.lower() in OFFICIAL_INIT:
+        from bttf.models import WEIGHTS_DIR
+
+        if not spec.shipped or not (WEIGHTS_DIR / spec.shipped).is_file():
+            raise BadInputError(f"{spec.name} has no installed weights to start from; give "
+                                "--init FILE (a .safetensors checkpoint or an official .pth)")
         return create_model(spec.name, pretrained=True)
     path = Path(cfg.init)
     if not path.is_file():

@@ -194,7 +194,7 @@ class GanObjective:
             p.requires_grad_(True)
         adv = F.binary_cross_entropy_with_logits(logits.float(), torch.ones_like(logits.float()))
         l1 = self.l1(fake_ab, true_ab)
-        return adv + self.lambda_l1 * l1, {"g_adv": float(adv), "l1": float(l1)}
+        return adv + self.lambda_l1 * l1, {"g_adv": float(adv.detach()), "l1": float(l1.detach())}
 
     def discriminator_loss(self, L: torch.Tensor, fake_ab: torch.Tensor,
                            true_ab: torch.Tensor) -> torch.Tensor:
