@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from bttf.pipeline.colorize import ColorizeConfig, ColorizeStats, colorize_image, colorize_video
+    from bttf.pipeline.colorize import ColorizeConfig as ColorizeConfig
+    from bttf.pipeline.colorize import ColorizeStats as ColorizeStats
+    from bttf.pipeline.colorize import colorize_image as colorize_image
+    from bttf.pipeline.colorize import colorize_video as colorize_video
 
 _LAZY = ("ColorizeConfig", "ColorizeStats", "colorize_image", "colorize_video")
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["ColorizeConfig", "ColorizeStats", "__version__", "colorize_image", "colorize_video"]
 
 
 def __getattr__(name: str) -> Any:

@@ -150,7 +150,7 @@ class _TimeParam(click.ParamType):
 
     name = "TIME"
 
-    def convert(self, value, param, ctx):  # noqa: ANN001 - click's signature
+    def convert(self, value, param, ctx):
         if isinstance(value, (int, float)):
             seconds = float(value)
         else:
@@ -273,8 +273,9 @@ def colorize_cmd(
     config = ColorizeConfig(
         model=model, weights=weights, device=device, render_size=render_size,
         batch_size=batch_size, temperature=temperature, top_k=top_k, temporal=temporal,
-        temporal_strength=temporal_strength, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, start=start, duration=duration,
-        audio=not no_audio, overwrite=overwrite, threads=threads,
+        temporal_strength=temporal_strength, codec=codec, crf=crf, preset=preset,
+        pix_fmt=pix_fmt, start=start, duration=duration, audio=not no_audio,
+        overwrite=overwrite, threads=threads,
     )  # fmt: skip
     output = output or _default_output(input)
     if is_image_path(input):
@@ -287,15 +288,21 @@ def colorize_cmd(
         stats = colorize_video(input, output, config)
     else:
         from rich.progress import (
-            BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-            TimeElapsedColumn, TimeRemainingColumn,
-        )  # fmt: skip
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            ProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
         from rich.text import Text
 
         class _Fps(ProgressColumn):
-            def render(self, task) -> Text:  # noqa: ANN001 - rich's signature
+            def render(self, task) -> Text:
                 speed = task.finished_speed or task.speed
-                return Text(f"{speed:5.1f} fps" if speed else "  ... fps", style="progress.data.speed")
+                text = f"{speed:5.1f} fps" if speed else "  ... fps"
+                return Text(text, style="progress.data.speed")
 
         bar = Progress(TextColumn("[bold]colorizing[/]"), BarColumn(), MofNCompleteColumn(),
                        _Fps(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
@@ -508,6 +515,8 @@ def prepare_cmd(data: tuple[str, ...], out: str, size: int, val_fraction: float,
               help="Registered model to train (`bttf models`).")
 @click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoints, metrics.csv, loss.png, samples/.")
+@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+              help="Architecture option (value read as JSON, else text), e.g. variant=dropout.")
 @click.option("--epochs", type=int, default=None, help="Length of the run in epochs.")
 @click.option("--steps", type=int, default=None, help="Length of the run in steps (wins).")
 @click.option("--batch-size", type=int, default=16, show_default=True,
@@ -550,7 +559,8 @@ def prepare_cmd(data: tuple[str, ...], out: str, size: int, val_fraction: float,
               help="Raw DATA: validation share.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped.")
 @click.option("--overwrite", is_flag=True, help="Start again in an existing run folder.")
-def train_cmd(data: tuple[str, ...], model: str, out: str, epochs: int | None,
+def train_cmd(data: tuple[str, ...], model: str, out: str, model_args: tuple[str, ...],
+              epochs: int | None,
               steps: int | None, batch_size: int, image_size: int, lr: float,
               weight_decay: float, warmup_steps: int | None, loss: str, device: str, seed: int,
               workers: int, threads: int | None, init: str | None, freeze_encoder: bool,
@@ -565,6 +575,7 @@ def train_cmd(data: tuple[str, ...], model: str, out: str, epochs: int | None,
     # Spinning OpenMP workers collapse throughput (5-10x) when the CPU is shared; read by the
     # OpenMP runtime when torch loads, so only effective if nothing imported torch yet.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import json
     from pathlib import Path
 
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
@@ -592,8 +603,18 @@ def train_cmd(data: tuple[str, ...], model: str, out: str, epochs: int | None,
         raise click.BadParameter("--resume and --overwrite exclude each other",
                                  param_hint="--resume")
     every, unit = _val_every(val_every)
+    kwargs = []
+    for arg in model_args:
+        key, sep, value = arg.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{arg!r}: give KEY=VALUE", param_hint="--model-arg")
+        try:
+            kwargs.append((key.strip(), json.loads(value)))
+        except ValueError:
+            kwargs.append((key.strip(), value))
     cfg = TrainConfig(
         data=tuple(Path(d) for d in data), model=model, out=Path(out), epochs=epochs, steps=steps,
+        model_kwargs=tuple(kwargs),
         batch_size=batch_size, image_size=image_size, lr=lr, weight_decay=weight_decay,
         warmup_steps=warmup_steps, loss=loss, device=device, amp=not no_amp, seed=seed,
         workers=workers, threads=threads, init=init, freeze_encoder=freeze_encoder,
@@ -694,14 +715,16 @@ def eval_cmd(data: tuple[str, ...], models: tuple[str, ...], weights: tuple[str,
 
     table = Table(title=f"{report.images} images, {report.size}x{report.size} "
                         f"(truth colorfulness {f(report.colorfulness_truth, '.1f')})")
-    for col in ("model", "PSNR (dB)", "SSIM", "colorfulness", "AuC", "AuC rebal.", "prior"):
-        table.add_column(col, justify="left" if col in ("model", "prior") else "right")
+    for col in ("model", "weights", "PSNR", "SSIM", "colorf.", "AuC", "AuC reb.", "prior"):
+        table.add_column(col, justify="left" if col in ("model", "weights", "prior") else "right")
     for r in report.rows:
         m = r.metrics
-        table.add_row(r.name, f(m["psnr"], ".2f"), f(m["ssim"], ".4f"),
+        table.add_row(r.name, r.source, f(m["psnr"], ".2f"), f(m["ssim"], ".4f"),
                       f(m["colorfulness"], ".1f"), f(m["auc"], ".4f"), f(m["auc_rebal"], ".4f"),
                       r.prior)
     Console().print(table)
+    console.print("PSNR in dB; AuC of the ab error over thresholds 0-150 (Zhang et al. 2016), "
+                  "'reb.' rebalanced by the bin prior of the 'prior' column", highlight=False)
 
 
 @cli.command("compare")

@@ -72,7 +72,10 @@ def sound(rng: np.random.Generator) -> np.ndarray:
     return np.concatenate(out).astype(np.float32)
 
 
-def main(path: str | Path = Path(__file__).with_name("clip.mp4")) -> Path:
+DEFAULT_OUTPUT = Path(__file__).with_name("clip.mp4")
+
+
+def main(path: str | Path = DEFAULT_OUTPUT) -> Path:
     rng = np.random.default_rng(1895)
     path = Path(path)
     with av.open(str(path), "w", options={"movflags": "+faststart"}) as out:
@@ -89,7 +92,10 @@ def main(path: str | Path = Path(__file__).with_name("clip.mp4")) -> Path:
         samples = sound(rng)
         per_frame = RATE // FPS
         audio_pos = 0
-        for i, gray in enumerate(frames(rng)):
+        # All pictures first (18 MB): made lazily between encoder calls, x264's output was not
+        # byte-for-byte repeatable from run to run.
+        pictures = list(frames(rng))
+        for i, gray in enumerate(pictures):
             frame = av.VideoFrame(W, H, "yuv420p")
             y = np.frombuffer(frame.planes[0], np.uint8).reshape(H, frame.planes[0].line_size)
             y[:, :W] = np.rint(16 + gray.astype(np.float32) * (219 / 255))

@@ -19,11 +19,11 @@ def shared_dir() -> Path:
 
 # --- tiny media for the pipeline and `bttf colorize` tests ------------------------------------
 
-from fractions import Fraction  # noqa: E402 - this section was appended
+from fractions import Fraction
 
-import av  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import av
+import cv2
+import numpy as np
 
 
 def _luma(i: int, w: int, h: int) -> np.ndarray:
@@ -93,7 +93,7 @@ def make_video(
         out.mux(vs.encode(None))
         if aus is not None:
             seconds = float((stamps[-1] + (stamps[-1] - stamps[-2] if len(stamps) > 1 else 1)) * tb)
-            n = int(round(seconds * audio_rate))
+            n = round(seconds * audio_rate)
             fmt = aus.codec_context.codec.audio_formats[0].name
             t = np.arange(n) / audio_rate
             wave = 0.3 * np.sin(2 * np.pi * 440 * t)

@@ -58,8 +58,8 @@ def test_default_output_name_and_time_syntax(tiny_video: Path, tmp_path: Path) -
 def test_weights_file_alone_picks_its_model(tiny_video: Path, tmp_path: Path) -> None:
     from bttf.models import create_model, save_weights
 
-    weights = save_weights(tmp_path / "mine.safetensors", create_model("fastcolor", pretrained=False),
-                           "fastcolor", {})  # fmt: skip
+    model = create_model("fastcolor", pretrained=False)
+    weights = save_weights(tmp_path / "mine.safetensors", model, "fastcolor", {})
     out = tmp_path / "w.mp4"
     args = ["colorize", str(tiny_video), "-o", str(out), "--weights", str(weights), *FAST]
     result = CliRunner().invoke(cli, args)

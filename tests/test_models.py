@@ -107,7 +107,8 @@ def test_mismatched_weights_name_the_key(official_keys) -> None:
         load_state_into(model, {**state, "model9.0.weight": torch.zeros(1)})
 
     wrong = {**state, "model8.6.weight": torch.zeros(310, 256, 1, 1)}
-    with pytest.raises(WeightsError, match=r"model8\.6\.weight.*\(310, 256, 1, 1\).*\(313, 256, 1, 1\)"):
+    shapes_re = r"model8\.6\.weight.*\(310, 256, 1, 1\).*\(313, 256, 1, 1\)"
+    with pytest.raises(WeightsError, match=shapes_re):
         load_state_into(model, wrong)
 
     # siggraph17 weights are not eccv16 weights, even when asked for by name

@@ -25,7 +25,7 @@ from bttf.pipeline.decode import SPACE_BT709, SPACE_SMPTE170M, probe_video
 from bttf.pipeline.encode import convert_depth
 from bttf.pipeline.media import Consumer, Producer, atomic_output
 
-FAST = dict(render_size=32, batch_size=4, preset="ultrafast", device="cpu", threads=1)
+FAST = {"render_size": 32, "batch_size": 4, "preset": "ultrafast", "device": "cpu", "threads": 1}
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -207,7 +207,8 @@ def test_odd_size_is_padded_for_h264(odd_video: Path, tmp_path: Path) -> None:
 
 def test_odd_size_is_kept_when_the_codec_can(odd_video: Path, tmp_path: Path) -> None:
     out = tmp_path / "odd.mkv"
-    bttf.colorize_video(odd_video, out, ColorizeConfig(**{**FAST, "codec": "ffv1", "crf": None, "preset": None}))
+    config = ColorizeConfig(**{**FAST, "codec": "ffv1", "crf": None, "preset": None})
+    bttf.colorize_video(odd_video, out, config)
     src, dst = read_film(odd_video), read_film(out)
     assert dst.size == (65, 49)
     assert dst.planes[0][1].shape == (25, 33)  # ceil chroma sizes
@@ -244,6 +245,18 @@ def test_ten_bit_source(tmp_path: Path) -> None:
     assert np.array_equal(d10.planes[2][0], s.planes[2][0])
 
 
+def test_rgb_source_gets_a_computed_luma(tmp_path: Path) -> None:
+    src = make_video(tmp_path / "rgb.mov", frames=6, codec="png", pix_fmt="rgb24", audio=None)
+    out = tmp_path / "rgb_out.mp4"
+    bttf.colorize_video(src, out, ColorizeConfig(**FAST, crf=0))
+    with av.open(str(src)) as c:
+        rgb = next(c.decode(video=0)).to_ndarray(format="rgb24").astype(np.float64)
+    y = 16 + (rgb @ [0.299, 0.587, 0.114]) * 219 / 255  # BT.601, limited range
+    film = read_film(out)
+    assert film.color_range == 1 and film.colorspace == SPACE_SMPTE170M
+    assert np.abs(film.planes[0][0] - np.rint(y)).max() <= 1
+
+
 def test_audio_the_container_cannot_hold_is_reencoded(tmp_path: Path) -> None:
     src = make_video(tmp_path / "u8.mkv", frames=12, audio="pcm_u8", audio_rate=8000)
     out = tmp_path / "u8.mp4"
@@ -276,7 +289,8 @@ def test_output_cannot_be_the_input(tmp_path: Path) -> None:
     src = make_video(tmp_path / "same.mp4", frames=4, audio=None)
     before = src.read_bytes()
     with pytest.raises(BadInputError, match="INPUT itself"):
-        bttf.colorize_video(src, tmp_path / "." / "same.mp4", ColorizeConfig(**FAST, overwrite=True))
+        bttf.colorize_video(src, tmp_path / "." / "same.mp4",
+                            ColorizeConfig(**FAST, overwrite=True))  # fmt: skip
     assert src.read_bytes() == before
 
 

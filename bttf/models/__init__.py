@@ -1,6 +1,7 @@
 """The colorizer zoo: a registry of architectures, their weights, and `Colorizer`.
 
-Importing this package registers every architecture (one module each):
+Importing this package registers every architecture, one module each (`list_models()`),
+among them:
   - "fastcolor" (alias "default"): bttf's small real-time CPU model, 313-bin head.
   - "eccv16": Zhang et al. 2016, official PyTorch key layout, 313-bin head.
   - "siggraph17": Zhang et al. 2017, official PyTorch key layout, ab regression head.

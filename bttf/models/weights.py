@@ -300,7 +300,9 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
         ) from None
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a corrupt file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{path} is not a readable PyTorch weights file ({first[:160]})") from None
+        raise WeightsError(
+            f"{path} is not a readable PyTorch weights file ({first[:160]})"
+        ) from None
     if isinstance(obj, Mapping):
         for wrapper in ("state_dict", "model"):
             inner = obj.get(wrapper)

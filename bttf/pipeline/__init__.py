@@ -13,13 +13,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bttf.pipeline.colorize import (
-        ColorizeConfig,
-        ColorizeStats,
-        colorize,
-        colorize_image,
-        colorize_video,
-    )
+    from bttf.pipeline.colorize import ColorizeConfig as ColorizeConfig
+    from bttf.pipeline.colorize import ColorizeStats as ColorizeStats
+    from bttf.pipeline.colorize import colorize as colorize
+    from bttf.pipeline.colorize import colorize_image as colorize_image
+    from bttf.pipeline.colorize import colorize_video as colorize_video
 
 _LAZY = {
     "ColorizeConfig": "bttf.pipeline.colorize",
@@ -29,7 +27,7 @@ _LAZY = {
     "colorize_video": "bttf.pipeline.colorize",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = ["ColorizeConfig", "ColorizeStats", "colorize", "colorize_image", "colorize_video"]
 
 
 def __getattr__(name: str) -> Any:

@@ -34,7 +34,14 @@ import numpy as np
 import torch
 
 from bttf.errors import BadInputError, BttfError
-from bttf.pipeline.decode import KR_KB, SourceFrame, VideoInfo, probe_video, read_frames, to_fraction
+from bttf.pipeline.decode import (
+    KR_KB,
+    SourceFrame,
+    VideoInfo,
+    probe_video,
+    read_frames,
+    to_fraction,
+)
 from bttf.pipeline.encode import OUTPUT_PIX_FMTS, EncodeSettings, VideoWriter, plan_encode
 from bttf.pipeline.media import (
     Consumer,
@@ -125,7 +132,7 @@ class ColorizeStats:
     frames: int
     seconds: float
     decode_s: float
-    model_s: float
+    model_s: float  # everything on the model's thread, the stabilizer included
     encode_s: float
     model: str
     device: str
@@ -133,6 +140,7 @@ class ColorizeStats:
     batch_size: int  # the batch size at the end (smaller after an out-of-memory retry)
     size: tuple[int, int]  # (w, h) of the output
     notices: tuple[str, ...] = field(default=())
+    stabilize_s: float = 0.0  # the part of model_s the stabilizer took
 
     @property
     def fps(self) -> float:
@@ -140,10 +148,11 @@ class ColorizeStats:
 
     def summary(self) -> str:
         """One line: frames, time, speed, and time per stage."""
+        stab = f" (stabilizer {self.stabilize_s:.1f} s)" if self.stabilize_s else ""
         return (
             f"{self.frames} frame{'s' if self.frames != 1 else ''} in {self.seconds:.1f} s "
-            f"({self.fps:.1f} fps) — decode {self.decode_s:.1f} s, model {self.model_s:.1f} s, "
-            f"encode {self.encode_s:.1f} s [{self.model} on {self.device}, "
+            f"({self.fps:.1f} fps) — decode {self.decode_s:.1f} s, model {self.model_s:.1f} s"
+            f"{stab}, encode {self.encode_s:.1f} s [{self.model} on {self.device}, "
             f"{self.render_size[1]}x{self.render_size[0]}]"
         )
 
@@ -153,7 +162,7 @@ class ColorizeStats:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` | `cpu` | `cuda` | `cuda:N` | `mps` -> a usable torch.device (BadInputError if not)."""
+    """`auto` | `cpu` | `cuda` | `cuda:N` | `mps` -> a usable torch.device, else BadInputError."""
     name = name.strip().lower()
     if name == "auto":
         if torch.cuda.is_available():
@@ -198,10 +207,10 @@ def build_colorizer(config: ColorizeConfig, device: torch.device):
 
 def render_dims(height: int, width: int, short: int, stride: int) -> tuple[int, int]:
     """(h, w) for the model: short side `short` rounded to `stride`, aspect kept (to stride)."""
-    s = max(stride, int(round(short / stride)) * stride)
+    s = max(stride, round(short / stride) * stride)
     if height <= width:
-        return s, max(stride, int(round(width * s / height / stride)) * stride)
-    return max(stride, int(round(height * s / width / stride)) * stride), s
+        return s, max(stride, round(width * s / height / stride) * stride)
+    return max(stride, round(height * s / width / stride) * stride), s
 
 
 def gray_lut(bits: int, full_range: bool) -> np.ndarray:
@@ -292,6 +301,7 @@ class _ModelStage:
         self.max_batch = batch_size
         self.stabilizer = stabilizer
         self.rotate_k = rotate_k
+        self.stabilize_s = 0.0
         self.amp = None
         if device.type == "cuda":
             self.amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -343,7 +353,11 @@ class _ModelStage:
         L = self.lut[gray.long()].unsqueeze(1)
         out = torch.cat(self._split(len(batch), lambda i, j: self._predict(L[i:j])))
         if self.stabilizer is not None:
+            t0 = time.perf_counter()
             out = self.stabilizer(small, out, self.colorizer.output)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.stabilize_s += time.perf_counter() - t0
         if self.rotate_k:
             out = torch.rot90(out, -self.rotate_k, dims=(2, 3))
         gchroma = self._to_device(np.stack([p.chroma for p in batch]))
@@ -449,8 +463,9 @@ def colorize_video(
     total = _expected_frames(info, config.start, config.duration)
     stabilizer = _make_stabilizer(config.temporal, config.temporal_strength)
     stage = _ModelStage(colorizer, device, config.batch_size, stabilizer, rotate_k)
-    log.info("%s: %dx%d %s, %s frames; model %s at %dx%d on %s", src, info.width, info.height,
-             info.pix_fmt, total, _model_name(colorizer), model_hw[1], model_hw[0], device)  # fmt: skip
+    log.info("%s: %dx%d %s, %s frames; model %s at %dx%d on %s", src, info.width,
+             info.height, info.pix_fmt, total, _model_name(colorizer), model_hw[1], model_hw[0],
+             device)  # fmt: skip
 
     done = 0
     t_model = 0.0
@@ -537,6 +552,7 @@ def colorize_video(
         batch_size=stage.max_batch,
         size=(enc_w, enc_h),
         notices=tuple(notices),
+        stabilize_s=stage.stabilize_s,
     )
     log.info("%s", stats.summary())
     return stats

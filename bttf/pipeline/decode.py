@@ -123,7 +123,7 @@ def frame_full_range(frame: av.VideoFrame) -> bool:
         return True
     if frame.color_range == RANGE_TV:
         return False
-    return name.startswith("yuvj") or name.startswith("gray")
+    return name.startswith(("yuvj", "gray"))
 
 
 def luma_plane(frame: av.VideoFrame) -> tuple[np.ndarray, int, bool]:
@@ -158,7 +158,8 @@ def _display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
 
 
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.VideoStream:
-    streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    cover_art = av.stream.Disposition.attached_pic
+    streams = [s for s in container.streams.video if not s.disposition & cover_art]
     if not streams:
         what = "an audio-only file" if container.streams.audio else "not a video"
         raise BadInputError(f"{path} is {what}: it has no video stream to colorize")
@@ -197,7 +198,7 @@ def probe_video(path: str | Path) -> VideoInfo:
             end = Fraction((stream.start_time or 0) + stream.duration) * tb
         if frames is None and duration and rate:
             frames = max(1, round(duration * rate))
-        y, bits, full = luma_plane(first)
+        _, bits, full = luma_plane(first)
         start_pts = first.pts if first.pts is not None else (stream.start_time or 0)
         colorspace = first.colorspace if first.colorspace != SPACE_UNSPECIFIED else cc.colorspace
         matrix = _display_matrix(first)

@@ -165,13 +165,16 @@ class AudioRemux:
         fmt = self.out.format.name.split(",")[0]
         for s in self._in.streams.audio:
             if s.codec_context.codec is None or not s.codec_context.sample_rate:
-                self.notices.append(f"audio stream #{s.index} ({s.codec_context.name}) is unusable; dropped")
+                self.notices.append(
+                    f"audio stream #{s.index} ({s.codec_context.name}) is unusable; dropped"
+                )
                 continue
             if _can_copy(fmt, s):
                 dst = self.out.add_stream_from_template(s)
                 track = _AudioTrack(s, dst, copy=True)
             else:
-                codec = "aac" if "aac" in self.out.supported_codecs else self.out.default_audio_codec
+                supported = self.out.supported_codecs
+                codec = "aac" if "aac" in supported else self.out.default_audio_codec
                 if not codec or codec == "none":
                     self.notices.append(f"{fmt} cannot hold audio; audio stream #{s.index} dropped")
                     continue
@@ -343,9 +346,12 @@ class VideoWriter:
             vs.set_display_matrix(info.display_matrix)
         with open_input(info.path) as src:
             _copy_metadata(src.metadata, self.out.metadata)
-            v = [s for s in src.streams.video]
-            if v:
-                _copy_metadata(v[0].metadata, vs.metadata)
+            if src.streams.video:
+                _copy_metadata(src.streams.video[0].metadata, vs.metadata)
+            others = [s for s in src.streams if s.type not in ("video", "audio")]
+            if others:
+                log.info("%d %s stream(s) of the source are not carried over", len(others),
+                         "/".join(sorted({s.type for s in others})))  # fmt: skip
         self.video = vs
 
     def start(self, t_from: Fraction | None, t_end: Fraction | None, shift_pts: int) -> None:

@@ -64,7 +64,8 @@ def check_output(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool
     if not d.parent.is_dir():
         raise BadInputError(f"the folder {d.parent} does not exist; create it first")
     if not d.suffix:
-        raise BadInputError(f"OUTPUT {d} has no suffix; add one (.mp4, .mkv, .png …) to pick a format")
+        raise BadInputError(f"OUTPUT {d} has no suffix; add one (.mp4, .mkv, .png …) to pick "
+                            "a format")  # fmt: skip
     return d
 
 

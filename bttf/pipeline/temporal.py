@@ -52,7 +52,7 @@ class StabilizerParams:
     strength: float = DEFAULT_STRENGTH  # 0 = per-frame, 1 = keep the past wherever flow is trusted
     fusion: Fusion = "mixture"
     flow_preset: str = "fast"  # DIS preset: "ultrafast", "fast" or "medium"
-    luma_tolerance: float = 10.0  # gray levels: warped-previous vs current mismatch scale
+    luma_tolerance: float = 20.0  # gray levels: warped-previous vs current mismatch scale
     detect_cuts: bool = True
     cut_params: CutParams | None = None
 

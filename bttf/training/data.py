@@ -321,6 +321,7 @@ def prepare(cfg: PrepareConfig, progress: ProgressFn | None = None) -> PrepareSu
     summary.val = sum(it["split"] == "val" for it in items)
     summary.train = len(items) - summary.val
     index = {"version": CACHE_VERSION, "size": s, "seed": cfg.seed,
+             "inputs": sorted(str(Path(p).resolve()) for p in cfg.inputs),
              "val_fraction": cfg.val_fraction, "items": items, "summary": summary.to_dict()}
     tmp = out / "index.json.tmp"
     tmp.write_text(json.dumps(index, indent=1))

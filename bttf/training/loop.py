@@ -5,6 +5,13 @@ step, validation metrics), `state.pt` (optimizer, schedule, step, RNG states: pl
 dicts, loadable with `torch.load(weights_only=True)`), `metrics.csv`, `loss.png` and
 `samples/epoch_N.png` (gray | prediction | truth for a fixed validation set).
 
+metrics.csv has one row per step: step, epoch (fractional), loss (the training objective; for
+"gan" adversarial + 100 L1), lr, images_per_s (validation excluded), and on validation steps
+val_loss (the criterion on the validation images; L1 for "gan"), val_psnr, val_ssim,
+val_colorfulness, val_auc, val_auc_rebal (see `bttf.training.evaluate`; the rebalancing prior is
+the training data's). Validation runs on the first `val_images` validation images of the cache,
+resized to `image_size`, decoded as `bttf colorize` decodes (annealed mean, T = 0.38).
+
 Determinism: the data order is a function of (seed, epoch) (a `DistributedSampler`, also with one
 process) and the augmentation of a batch a function of (seed, step, rank), so `resume=True`
 continues a killed run exactly: same step counter and, on the same machine, the same losses.
@@ -28,7 +35,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -59,6 +66,7 @@ class TrainConfig:
     data: tuple[Path, ...]
     model: str
     out: Path
+    model_kwargs: tuple[tuple[str, Any], ...] = ()  # architecture options (cnn-ae variant ...)
     epochs: int | None = None
     steps: int | None = None
     batch_size: int = 16  # per process
@@ -193,6 +201,7 @@ def _config_dict(cfg: TrainConfig) -> dict:
     d = dataclasses.asdict(cfg)
     d["data"] = [str(p) for p in cfg.data]
     d["out"] = str(cfg.out)
+    d["model_kwargs"] = dict(cfg.model_kwargs)
     return d
 
 
@@ -253,6 +262,12 @@ def _open_data(cfg: TrainConfig, dd: _Dist, progress: ProgressFn | None) -> D.La
         if Path(p).is_dir() and (Path(p) / "index.json").exists() and len(cfg.data) > 1:
             raise BadInputError(f"{p} is a cache: train on one cache, or on raw folders")
     cache_dir = Path(cfg.out) / "cache"
+    wanted = sorted(str(Path(p).resolve()) for p in cfg.data)
+    if dd.main and D.is_cache(cache_dir):
+        index = json.loads((cache_dir / "index.json").read_text())
+        if index.get("inputs") != wanted or index.get("size") != cfg.cache_size:
+            log.info("%s was prepared from other data or at another size: rebuilding", cache_dir)
+            (cache_dir / "index.json").unlink()
     if dd.main and not D.is_cache(cache_dir):
         pcfg = D.PrepareConfig(inputs=tuple(Path(p) for p in cfg.data), out=cache_dir,
                                size=cfg.cache_size, val_fraction=cfg.val_fraction, seed=cfg.seed,
@@ -483,15 +498,19 @@ def _fmt(x: float | None) -> str:
 def _build_model(cfg: TrainConfig, spec) -> nn.Module:
     from bttf.models import create_model
 
+    kw = dict(cfg.model_kwargs)
     if cfg.init is None:
-        return create_model(spec.name, pretrained=False)
+        try:
+            return create_model(spec.name, pretrained=False, **kw)
+        except TypeError as e:
+            raise BadInputError(f"{spec.name} does not take these options: {e}") from None
     if cfg.init.lower() in OFFICIAL_INIT:
         from bttf.models import WEIGHTS_DIR
 
         if not spec.shipped or not (WEIGHTS_DIR / spec.shipped).is_file():
             raise BadInputError(f"{spec.name} has no installed weights to start from; give "
                                 "--init FILE (a .safetensors checkpoint or an official .pth)")
-        return create_model(spec.name, pretrained=True)
+        return create_model(spec.name, pretrained=True, **kw)
     path = Path(cfg.init)
     if not path.is_file():
         raise BadInputError(f"--init {path} does not exist; give a weights file or 'pretrained'")
@@ -501,8 +520,8 @@ def _build_model(cfg: TrainConfig, spec) -> nn.Module:
 
         state, _ = read_weights(path)
         if is_imagenet_trunk(state):  # a torchvision ResNet classifier: load its trunk only
-            return load_imagenet_trunk(create_model(spec.name, pretrained=False), state)
-    return create_model(spec.name, weights=path)
+            return load_imagenet_trunk(create_model(spec.name, pretrained=False, **kw), state)
+    return create_model(spec.name, weights=path, **kw)
 
 
 def _param_groups(model: nn.Module, cfg: TrainConfig, enc_names: set[str]) -> list[dict]:
@@ -574,6 +593,8 @@ def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
             for name in ("state.pt", "last.safetensors", "best.safetensors", "metrics.csv",
                          "loss.png"):
                 (out / name).unlink(missing_ok=True)
+            for png in (out / "samples").glob("epoch_*.png"):
+                png.unlink()
     dd.barrier()
 
     cache = _open_data(cfg, dd, emit)
@@ -594,7 +615,7 @@ def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
     np.random.seed(cfg.seed % 2**32)
     torch.manual_seed(cfg.seed)
     model = _build_model(cfg, spec)
-    config = dict(getattr(model, "bttf_config", {}) or {})
+    config = dict(getattr(model, "bttf_config", None) or dict(cfg.model_kwargs))
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -667,6 +688,9 @@ def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
             return DDP(model, device_ids=ids)
 
         net = wrap()
+        if gan is not None:
+            gan.trainer = DDP(gan.discriminator,
+                              device_ids=[device.index] if device.type == "cuda" else None)
 
     use_amp = cfg.amp and device.type == "cuda"
     csv_path = out / "metrics.csv"

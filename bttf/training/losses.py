@@ -176,6 +176,9 @@ class GanObjective:
 
     def __init__(self, discriminator: nn.Module, lambda_l1: float = 100.0):
         self.discriminator = discriminator
+        # What `discriminator_loss` calls: the loop puts a DDP wrapper here under torchrun; the
+        # generator's pass uses the bare module (frozen there, so DDP must not see it).
+        self.trainer: nn.Module = discriminator
         self.lambda_l1 = lambda_l1
         self.l1 = AbRegression("l1")
 
@@ -199,7 +202,10 @@ class GanObjective:
     def discriminator_loss(self, L: torch.Tensor, fake_ab: torch.Tensor,
                            true_ab: torch.Tensor) -> torch.Tensor:
         fake_full = resize_ab(fake_ab.detach(), tuple(L.shape[-2:]))
-        real = self.discriminator(lab_input(L, true_ab)).float()
-        fake = self.discriminator(lab_input(L, fake_full)).float()
+        real_in, fake_in = lab_input(L, true_ab), lab_input(L, fake_full)
+        if self.trainer is self.discriminator:  # as pix2pix: two passes, BatchNorm per pass
+            real, fake = self.trainer(real_in).float(), self.trainer(fake_in).float()
+        else:  # DDP allows one forward per backward: one pass over both halves
+            real, fake = self.trainer(torch.cat([real_in, fake_in])).float().chunk(2)
         return 0.5 * (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
                       + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
