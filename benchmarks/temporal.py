@@ -146,6 +146,7 @@ class ProxyColorizer(nn.Module):
 
     truth_ab: torch.Tensor | None = None  # (T, 2, h, w)
     cursor = 0
+    bias, gain, noise = 0.6, 2.0, 0.3  # mode weight sigmoid(bias + gain * field); logit noise
 
     def __init__(self) -> None:
         super().__init__()
@@ -178,9 +179,9 @@ class ProxyColorizer(nn.Module):
             field = torch.nn.functional.interpolate(field, size=(h, w), mode="bicubic",
                                                     align_corners=False)
             field = field / field.std().clamp_min(1e-6)
-            z = torch.sigmoid(0.6 + 2.0 * field)[0]
+            z = torch.sigmoid(self.bias + self.gain * field)[0]
             p = z * q_true[i] + (1 - z) * q_alt[i]
-            out.append(torch.log(p + 1e-4) + 0.3 * torch.randn(p.shape, generator=g))
+            out.append(torch.log(p + 1e-4) + self.noise * torch.randn(p.shape, generator=g))
         return torch.stack(out).to(L.dtype)
 
 

@@ -6,8 +6,8 @@ the model's lightness is derived from it. Pixel formats are handled as follows:
 - planar YUV, NV12/NV21/NV16/NV24 and gray, 8-bit or 9–16-bit little-endian: plane 0 *is* Y and
   is taken as it is (no conversion at all);
 - other YUV layouts (packed `yuyv422`, `uyvy422`, big-endian, `p010`…): converted by swscale to
-  `yuv420p` (8-bit sources) or `yuv420p16le`-style planar of the same depth, which leaves Y
-  unchanged;
+  planar `yuv420p` (8-bit sources) or `yuv444p10le`/`12le`/`16le` (deeper ones), which moves Y
+  without changing it;
 - RGB, palette and Bayer formats (GIF, PNG sequences, QuickTime Animation…): there is no Y to
   keep, so Y is computed from R'G'B' with the output's matrix (BT.601 below 720 lines, else
   BT.709) in limited range, 8-bit.

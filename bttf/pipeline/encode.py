@@ -202,6 +202,7 @@ class AudioRemux:
         self._by_index = {t.src.index: t for t in self.tracks}
         self._packets = None
         self._held: av.Packet | None = None
+        self._past_end: set[int] = set()  # streams whose packets reached the window's end
         self._from: Fraction | None = None
         self._end: Fraction | None = None
         self._shift = Fraction(0)
@@ -234,8 +235,11 @@ class AudioRemux:
             ts = p.dts if p.dts is not None else p.pts
             when = None if ts is None else ts * p.time_base
             if when is not None and self._end is not None and when >= self._end:
-                self._packets = None  # past the window: the rest is not needed
-                return
+                self._past_end.add(p.stream.index)
+                if len(self._past_end) == len(self.tracks):
+                    self._packets = None  # every stream is past the window: stop reading
+                    return
+                continue
             if when is not None and self._from is not None and when < self._from:
                 continue
             if t is not None and when is not None and when - self._shift > t:

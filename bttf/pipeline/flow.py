@@ -72,22 +72,26 @@ def in_bounds(flow: np.ndarray) -> np.ndarray:
     return (xs >= 0) & (xs <= w - 1) & (ys >= 0) & (ys <= h - 1)
 
 
-def consistent_mask(flow_fw: np.ndarray, flow_bw: np.ndarray) -> np.ndarray:
+def consistent_mask(flow_fw: np.ndarray, flow_bw: np.ndarray, unit: float = 1.0) -> np.ndarray:
     """Bool (H, W) on `flow_fw`'s source grid: True where the flow can be trusted.
 
     `flow_fw` goes src -> dst and `flow_bw` dst -> src. A pixel is rejected (occluded or on a
     motion boundary) by the checks of Sundaram et al. 2010 as used by Ruder et al. 2016 and by
-    Lai et al. 2018's warping-error code:
+    Lai et al. 2018's warping-error code, with flows in pixels:
       |fw + bw(p + fw)|^2 > 0.01 (|fw|^2 + |bw(p + fw)|^2) + 0.5    (forward-backward mismatch)
       |grad fw|^2          > 0.01 |fw|^2 + 0.002                     (motion boundary)
-    and where p + fw(p) leaves the frame.
+    and where p + fw(p) leaves the frame. `unit`: how many pixels of the frame the flows were
+    estimated on one grid step is (flows downscaled with `resize_flow` by a factor 1/unit keep
+    these thresholds in the original pixels).
     """
     bw_at = warp(flow_bw, flow_fw)
     total = flow_fw + bw_at
-    mismatch = (total**2).sum(-1) > 0.01 * ((flow_fw**2).sum(-1) + (bw_at**2).sum(-1)) + 0.5
+    u2 = unit * unit
+    mismatch = (total**2).sum(-1) > 0.01 * ((flow_fw**2).sum(-1) + (bw_at**2).sum(-1)) + 0.5 / u2
     du_dy, du_dx = np.gradient(flow_fw[..., 0])
     dv_dy, dv_dx = np.gradient(flow_fw[..., 1])
-    boundary = du_dx**2 + du_dy**2 + dv_dx**2 + dv_dy**2 > 0.01 * (flow_fw**2).sum(-1) + 0.002
+    # the gradient is scale-free; |fw|^2 and the constant are in original pixels
+    boundary = du_dx**2 + du_dy**2 + dv_dx**2 + dv_dy**2 > 0.01 * u2 * (flow_fw**2).sum(-1) + 0.002
     return ~mismatch & ~boundary & in_bounds(flow_fw)
 
 

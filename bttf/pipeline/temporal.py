@@ -109,8 +109,11 @@ class Stabilizer:
 
     def _run(self, gray: np.ndarray, out: torch.Tensor, kind: str) -> torch.Tensor:
         p = self.params
-        bins = kind == "bins"
-        cur = torch.softmax(out.float(), dim=1) if bins else out.float()
+        mixture = kind == "bins" and p.fusion == "mixture"
+        # the space the fusion happens in: probabilities (mixture), or the raw output itself
+        # (ab; or logits for the product of experts: bilinear weights and the lerp are convex
+        # combinations, so each pixel's log-normalizer only adds a constant that softmax drops)
+        cur = torch.softmax(out.float(), dim=1) if mixture else out.float()
         result = torch.empty_like(out)
         for i in range(out.shape[0]):
             g = gray[i]
@@ -131,18 +134,17 @@ class Stabilizer:
             alpha.mul_(p.strength)
             self._prev_gray = g
             warped = warp_tensor(self._state, grid)
-            if not bins or p.fusion == "mixture":
-                # (1 - a) * current + a * warped previous, in probabilities (or ab)
+            # (1 - a) * current + a * warped previous
+            if mixture:
                 self._state = torch.lerp(c, warped, alpha)
-                if bins:
-                    result[i] = torch.clamp_min(self._state, _EPS, out=warped).log_()[0]
-                else:
-                    result[i] = self._state[0]
-            else:  # product of experts: a geometric mixture, renormalised
-                logp = torch.lerp(torch.log(c.clamp_min(_EPS)), warped.clamp_min_(_EPS).log_(),
-                                  alpha).log_softmax(dim=1)
-                result[i] = logp[0]
-                self._state = logp.exp_()
+                torch.log(torch.clamp_min(self._state, _EPS, out=warped), out=result[i : i + 1])
+            elif result.dtype == torch.float32:
+                self._state = torch.lerp(c, warped, alpha, out=result[i : i + 1])
+            else:
+                self._state = torch.lerp(c, warped, alpha)
+                result[i] = self._state[0]
+        if self._state is not None and self._state.data_ptr() == result[-1:].data_ptr():
+            self._state = self._state.clone()  # do not keep the caller's tensor as our state
         return result
 
     def _confidence(
@@ -151,15 +153,22 @@ class Stabilizer:
         """Per-pixel trust in the previous frame (1, 1, h', w') and the warp grid, at `size`."""
         fw = self._flow(g, prev)  # current -> previous: where each current pixel came from
         bw = self._flow(prev, g)
-        valid = consistent_mask(fw, bw)
-        warped_prev = warp(prev.astype(np.float32), fw)
-        diff = warped_prev - g.astype(np.float32)
+        # the checks run at twice the prediction's resolution: finer would be wasted work
+        h, w = size
+        H, W = g.shape
+        work = (min(H, 2 * h), min(W, 2 * w))
+        unit = H / work[0]
+        fw_s, bw_s = resize_flow(fw, work), resize_flow(bw, work)
+        if work != (H, W):
+            g = cv2.resize(g, work[::-1], interpolation=cv2.INTER_AREA)
+            prev = cv2.resize(prev, work[::-1], interpolation=cv2.INTER_AREA)
+        valid = consistent_mask(fw_s, bw_s, unit)
+        diff = warp(prev.astype(np.float32), fw_s)
+        diff -= g
         if valid.any():  # a global exposure change (film flicker) is not a disagreement
             diff -= float(np.median(diff[valid]))
-        tol = self.params.luma_tolerance
-        conf = valid.astype(np.float32) * np.exp(-((diff / tol) ** 2))
-        h, w = size
-        if conf.shape != (h, w):
-            conf = cv2.resize(conf, (w, h), interpolation=cv2.INTER_AREA)
-        grid = flow_grid(resize_flow(fw, size), device)
+        diff *= 1.0 / self.params.luma_tolerance
+        conf = np.exp(-(diff * diff)) * valid
+        conf = cv2.resize(conf.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+        grid = flow_grid(resize_flow(fw_s, size), device)
         return torch.from_numpy(conf)[None, None].to(device), grid
