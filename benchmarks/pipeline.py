@@ -85,7 +85,7 @@ def make_clip(path: Path, width: int, height: int, frames: int, seed: int = 0) -
             disc = (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
             img = np.where(disc, 235.0 - 0.3 * img, img)
             img = img * vignette * (1.0 + 0.03 * math.sin(i * 1.7))  # flicker
-            img += rng.normal(0, 3.0, img.shape).astype(np.float32)  # grain
+            img += rng.normal(0, 2.0, img.shape).astype(np.float32)  # grain
             y = np.clip(16 + img * (219 / 255), 16, 235).astype(np.uint8)
             frame = av.VideoFrame(width, height, "yuv420p")
             for plane, value in zip(frame.planes, (y, 128, 128)):

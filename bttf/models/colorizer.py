@@ -7,6 +7,7 @@ The pipeline calls `predict` (the raw output, which a stabilizer may fuse across
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 
 import torch
@@ -40,18 +41,18 @@ class Colorizer(nn.Module):
         top_k: int | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not (
             math.isfinite(temperature) and temperature > 0
         ):
             raise BadInputError(f"temperature must be a number > 0, got {temperature!r}")
         if top_k is not None and (
-            isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= Q
+            isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or not 1 <= top_k <= Q
         ):
             raise BadInputError(f"top_k must be an integer in 1..{Q} or unset, got {top_k!r}")
         self.model = model
         self.spec = spec
         self.temperature = float(temperature)
-        self.top_k = top_k
+        self.top_k = None if top_k is None else int(top_k)
 
     @classmethod
     def create(

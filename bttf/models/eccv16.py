@@ -9,29 +9,33 @@ are kept as modules so the keys match; `release_ab` runs the release's own decod
 
 Temperature, and why `forward` divides `model8`'s output by 2.606
 -----------------------------------------------------------------
-The Caffe deploy net of the paper (richzhang/colorization, `models/colorization_deploy_v2.prototxt`)
-ends `conv8_313 -> conv8_313_rh (Scale, constant 2.606, no bias) -> Softmax -> class8_ab`
-(a 1x1 conv holding the bin centres), so the released colours are the mean of
-softmax(2.606 * z) where z are the trained logits: the paper's annealed mean (eq. 5,
+The Caffe deploy net of the paper (richzhang/colorization,
+`models/colorization_deploy_v2.prototxt`) ends
+    conv8_313 -> conv8_313_rh (Scale, constant 2.606, no bias) -> Softmax -> class8_ab
+(class8_ab: a 1x1 conv holding the bin centres), so the released colours are the mean of
+softmax(2.606 * z), z the trained logits: the paper's annealed mean (eq. 5,
 f_T(p) = exp(log p / T) / sum, i.e. softmax(z / T)) at T = 1 / 2.606 = 0.3837, the paper's
 T = 0.38. (OpenCV's `samples/dnn/colorization.py` and every cv2.dnn port set the same 2.606
 blob; chuchienshu/Colorization issue #4 spells out 2.606 = 1/0.38.)
 
-The PyTorch port's forward is `model_out(softmax(model8(x)))`: it has a module for every
-deploy layer except the Scale layer, and no temperature anywhere (richzhang/colorization
-issue #93 asks where T went; it is unanswered). The port folded every other deploy constant
-into the adjacent convolution -- the input scale (Caffe took L - 50, the port feeds
-(L - 50) / 100, so `model1.0` carries the x100) and the output scale (`model_out` holds the bin
-centres / 110, undone by the x110 of `unnormalize_ab`) -- and its README says the PyTorch
-results reproduce the release. A bias-free Scale right after a 1x1 conv folds the same way, so
-`model8.6` (weight and bias) holds 2.606 * conv8_313: softmax(model8) already *is* the deploy's
-annealed distribution at T = 0.3837. No public source states the fold outright; this is an
-inference from the port's structure (check: with both files at hand,
-`model8.6.weight / conv8_313 weight` should be 2.606 everywhere).
+The PyTorch port's forward is `model_out(softmax(model8(x)))`: a module for every deploy
+layer except the Scale layer, and no temperature anywhere (richzhang/colorization issue #93
+asks where T went; it is unanswered). The weights are a conversion of the Caffe release, not a
+retraining: the README's "Sept20 update" says the repo was converted to PyTorch for test-time
+use, and the file keeps the Caffe model's name (`colorization_release_v2.caffemodel` ->
+`colorization_release_v2-9b330a0b.pth`). The conversion folded the deploy net's other
+constants into the adjacent convolutions: Caffe took L - 50 where the port feeds
+(L - 50) / 100, so `model1.0` carries the x100, and `model_out` holds the bin centres / 110,
+undone by the x110 of `unnormalize_ab`. A bias-free Scale right after a 1x1 conv folds the
+same way, and the port's forward has no other place for it, so `model8.6` (weight and bias)
+holds 2.606 * conv8_313: softmax(model8) already *is* the deploy's annealed distribution at
+T = 0.3837. No public source states the fold outright; it is an inference from the port's
+structure. The check, for whoever holds both files: `model8.6.weight / conv8_313 weight` is
+2.606 everywhere (or 1 if the fold did not happen: then set RELEASE_LOGIT_SCALE to 1).
 
-So the temperature-1 logits are model8 / 2.606, which `forward` returns. `Colorizer` then decodes
-with softmax(z / 0.38) = softmax(1.0098 * model8): the Caffe deploy to within 1% of the logit
-scale, and the release's own PyTorch demo likewise (`release_ab`, pinned by the tests).
+So the temperature-1 logits are model8 / 2.606, which `forward` returns. `Colorizer` then
+decodes with softmax(z / 0.38) = softmax(1.0098 * model8): the Caffe deploy to within 1% of
+the logit scale, and the release's own PyTorch demo likewise (`release_ab`; pinned by tests).
 """
 
 from __future__ import annotations

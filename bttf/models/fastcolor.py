@@ -76,13 +76,18 @@ class SepConv(nn.Sequential):
 
 
 class FastColor(nn.Module):
-    """L -> 313 bin logits at stride 4 (about 1 M parameters with the defaults).
+    """L -> 313 bin logits at stride 4 (1.03 M parameters, 1.1 GFLOPs at 256x256 by default).
 
     Args:
         widths: channels at strides 2, 4, 8, 16 and of the dilated context blocks.
         depths: blocks at strides 4, 8, 16 (the first of each strides down).
         decoder: channels of the decoder at strides 8 and 4.
         expand: inverted-residual expansion ratio.
+        out_channels: 313 for the bin head; 2 for the `fastcolor-l2` variant, which regresses
+            ab (returned in Lab units).
+
+    `bttf_config` holds every argument, so that saved weights name their architecture in full
+    and keep loading if the defaults change.
     """
 
     def __init__(
@@ -94,6 +99,9 @@ class FastColor(nn.Module):
         out_channels: int = Q,
     ) -> None:
         super().__init__()
+        self.bttf_config = {"widths": list(widths), "depths": list(depths),
+                            "decoder": list(decoder), "expand": expand,
+                            "out_channels": out_channels}
         c2, c4, c8, c16, cctx = widths
         d4, d8, d16 = depths
         d8c, d4c = decoder
@@ -160,7 +168,7 @@ class FastColor(nn.Module):
 
 @register_model("fastcolor", output="bins", stride=16, render_size=256,
                 shipped="fastcolor.safetensors", aliases=("default",),
-                description="bttf's fast default (MobileNetV2-style U-Net, ~1 M params)")
+                description="bttf's fast default (MobileNetV2-style U-Net, 1 M params)")
 def fastcolor(**kw) -> FastColor:
     """bttf's small, fast default colorizer (313-bin head)."""
     return FastColor(**kw)
@@ -170,4 +178,4 @@ def fastcolor(**kw) -> FastColor:
                 description="fastcolor's network regressing ab directly (trained with L2)")
 def fastcolor_l2(**kw) -> FastColor:
     """fastcolor's network with a 2-channel ab head: the baseline for its L2-vs-bins comparison."""
-    return FastColor(out_channels=2, **kw)
+    return FastColor(**{"out_channels": 2, **kw})

@@ -201,7 +201,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         return _read_safetensors(path)
     return _read_torch(path), {"format": "torch"}
 
@@ -250,6 +250,15 @@ def load_model(
     except WeightsError as e:
         raise WeightsError(f"{path} does not fit {spec.name!r}: {e}") from None
     return model.eval(), spec, meta
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """An 8-byte little-endian header length, then the JSON header's opening brace."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 0 < int.from_bytes(head[:8], "little") < path.stat().st_size
 
 
 def _jsonish(value: Any) -> Any:

@@ -14,10 +14,20 @@ the model's lightness is derived from it. Pixel formats are handled as follows:
 
 Colour range follows the source: the `yuvj*` formats, gray formats and frames tagged full
 ("pc"/JPEG) are full range, everything else limited ("tv"/MPEG).
+
+Damaged input: every packet is decoded on its own, so a frame the decoder rejects does not end
+the film. A frame is *lost* when its packet's timestamp never comes out of the decoder (an
+error, or a frame silently dropped) — found by comparing the timestamps sent with those that
+come out, which works with frame threading and B-frame reordering. `read_frames(on_error=...)`
+then repeats the last good frame at the lost frame's timestamp ("repeat"), lets the previous
+frame last over its time ("skip"), or stops with a BadInputError ("fail"). A container that
+cannot be read further, and a declared picture larger than `MAX_SIDE`/`MAX_PIXELS`, are always
+BadInputErrors.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +41,17 @@ from bttf.errors import BadInputError
 from bttf.pipeline.media import open_input
 
 log = logging.getLogger(__name__)
+
+#: What `read_frames` does with a frame that cannot be decoded (see the module notes).
+DECODE_ERROR_POLICIES = ("repeat", "skip", "fail")
+#: The largest picture accepted, checked on the declared size before any frame is decoded:
+#: 16384 pixels a side and 8192 x 8192 in all (8K DCI scans fit; a damaged header does not).
+MAX_SIDE = 16384
+MAX_PIXELS = 8192 * 8192
+#: Packets read while looking for the first frame that decodes, before giving up.
+_FIRST_FRAME_PACKETS = 1000
+#: Damaged frames logged one by one before only counting them.
+_LOG_DAMAGED = 5
 
 # av's integer codes (AVColorRange / AVColorSpace).
 RANGE_UNSPECIFIED, RANGE_TV, RANGE_PC = 0, 1, 2
@@ -102,13 +123,19 @@ class VideoInfo:
 
 @dataclass
 class SourceFrame:
-    """One decoded frame: its Y plane and timing (pts and duration in `time_base` units)."""
+    """One decoded frame: its Y plane and timing (pts and duration in `time_base` units).
+
+    `repeated`: the frame at this time was lost and this is the last good one shown again;
+    `dropped`: lost frames right after this one whose time it now covers (policy "skip").
+    """
 
     index: int
     y: np.ndarray  # (H, W) uint8, or uint16 holding `bits`-bit values
     pts: int
     duration: int
     time_base: Fraction
+    repeated: bool = False
+    dropped: int = 0
 
 
 def _plane_array(plane: av.video.plane.VideoPlane, dtype: np.dtype) -> np.ndarray:
@@ -166,13 +193,50 @@ def _video_stream(container: av.container.InputContainer, path: Path) -> av.vide
     return streams[0]
 
 
+def check_size(width: int, height: int, path: Path) -> None:
+    """BadInputError when a declared picture size is absurd (a damaged header, or a trap)."""
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+        raise BadInputError(
+            f"{path} declares a {width}x{height} picture, more than bttf handles (at most "
+            f"{MAX_SIDE} pixels a side, {MAX_PIXELS // 1_000_000} megapixels); the file is "
+            "probably damaged"
+        )
+
+
+def _packets(container: av.container.InputContainer, stream: av.video.VideoStream,
+             path: Path) -> Iterator[av.Packet]:  # fmt: skip
+    """The stream's packets (then a flush packet); a container read error is a BadInputError."""
+    it = container.demux(stream)
+    while True:
+        try:
+            packet = next(it)
+        except StopIteration:
+            return
+        except av.FFmpegError as e:
+            raise BadInputError(f"{path} cannot be read any further ({e}); the file is damaged "
+                                "or incomplete") from e  # fmt: skip
+        yield packet
+
+
+def _decode(packet: av.Packet) -> tuple[list[av.VideoFrame], av.FFmpegError | None]:
+    try:
+        return packet.decode(), None
+    except av.FFmpegError as e:
+        return [], e
+
+
 def _first_frame(container: av.container.InputContainer, stream: av.video.VideoStream,
                  path: Path) -> av.VideoFrame:  # fmt: skip
-    try:
-        for frame in container.decode(stream):
-            return frame
-    except av.FFmpegError as e:
-        raise BadInputError(f"{path} cannot be decoded ({e}); is the file complete?") from e
+    error = None
+    for n, packet in enumerate(_packets(container, stream, path)):
+        frames, e = _decode(packet)
+        error = e or error
+        if frames:
+            return frames[0]
+        if n >= _FIRST_FRAME_PACKETS:
+            break
+    if error is not None:
+        raise BadInputError(f"{path} cannot be decoded ({error}); is the file complete?")
     raise BadInputError(f"{path} has a video stream without any frame")
 
 
@@ -182,8 +246,10 @@ def probe_video(path: str | Path) -> VideoInfo:
     with open_input(p) as container:
         stream = _video_stream(container, p)
         stream.thread_type = "AUTO"
-        first = _first_frame(container, stream, p)
         cc = stream.codec_context
+        check_size(cc.width, cc.height, p)
+        first = _first_frame(container, stream, p)
+        check_size(first.width, first.height, p)
         tb = stream.time_base or Fraction(1, 90000)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         if stream.duration is not None:
@@ -231,8 +297,73 @@ def to_fraction(seconds: float | None) -> Fraction | None:
     return None if seconds is None else Fraction(seconds).limit_denominator(1_000_000)
 
 
+class _Timeline:
+    """Decoded frames -> SourceFrames inside the [t_start, t_end) window: a frame's duration is
+    the time to the next one; the last one's reaches the stream's end when that is known."""
+
+    def __init__(self, info: VideoInfo, t_start: Fraction, t_end: Fraction | None, step: int):
+        self.info, self.t_start, self.t_end, self.step = info, t_start, t_end, step
+        self.tb = info.time_base
+        self.pending: SourceFrame | None = None
+        self.index = 0
+        self.done = False  # a frame at or past t_end came: stop decoding
+        self.dropped_first = 0  # lost frames (skipped) before the first frame of the window
+
+    def inside(self, pts: int) -> bool:
+        t = pts * self.tb
+        return t >= self.t_start and (self.t_end is None or t < self.t_end)
+
+    def push(self, y: np.ndarray, pts: int, duration: int,
+             repeated: bool = False) -> list[SourceFrame]:  # fmt: skip
+        t = pts * self.tb
+        if t < self.t_start:
+            return []
+        out = []
+        if self.pending is not None:
+            self.pending.duration = pts - self.pending.pts
+            out.append(self.pending)
+            self.pending = None
+        if self.t_end is not None and t >= self.t_end:
+            self.done = True
+            return out
+        self.pending = SourceFrame(self.index, y, pts, duration, self.tb, repeated,
+                                   self.dropped_first)  # fmt: skip
+        self.dropped_first = 0
+        self.index += 1
+        return out
+
+    def drop(self) -> None:
+        if self.pending is not None:
+            self.pending.dropped += 1
+        else:
+            self.dropped_first += 1
+
+    def finish(self) -> list[SourceFrame]:
+        f, self.pending = self.pending, None
+        if f is None:
+            return []
+        end = self.info.end
+        if end is not None and 0 < end / self.tb - f.pts <= 4 * self.step:
+            f.duration = round(end / self.tb - f.pts)
+        f.duration = f.duration or self.step
+        return [f]
+
+
+def _requantize(y: np.ndarray, bits: int, target: int) -> np.ndarray:
+    """A frame whose depth differs from the film's (a damaged stream can switch): to `target`."""
+    if target > bits:
+        return (y.astype(np.uint16) << (target - bits)).astype(np.uint16)
+    v = y.astype(np.uint32) >> (bits - target)
+    return v.astype(np.uint8 if target <= 8 else np.uint16)
+
+
 def read_frames(
-    info: VideoInfo, start: float | None = None, duration: float | None = None
+    info: VideoInfo,
+    start: float | None = None,
+    duration: float | None = None,
+    *,
+    on_error: str = "fail",
+    seek: Fraction | None = None,
 ) -> Iterator[SourceFrame]:
     """Decode the film's frames in order as `SourceFrame`s (run it in a background thread).
 
@@ -241,47 +372,107 @@ def read_frames(
     at `start + duration`. Timestamps are the source's; a frame without one, or one that does
     not increase, gets the previous one plus a frame's duration so the encoder accepts it.
     A frame's duration is the time to the next frame (the last one's: to the stream's end).
+
+    `on_error`: "repeat", "skip" or "fail" for a frame that cannot be decoded (module notes).
+    `seek`: source seconds (as `VideoInfo.start`) to seek to, later than `start`, for a caller
+    that resumes; frames from the keyframe before it come out and the caller drops what it does
+    not need. A container that cannot be read further raises BadInputError.
     """
+    if on_error not in DECODE_ERROR_POLICIES:
+        raise ValueError(f"on_error must be one of {DECODE_ERROR_POLICIES}, got {on_error!r}")
     t_start = info.start + (to_fraction(start) or 0)
     t_end = None if duration is None else t_start + to_fraction(duration)
     tb = info.time_base
     step = max(1, round(1 / (info.rate * tb))) if info.rate else 1
+    timeline = _Timeline(info, t_start, t_end, step)
+    target = t_start if start else None
+    if seek is not None and seek > t_start:
+        target = seek
     with open_input(info.path) as container:
         stream = _video_stream(container, info.path)
         stream.thread_type = "AUTO"
-        if start:
+        if target is not None:
             try:
-                container.seek(int(t_start / tb), stream=stream, backward=True)
+                container.seek(int(target / tb), stream=stream, backward=True)
             except av.FFmpegError:
                 log.info("%s cannot seek; decoding from the beginning", info.path)
-        index = 0
-        pending: tuple[np.ndarray, int, int] | None = None  # y, pts, duration of the last frame
+        sent: list[int] = []  # heap: timestamps of packets whose frame has not come out yet
+        track = True  # off once a frame without a timestamp shows up
         last_pts: int | None = None
-        try:
-            for frame in container.decode(stream):
+        last_y: np.ndarray | None = None
+        waiting: list[int] = []  # lost before any good frame (repeat: shown as the first one)
+        damaged = good = 0
+        error: av.FFmpegError | None = None
+
+        def emit(y: np.ndarray, pts: int, dur: int, repeated: bool = False) -> list[SourceFrame]:
+            nonlocal last_pts
+            last_pts = pts
+            return timeline.push(y, pts, dur, repeated)
+
+        def lose(q: int) -> list[SourceFrame]:
+            nonlocal damaged
+            if not timeline.inside(q) or (last_pts is not None and q <= last_pts):
+                return []
+            damaged += 1
+            when = float(q * tb - info.start)
+            reason = str(error) if error is not None else "the decoder dropped it"
+            if on_error == "fail":
+                raise BadInputError(
+                    f"{info.path}: the frame at {when:.3f} s cannot be decoded ({reason}); pass "
+                    "--on-decode-error repeat or skip to go past damaged frames"
+                )
+            if damaged <= _LOG_DAMAGED:
+                log.warning("%s: the frame at %.3f s cannot be decoded (%s); %s", info.path, when,
+                            reason, "the previous frame is shown again" if on_error == "repeat"
+                            else "the previous frame lasts over it")  # fmt: skip
+            if on_error == "skip":
+                timeline.drop()
+                return []
+            if last_y is None:
+                waiting.append(q)
+                return []
+            return emit(last_y, q, 0, repeated=True)
+
+        for packet in _packets(container, stream, info.path):
+            if track and packet.size and packet.pts is not None and not packet.is_discard:
+                heapq.heappush(sent, packet.pts)
+            frames, e = _decode(packet)
+            if e is not None:
+                error = e
+                if on_error == "fail":
+                    when = float((packet.pts or 0) * tb - info.start)
+                    raise BadInputError(
+                        f"{info.path}: the frame near {when:.3f} s cannot be decoded ({e}); pass "
+                        "--on-decode-error repeat or skip to go past damaged frames"
+                    )
+            for frame in frames:
                 pts = frame.pts
+                if pts is None:
+                    track = False
+                    sent.clear()
+                elif track:
+                    while sent and sent[0] < pts:
+                        yield from lose(heapq.heappop(sent))
+                    while sent and sent[0] == pts:
+                        heapq.heappop(sent)
                 if pts is None or (last_pts is not None and pts <= last_pts):
                     if pts is not None:
                         log.warning("frame timestamp %s does not increase; using %s", pts,
                                     last_pts + step)  # fmt: skip
                     pts = last_pts + step if last_pts is not None else 0
-                last_pts = pts
-                t = pts * tb
-                if t < t_start:
-                    continue
-                if pending is not None:
-                    y, ppts, _ = pending
-                    yield SourceFrame(index, y, ppts, pts - ppts, tb)
-                    index += 1
-                    pending = None
-                if t_end is not None and t >= t_end:
+                y, bits, _ = luma_plane(frame)
+                if bits != info.bits:
+                    y = _requantize(y, bits, info.bits)
+                good += 1
+                for q in waiting:
+                    yield from emit(y, q, 0, repeated=True)
+                waiting.clear()
+                last_y = y
+                yield from emit(y, pts, frame.duration or 0)
+                if timeline.done:
                     return
-                y, _, _ = luma_plane(frame)
-                pending = (y, pts, frame.duration or 0)
-        except av.FFmpegError as e:
-            raise BadInputError(f"{info.path} stops decoding at frame {index} ({e})") from e
-        if pending is not None:
-            y, ppts, pdur = pending
-            if info.end is not None and 0 < info.end / tb - ppts <= 4 * step:
-                pdur = round(info.end / tb - ppts)
-            yield SourceFrame(index, y, ppts, pdur or step, tb)
+        while sent:
+            yield from lose(heapq.heappop(sent))
+        if good == 0 and damaged:
+            raise BadInputError(f"none of the frames of {info.path} can be decoded ({error})")
+        yield from timeline.finish()

@@ -12,14 +12,17 @@ it with the current one:
 and returns log p_t in place of the logits, so the engine decodes it with the annealed mean as
 usual (softmax(log p / T) = p^(1/T) / Z). Blending distributions rather than decoded colours
 keeps two plausible modes (a red or a blue car) from averaging to gray: the annealed mean picks
-the dominant mode of the mixture. `fusion="product"` (a geometric mixture, product of experts)
-is kept for comparison; benchmarks/temporal.py measures both.
+the dominant mode of the mixture. `fusion="product"` blends the logits instead (a geometric
+mixture, product of experts): cheaper, but it does average disagreeing modes, and measured worse
+where a per-frame model flips between modes (benchmarks/temporal.py).
 
 The confidence falls to zero where the flow cannot be trusted: the forward-backward check
 (occlusions, motion boundaries, pixels that came from outside the frame) and the luma check
 (the previous gray frame warped onto the current one must match it, up to a global exposure
-change, which old film has plenty of). Flow is OpenCV DIS on the gray frames at render size;
-the warp happens at the prediction's resolution (the flow is downscaled) with grid_sample.
+change, which old film has plenty of). Flow is OpenCV DIS on the gray frames (at render size /
+`flow_scale`); the checks run at twice the prediction's resolution and the warp at the
+prediction's resolution (the flow is downscaled), with grid_sample. The flow work of a batch runs
+on a helper thread while the tensor work of the previous frames proceeds.
 
 Scene cuts reset the state (`bttf.pipeline.cuts.CutDetector`), so no colour crosses a cut: the
 first frame of every shot is exactly the per-frame prediction.
@@ -28,7 +31,8 @@ first frame of every shot is exactly the per-frame prediction.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import cv2
@@ -36,13 +40,19 @@ import numpy as np
 import torch
 
 from bttf.pipeline.cuts import CutDetector, CutParams
-from bttf.pipeline.flow import FlowEstimator, consistent_mask, flow_grid, resize_flow, warp, warp_tensor
+from bttf.pipeline.flow import (
+    FlowEstimator,
+    consistent_mask,
+    flow_grid,
+    resize_flow,
+    warp,
+    warp_tensor,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STRENGTH = 0.8
 Fusion = Literal["mixture", "product"]
-_EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,7 @@ class StabilizerParams:
     strength: float = DEFAULT_STRENGTH  # 0 = per-frame, 1 = keep the past wherever flow is trusted
     fusion: Fusion = "mixture"
     flow_preset: str = "fast"  # DIS preset: "ultrafast", "fast" or "medium"
+    flow_scale: int = 2  # estimate the flow at render size / flow_scale
     luma_tolerance: float = 20.0  # gray levels: warped-previous vs current mismatch scale
     detect_cuts: bool = True
     cut_params: CutParams | None = None
@@ -65,18 +76,19 @@ class Stabilizer:
     `gray`: uint8 (N, h, w) the frames at render size; `out`: (N, C, h', w') the model's raw output
     for them (logits over the 313 bins when `output_kind == "bins"`, ab when "ab"). Returns a
     tensor of the same shape, dtype and device: log-probabilities for "bins" (decode them like
-    logits), ab for "ab". Call `reset()` before another video or after a seek.
-    `cuts` lists the frame indices (counted since the last `reset()`) where a new shot began.
+    logits; -inf where a bin has underflowed to probability 0), ab for "ab". Call `reset()`
+    before another video or after a seek. `cuts` lists the frame indices (counted since the
+    last `reset()`) where a new shot began.
     """
 
     def __init__(self, params: StabilizerParams | None = None, **overrides) -> None:
-        params = params or StabilizerParams()
-        if overrides:
-            params = StabilizerParams(**{**params.__dict__, **overrides})
+        params = replace(params or StabilizerParams(), **overrides)
         if not 0.0 <= params.strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {params.strength}")
         if params.fusion not in ("mixture", "product"):
             raise ValueError(f"fusion must be 'mixture' or 'product', got {params.fusion!r}")
+        if params.flow_scale < 1 or params.luma_tolerance <= 0:
+            raise ValueError("flow_scale must be >= 1 and luma_tolerance > 0")
         self.params = params
         self._flow = FlowEstimator(params.flow_preset)
         self._cut_detector = CutDetector(params.cut_params)
@@ -87,10 +99,7 @@ class Stabilizer:
         self.cuts: list[int] = []
         self._frame = 0
         self._cut_detector.reset()
-        self._drop_state()
-
-    def _drop_state(self) -> None:
-        self._state: torch.Tensor | None = None  # (1, C, h', w') fused probabilities or ab, float32
+        self._state: torch.Tensor | None = None  # (1, C, h', w') fused probabilities/logits/ab
         self._prev_gray: np.ndarray | None = None
 
     def __call__(self, gray: np.ndarray, out: torch.Tensor, output_kind: str) -> torch.Tensor:
@@ -104,71 +113,93 @@ class Stabilizer:
             gray = np.clip(gray, 0, 255).astype(np.uint8)
         if out.shape[0] == 0:
             return out
-        with torch.no_grad():
-            return self._run(gray, out, output_kind)
+        with torch.no_grad(), ThreadPoolExecutor(1, thread_name_prefix="bttf-flow") as pool:
+            return self._run(gray, out, output_kind, pool)
 
-    def _run(self, gray: np.ndarray, out: torch.Tensor, kind: str) -> torch.Tensor:
-        p = self.params
-        mixture = kind == "bins" and p.fusion == "mixture"
+    def _plan(self, gray: np.ndarray, size: tuple[int, int], pool: ThreadPoolExecutor
+              ) -> list[Future | None]:
+        """Per frame: None where it starts a shot (no fusion), else the future confidence."""
+        jobs: list[Future | None] = []
+        prev = self._prev_gray
+        fresh = self._state is None or self.params.strength == 0.0
+        for g in gray:
+            cut = self.params.detect_cuts and self._cut_detector.feed(g)
+            if cut:
+                self.cuts.append(self._frame)
+            self._frame += 1
+            if cut or fresh or prev is None or prev.shape != g.shape:
+                jobs.append(None)
+            else:
+                jobs.append(pool.submit(self._confidence, g, prev, size))
+            fresh = self.params.strength == 0.0
+            prev = g
+        self._prev_gray = gray[-1]
+        return jobs
+
+    def _run(self, gray: np.ndarray, out: torch.Tensor, kind: str, pool: ThreadPoolExecutor
+             ) -> torch.Tensor:
+        size = (out.shape[-2], out.shape[-1])
+        if self._state is not None and self._state.shape[1:] != out.shape[1:]:
+            self._state = None  # the prediction's shape changed: start afresh
+        jobs = self._plan(gray, size, pool)
+        mixture = kind == "bins" and self.params.fusion == "mixture"
         # the space the fusion happens in: probabilities (mixture), or the raw output itself
-        # (ab; or logits for the product of experts: bilinear weights and the lerp are convex
+        # (ab; or logits for the product of experts: bilinear weights and the blend are convex
         # combinations, so each pixel's log-normalizer only adds a constant that softmax drops)
         cur = torch.softmax(out.float(), dim=1) if mixture else out.float()
         result = torch.empty_like(out)
-        for i in range(out.shape[0]):
-            g = gray[i]
-            new_shot = False
-            if p.detect_cuts and self._cut_detector.feed(g):
-                self.cuts.append(self._frame)
-                new_shot = True
-            self._frame += 1
+        for i, job in enumerate(jobs):
             c = cur[i : i + 1]
-            if (new_shot or self._state is None or self._prev_gray.shape != g.shape
-                    or self._state.shape[1:] != c.shape[1:] or p.strength == 0.0):
-                # first frame of a shot: exactly the per-frame prediction
+            if job is None:  # first frame of a shot: exactly the per-frame prediction
                 self._state = c.clone()
-                self._prev_gray = g
                 result[i] = out[i]
                 continue
-            alpha, grid = self._confidence(g, self._prev_gray, tuple(c.shape[-2:]), out.device)
-            alpha.mul_(p.strength)
-            self._prev_gray = g
-            warped = warp_tensor(self._state, grid)
+            conf, flow = job.result()
+            alpha = torch.from_numpy(conf)[None, None].to(out.device)
+            warped = warp_tensor(self._state, flow_grid(flow, out.device))
             # (1 - a) * current + a * warped previous
             if mixture:
                 self._state = torch.lerp(c, warped, alpha)
-                torch.log(torch.clamp_min(self._state, _EPS, out=warped), out=result[i : i + 1])
+                torch.log(self._state, out=result[i : i + 1])
             elif result.dtype == torch.float32:
                 self._state = torch.lerp(c, warped, alpha, out=result[i : i + 1])
             else:
                 self._state = torch.lerp(c, warped, alpha)
                 result[i] = self._state[0]
-        if self._state is not None and self._state.data_ptr() == result[-1:].data_ptr():
-            self._state = self._state.clone()  # do not keep the caller's tensor as our state
+        state = self._state
+        if state is not None and (state.untyped_storage().data_ptr()
+                                  == result.untyped_storage().data_ptr()):
+            self._state = state.clone()  # never keep the tensor handed to the caller as state
         return result
 
-    def _confidence(
-        self, g: np.ndarray, prev: np.ndarray, size: tuple[int, int], device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-pixel trust in the previous frame (1, 1, h', w') and the warp grid, at `size`."""
+    def _confidence(self, g: np.ndarray, prev: np.ndarray, size: tuple[int, int]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Trust in the warped previous frame (h', w') float32 in [0, strength], and the flow
+        from the current frame to the previous one at `size` = (h', w'), in its pixels."""
+        p = self.params
+        h, w = size
+        fs = p.flow_scale
+        if fs > 1:
+            dims = (max(w, g.shape[1] // fs), max(h, g.shape[0] // fs))
+            g = cv2.resize(g, dims, interpolation=cv2.INTER_AREA)
+            prev = cv2.resize(prev, dims, interpolation=cv2.INTER_AREA)
         fw = self._flow(g, prev)  # current -> previous: where each current pixel came from
         bw = self._flow(prev, g)
         # the checks run at twice the prediction's resolution: finer would be wasted work
-        h, w = size
         H, W = g.shape
         work = (min(H, 2 * h), min(W, 2 * w))
-        unit = H / work[0]
-        fw_s, bw_s = resize_flow(fw, work), resize_flow(bw, work)
+        unit = H * fs / work[0]  # render pixels per work pixel
         if work != (H, W):
+            fw, bw = resize_flow(fw, work), resize_flow(bw, work)
             g = cv2.resize(g, work[::-1], interpolation=cv2.INTER_AREA)
             prev = cv2.resize(prev, work[::-1], interpolation=cv2.INTER_AREA)
-        valid = consistent_mask(fw_s, bw_s, unit)
-        diff = warp(prev.astype(np.float32), fw_s)
+        valid = consistent_mask(fw, bw, unit)
+        diff = warp(prev.astype(np.float32), fw)
         diff -= g
         if valid.any():  # a global exposure change (film flicker) is not a disagreement
             diff -= float(np.median(diff[valid]))
-        diff *= 1.0 / self.params.luma_tolerance
+        diff *= 1.0 / p.luma_tolerance
         conf = np.exp(-(diff * diff)) * valid
         conf = cv2.resize(conf.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
-        grid = flow_grid(resize_flow(fw_s, size), device)
-        return torch.from_numpy(conf)[None, None].to(device), grid
+        conf *= p.strength
+        return conf, resize_flow(fw, size)
