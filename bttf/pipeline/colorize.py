@@ -15,6 +15,11 @@ those Cb/Cr planes: only chroma comes from the model, as DeOldify's post-process
 Queues between the threads are bounded (a few batches), so memory does not grow with the
 film's length. On CUDA, the model runs under bf16/fp16 autocast in channels_last, and a batch
 that runs out of memory is split in halves and retried; no frame is ever written uncoloured.
+
+A film longer than `segment_frames` is written in closed segments in a work folder beside the
+output, so an interrupted run continues with `resume` (see `bttf.pipeline.segments`); a shorter
+one is encoded in one go. A damaged frame is repeated, skipped or fatal (`on_decode_error`,
+see `bttf.pipeline.decode`), and counted in the summary.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import logging
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -35,6 +41,7 @@ import torch
 
 from bttf.errors import BadInputError, BttfError
 from bttf.pipeline.decode import (
+    DECODE_ERROR_POLICIES,
     KR_KB,
     SourceFrame,
     VideoInfo,
@@ -50,7 +57,9 @@ from bttf.pipeline.media import (
     check_input,
     check_output,
     is_image_path,
+    output_errors,
 )
+from bttf.pipeline.segments import DEFAULT_SEGMENT_FRAMES
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +86,12 @@ class ColorizeConfig:
     audio: keep the source's audio streams.
     overwrite: replace an existing output file.
     threads: torch CPU threads (None: all cores but one, leaving room for decode/encode).
+    on_decode_error: a frame that cannot be decoded is "repeat"ed (the last good frame at its
+        time), "skip"ped (the previous frame lasts over it) or "fail"s the run.
+    segment_frames: a film with more frames is written in closed segments of this many frames
+        in a work folder beside the output, which `resume` continues; 0 = never.
+    resume: continue the interrupted run of the same output with the same settings (starts
+        afresh when there is nothing to continue; forces segments).
     """
 
     model: str | None = None
@@ -97,6 +112,9 @@ class ColorizeConfig:
     audio: bool = True
     overwrite: bool = False
     threads: int | None = None
+    on_decode_error: str = "repeat"
+    segment_frames: int = DEFAULT_SEGMENT_FRAMES
+    resume: bool = False
 
     def __post_init__(self) -> None:
         def bad(what: str) -> BadInputError:
@@ -118,6 +136,13 @@ class ColorizeConfig:
             raise bad(f"threads must be at least 1, got {self.threads}")
         if self.pix_fmt not in OUTPUT_PIX_FMTS:
             raise bad(f"pix_fmt {self.pix_fmt!r}; choose one of {', '.join(OUTPUT_PIX_FMTS)}")
+        if self.on_decode_error not in DECODE_ERROR_POLICIES:
+            raise bad(f"on_decode_error {self.on_decode_error!r}; choose one of "
+                      f"{', '.join(DECODE_ERROR_POLICIES)}")  # fmt: skip
+        if self.segment_frames < 0:
+            raise bad(f"segment_frames must be 0 (off) or more, got {self.segment_frames}")
+        if self.resume and self.segment_frames == 0:
+            raise bad("resume needs segments; give segment_frames > 0")
 
     def encode_settings(self) -> EncodeSettings:
         return EncodeSettings(codec=self.codec, crf=self.crf, preset=self.preset,
@@ -141,19 +166,31 @@ class ColorizeStats:
     size: tuple[int, int]  # (w, h) of the output
     notices: tuple[str, ...] = field(default=())
     stabilize_s: float = 0.0  # the part of model_s the stabilizer took
+    repeated: int = 0  # damaged frames shown as the last good one (--on-decode-error repeat)
+    dropped: int = 0  # damaged frames left out (--on-decode-error skip)
+    resumed_frames: int = 0  # frames an earlier, interrupted run had done
+    segments: int = 0  # closed segments the film was written in (0: in one go)
 
     @property
     def fps(self) -> float:
-        return self.frames / self.seconds if self.seconds > 0 else 0.0
+        """Frames colorized by this run per second."""
+        return (self.frames - self.resumed_frames) / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
-        """One line: frames, time, speed, and time per stage."""
+        """One line: frames, time, speed, time per stage, and damaged or resumed frames."""
         stab = f" (stabilizer {self.stabilize_s:.1f} s)" if self.stabilize_s else ""
+        extra = ""
+        if self.resumed_frames:
+            extra += f"; {self.resumed_frames} resumed from an earlier run"
+        if self.repeated:
+            extra += f"; {self.repeated} damaged frame{'s' if self.repeated != 1 else ''} repeated"
+        if self.dropped:
+            extra += f"; {self.dropped} damaged frame{'s' if self.dropped != 1 else ''} skipped"
         return (
             f"{self.frames} frame{'s' if self.frames != 1 else ''} in {self.seconds:.1f} s "
             f"({self.fps:.1f} fps) — decode {self.decode_s:.1f} s, model {self.model_s:.1f} s"
             f"{stab}, encode {self.encode_s:.1f} s [{self.model} on {self.device}, "
-            f"{self.render_size[1]}x{self.render_size[0]}]"
+            f"{self.render_size[1]}x{self.render_size[0]}]{extra}"
         )
 
 
@@ -346,6 +383,21 @@ class _ModelStage:
         return self.colorizer.predict(L).float()
 
     @torch.inference_mode()
+    def restart(self, warmup: list[_Prepared], batch_size: int) -> None:
+        """Reset the stabilizer and run it over `warmup` (the frames before a segment), so a
+        segment starts in the same state whether the run was interrupted before it or not."""
+        if self.stabilizer is None:
+            return
+        self.stabilizer.reset()
+        for batch in _batched(warmup, batch_size):
+            small = np.stack([p.small for p in batch])
+            L = self.lut[self._to_device(small).long()].unsqueeze(1)
+            out = torch.cat(self._split(len(batch), lambda i, j: self._predict(L[i:j])))
+            t0 = time.perf_counter()
+            self.stabilizer(small, out, self.colorizer.output)
+            self.stabilize_s += time.perf_counter() - t0
+
+    @torch.inference_mode()
     def __call__(self, batch: list[_Prepared], matrix: int, full_range: bool,
                  bits: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         small = np.stack([p.small for p in batch])
@@ -419,6 +471,354 @@ def _model_name(colorizer) -> str:
     return getattr(getattr(colorizer, "spec", None), "name", type(colorizer).__name__)
 
 
+class _Preparer:
+    """SourceFrame -> _Prepared: the gray images the model (render size, model orientation) and
+    the chroma stage (chroma plane size) need."""
+
+    def __init__(self, info: VideoInfo, render_hw: tuple[int, int], rotate_k: int,
+                 chroma_hw: tuple[int, int]) -> None:  # fmt: skip
+        self.info = info
+        self.render_hw = render_hw
+        self.rotate_k = rotate_k
+        self.chroma_hw = chroma_hw
+        self.lut = gray_lut(info.bits, info.full_range)
+
+    def __call__(self, f: SourceFrame) -> _Prepared:
+        info, y = self.info, f.y
+        if y.shape != (info.height, info.width):
+            log.warning("frame %d is %dx%d, not %dx%d; resized", f.index, y.shape[1],
+                        y.shape[0], info.width, info.height)  # fmt: skip
+            y = f.y = _resize(y, (info.height, info.width))
+        small = self.lut[_resize(y, self.render_hw)]
+        if self.rotate_k:
+            small = np.ascontiguousarray(np.rot90(small, self.rotate_k))
+        return _Prepared(f, small, self.lut[_resize(y, self.chroma_hw)])
+
+
+def _input_notices(info: VideoInfo, config: ColorizeConfig, total: int | None, done: int,
+                   repeated: int, dropped: int) -> list[str]:  # fmt: skip
+    """What the user should hear about the input after a run (also logged as warnings)."""
+    out = []
+    if repeated:
+        out.append(f"{repeated} damaged frame{'s' if repeated != 1 else ''} of {info.path} "
+                   "replaced by the last good one")  # fmt: skip
+    if dropped:
+        out.append(f"{dropped} damaged frame{'s' if dropped != 1 else ''} of {info.path} "
+                   "left out (the previous frame lasts over each)")  # fmt: skip
+    if config.duration is None and total and done + dropped < total - max(2, total // 100):
+        out.append(f"{info.path} declares about {total} frames but only {done + dropped} could "
+                   "be read: it may be truncated")  # fmt: skip
+    if info.other_streams:
+        kinds = ", ".join(sorted(set(info.other_streams)))
+        out.append(f"{len(info.other_streams)} {kinds} stream(s) of {info.path} not carried over")
+    return out
+
+
+@dataclass
+class _Job:
+    """What `colorize_video` set up, handed to the segmented engine."""
+
+    src: Path
+    dst: Path
+    info: VideoInfo
+    config: ColorizeConfig
+    settings: EncodeSettings
+    size: tuple[int, int]  # (w, h) encoded
+    device: torch.device
+    colorizer: object
+    stage: _ModelStage
+    prepare: _Preparer
+    model_hw: tuple[int, int]
+    total: int | None
+    progress: ProgressCallback | None
+    t_begin: float
+
+
+def _job_settings(job: _Job, segment_frames: int, warmup: int) -> dict:
+    """Everything a resumed run must share with the one it continues (see segments.py)."""
+    from bttf import __version__
+    from bttf.pipeline.segments import input_fingerprint, model_digest
+
+    c = job.config
+    return {
+        "bttf": __version__,
+        "input": input_fingerprint(job.src),
+        "model": _model_name(job.colorizer),
+        "weights": model_digest(job.colorizer),
+        "render": list(job.model_hw),
+        "batch_size": c.batch_size,
+        "temperature": c.temperature,
+        "top_k": c.top_k,
+        "temporal": job.stage.stabilizer is not None,
+        "temporal_strength": c.temporal_strength,
+        "codec": c.codec,
+        "crf": c.crf,
+        "preset": c.preset,
+        "pix_fmt": c.pix_fmt,
+        "size": list(job.size),
+        "start": c.start,
+        "duration": c.duration,
+        "segment_frames": segment_frames,
+        "warmup": warmup,
+    }
+
+
+def _resume_source(info: VideoInfo, config: ColorizeConfig, target_pts: int, first_pts: int | None,
+                   warmup: int, work_path: Path) -> Iterator[tuple[str, SourceFrame]]:  # fmt: skip
+    """The film from source pts `target_pts` on, as ("frame", f), after its `warmup` frames
+    before it as ("warm", f).
+
+    Seeks a little before the target and checks it landed early enough to see every warm-up
+    frame (or the first frame of the range); else seeks further back, at worst decoding from
+    the start of the range. Ends at once when the range ended exactly at the target.
+    """
+    tb = info.time_base
+    t_start = info.start + (to_fraction(config.start) or 0)
+    back = Fraction(warmup + 2) / (info.rate or 24)
+    while True:
+        seek = target_pts * tb - back
+        from_start = seek <= t_start
+        frames = read_frames(info, config.start, config.duration, on_error=config.on_decode_error,
+                             seek=None if from_start else seek)  # fmt: skip
+        ring: deque[SourceFrame] = deque(maxlen=warmup)
+        first = None
+        found = False
+        with contextlib.closing(frames):
+            for f in frames:
+                if first is None:
+                    first = f.pts
+                if not found:
+                    if f.pts < target_pts:
+                        ring.append(f)
+                        continue
+                    if f.pts != target_pts or not (len(ring) == warmup or first == first_pts):
+                        break  # landed too late: seek further back
+                    found = True
+                    for r in ring:
+                        yield "warm", r
+                yield "frame", f
+            else:
+                return  # done, or the range ended right where the interrupted run stopped
+        if from_start:
+            raise BttfError(
+                f"cannot find the frame at {float(target_pts * tb - info.start):.3f} s of "
+                f"{info.path} where the interrupted run stopped; delete {work_path} to start over"
+            )
+        back *= 4
+
+
+def _tagged(frames: Iterator[SourceFrame]) -> Iterator[tuple[str, SourceFrame]]:
+    with contextlib.closing(frames):
+        for f in frames:
+            yield "frame", f
+
+
+class _SegmentSink:
+    """The encode thread's side of a segmented run: frames into the open segment; "close"
+    makes it durable (WorkDir.commit); "finish" marks the film done."""
+
+    def __init__(self, job: _Job, work) -> None:
+        self.job = job
+        self.work = work
+        self.writer: VideoWriter | None = None
+        self.frames = self.repeated = self.dropped = 0
+        self.first_pts = self.end_pts = 0
+
+    def __call__(self, item: tuple) -> None:
+        kind = item[0]
+        if kind == "frame":
+            _, f, cb, cr = item
+            if self.writer is None:
+                self._open(f)
+            self.writer.write(f.y, self.job.info.bits, cb, cr, f.pts, f.duration)
+            self.frames += 1
+            self.repeated += f.repeated
+            self.dropped += f.dropped
+            self.end_pts = f.pts + f.duration
+        elif kind == "close":
+            self.writer.finish()
+            self.writer = None
+            self.work.commit(item[1], self.frames, self.first_pts, self.end_pts, self.repeated,
+                             self.dropped)  # fmt: skip
+        elif kind == "finish":
+            self.work.finish()
+
+    def _open(self, f: SourceFrame) -> None:
+        work, job = self.work, self.job
+        if work.first_pts is None:
+            work.first_pts = f.pts
+            work.shift_pts = f.pts if job.config.start is not None else 0
+        k = len(work.segments)
+        self.writer = VideoWriter(work.segment_path(k, partial=True), job.info, job.settings,
+                                  job.size, audio=False)  # fmt: skip
+        self.writer.start(None, None, f.pts if work.relative else work.shift_pts)
+        self.frames = self.repeated = self.dropped = 0
+        self.first_pts = f.pts
+
+    def close(self) -> None:
+        if self.writer is not None:
+            with contextlib.suppress(Exception):
+                self.writer.close()
+            self.writer = None
+
+
+def _colorize_segmented(job: _Job) -> ColorizeStats:
+    """`colorize_video` for a film written in segments (see `bttf.pipeline.segments`)."""
+    from bttf.pipeline.segments import WARMUP_FRAMES, WorkDir, join_segments
+
+    config, info, stage = job.config, job.info, job.stage
+    n_seg = config.segment_frames or DEFAULT_SEGMENT_FRAMES
+    warmup = min(WARMUP_FRAMES, n_seg) if stage.stabilizer is not None else 0
+    def probe(out):  # the stream a segment has, for WorkDir to see what the container does
+        vs = out.add_stream(job.settings.codec, rate=info.rate or 24,
+                            options=job.settings.options())  # fmt: skip
+        vs.width, vs.height, vs.pix_fmt = *job.size, job.settings.pix_fmt
+        vs.time_base = vs.codec_context.time_base = info.time_base
+        return vs
+
+    work = WorkDir.open(job.dst, _job_settings(job, n_seg, warmup), config.resume, probe)
+    resumed = work.frames_done
+    done = resumed
+    t_model = decode_s = encode_s = 0.0
+    notices: list[str] = []
+    bits_out = OUTPUT_PIX_FMTS[config.pix_fmt][2]
+    ok = False
+    try:
+        if resumed:
+            log.info("resuming %s after %d frames (%d segments)", job.dst, resumed,
+                     len(work.segments))  # fmt: skip
+        if not work.finished:
+            if work.resume_pts is None:
+                source = _tagged(read_frames(info, config.start, config.duration,
+                                             on_error=config.on_decode_error))  # fmt: skip
+            else:
+                source = _resume_source(info, config, work.resume_pts, work.first_pts, warmup,
+                                        work.path)  # fmt: skip
+
+            def prepared() -> Iterator[tuple[str, _Prepared]]:
+                with contextlib.closing(source):
+                    for kind, f in source:
+                        yield kind, job.prepare(f)
+
+            depth = 2 * config.batch_size
+            sink = _SegmentSink(job, work)
+            with torch_threads(job.device, config.threads):
+                producer = Producer(prepared(), maxsize=depth, name="decode")
+                consumer = Consumer(sink, maxsize=depth, name="encode")
+                ring: deque[_Prepared] = deque(maxlen=warmup)
+                k = len(work.segments)
+                in_seg = 0
+                batch: list[_Prepared] = []
+
+                def run(batch: list[_Prepared]) -> None:
+                    nonlocal t_model, done
+                    t0 = time.perf_counter()
+                    cb, cr = stage(batch, info.colorspace, info.full_range, bits_out)
+                    t_model += time.perf_counter() - t0
+                    for i, p in enumerate(batch):
+                        consumer.put(("frame", p.frame, cb[i], cr[i]))
+                    ring.extend(batch)
+                    done += len(batch)
+                    if job.progress is not None:
+                        job.progress(done, job.total)
+
+                try:
+                    if job.progress is not None:
+                        job.progress(done, job.total)
+                    for kind, p in producer:
+                        if kind == "warm":
+                            ring.append(p)
+                            continue
+                        if in_seg == 0 and k > 0:
+                            t0 = time.perf_counter()
+                            stage.restart(list(ring), config.batch_size)
+                            t_model += time.perf_counter() - t0
+                        batch.append(p)
+                        in_seg += 1
+                        if len(batch) == config.batch_size or in_seg == n_seg:
+                            run(batch)
+                            batch = []
+                        if in_seg == n_seg:
+                            consumer.put(("close", k))
+                            k += 1
+                            in_seg = 0
+                    if batch:
+                        run(batch)
+                    if in_seg:
+                        consumer.put(("close", k))
+                    if done == 0:
+                        raise BadInputError(
+                            f"no frames of {job.src} fall in --start {config.start} --duration "
+                            f"{config.duration}; check the range"
+                        )
+                    consumer.put(("finish",))
+                    consumer.finish()
+                except BaseException:
+                    consumer.abort()
+                    raise
+                finally:
+                    producer.close()
+                    sink.close()
+            decode_s, encode_s = producer.busy_s, consumer.busy_s
+        t0 = time.perf_counter()
+        tmp = work.final_path()
+        t_end = None
+        if config.duration is not None:
+            t_end = info.start + (to_fraction(config.start) or 0) + to_fraction(config.duration)
+        t_from = None
+        if config.start is not None and work.first_pts is not None:
+            t_from = Fraction(work.first_pts) * info.time_base
+        try:
+            offsets = None
+            if work.relative:
+                offsets = [s.first_pts - work.shift_pts for s in work.segments]
+            notices.extend(join_segments([work.path / s.file for s in work.segments], tmp, info,
+                                         audio=config.audio, t_from=t_from, t_end=t_end,
+                                         shift_pts=work.shift_pts, offsets=offsets))  # fmt: skip
+            os.replace(tmp, job.dst)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        encode_s += time.perf_counter() - t0
+        ok = True
+    except BaseException:
+        if work.segments:
+            log.warning("%d colorized frames are kept in %s: run the same command with --resume "
+                        "to continue", work.frames_done, work.path)  # fmt: skip
+        raise
+    finally:
+        if ok:
+            work.remove()
+        else:
+            work.release()
+    repeated = sum(s.repeated for s in work.segments)
+    dropped = sum(s.dropped for s in work.segments)
+    for n in _input_notices(info, config, job.total, done, repeated, dropped):
+        log.warning("%s", n)
+        notices.append(n)
+    stats = ColorizeStats(
+        output=job.dst,
+        frames=work.frames_done,
+        seconds=time.perf_counter() - job.t_begin,
+        decode_s=decode_s,
+        model_s=t_model,
+        encode_s=encode_s,
+        model=_model_name(job.colorizer),
+        device=str(job.device),
+        render_size=job.model_hw,
+        batch_size=stage.max_batch,
+        size=job.size,
+        notices=tuple(notices),
+        stabilize_s=stage.stabilize_s,
+        repeated=repeated,
+        dropped=dropped,
+        resumed_frames=resumed,
+        segments=len(work.segments),
+    )
+    log.info("%s", stats.summary())
+    return stats
+
+
 # ---------------------------------------------------------------------------------------------
 # Public API
 
@@ -466,30 +866,22 @@ def colorize_video(
     log.info("%s: %dx%d %s, %s frames; model %s at %dx%d on %s", src, info.width,
              info.height, info.pix_fmt, total, _model_name(colorizer), model_hw[1], model_hw[0],
              device)  # fmt: skip
+    sx, sy, _ = OUTPUT_PIX_FMTS[settings.pix_fmt]
+    prepare = _Preparer(info, (rh, rw), rotate_k, (-(-enc_h // (1 << sy)), -(-enc_w // (1 << sx))))
+    if config.resume or (config.segment_frames and (total is None or total > config.segment_frames)):
+        job = _Job(src, dst, info, config, settings, (enc_w, enc_h), device, colorizer, stage,
+                   prepare, model_hw, total, progress, t_begin)  # fmt: skip
+        with output_errors(dst):
+            return _colorize_segmented(job)
 
     done = 0
     t_model = 0.0
     notices: list[str] = []
-    with torch_threads(device, config.threads), atomic_output(dst) as tmp:
+    damaged = [0, 0]  # repeated, dropped
+    with output_errors(dst), torch_threads(device, config.threads), atomic_output(dst) as tmp:
         writer = VideoWriter(tmp, info, settings, (enc_w, enc_h), audio=config.audio)
         if writer.audio is not None:
             notices.extend(writer.audio.notices)
-        chroma_hw = writer.chroma_size
-        luts: dict[tuple[int, bool], np.ndarray] = {}
-
-        def prepare(f: SourceFrame) -> _Prepared:
-            y = f.y
-            if y.shape != (info.height, info.width):
-                log.warning("frame %d is %dx%d, not %dx%d; resized", f.index, y.shape[1],
-                            y.shape[0], info.width, info.height)  # fmt: skip
-                y = f.y = _resize(y, (info.height, info.width))
-            lut = luts.get((info.bits, info.full_range))
-            if lut is None:
-                lut = luts[(info.bits, info.full_range)] = gray_lut(info.bits, info.full_range)
-            small = lut[_resize(y, (rh, rw))]
-            if rotate_k:
-                small = np.ascontiguousarray(np.rot90(small, rotate_k))
-            return _Prepared(f, small, lut[_resize(y, chroma_hw)])
 
         t_start = info.start + (to_fraction(config.start) or 0)
         t_end = None if config.duration is None else t_start + to_fraction(config.duration)
@@ -505,9 +897,13 @@ def colorize_video(
                     writer.start(None, t_end, 0)
                 started = True
             writer.write(f.y, info.bits, cb, cr, f.pts, f.duration)
+            damaged[0] += f.repeated
+            damaged[1] += f.dropped
 
         def prepared() -> Iterator[_Prepared]:
-            with contextlib.closing(read_frames(info, config.start, config.duration)) as frames:
+            frames = read_frames(info, config.start, config.duration,
+                                 on_error=config.on_decode_error)  # fmt: skip
+            with contextlib.closing(frames):
                 for f in frames:
                     yield prepare(f)
 
@@ -539,6 +935,9 @@ def colorize_video(
             producer.close()
             with contextlib.suppress(Exception):
                 writer.close()
+    for n in _input_notices(info, config, total, done, *damaged):
+        log.warning("%s", n)
+        notices.append(n)
     stats = ColorizeStats(
         output=dst,
         frames=done,
@@ -553,6 +952,8 @@ def colorize_video(
         size=(enc_w, enc_h),
         notices=tuple(notices),
         stabilize_s=stage.stabilize_s,
+        repeated=damaged[0],
+        dropped=damaged[1],
     )
     log.info("%s", stats.summary())
     return stats

@@ -119,6 +119,7 @@ class VideoInfo:
     rotation: int  # degrees counter-clockwise, from the display matrix
     n_audio: int
     format_name: str
+    other_streams: tuple[str, ...] = ()  # types of the streams that are neither video nor audio
 
 
 @dataclass
@@ -290,6 +291,8 @@ def probe_video(path: str | Path) -> VideoInfo:
             rotation=first.rotation if matrix else 0,
             n_audio=len(container.streams.audio),
             format_name=container.format.name,
+            other_streams=tuple(s.type for s in container.streams
+                                if s.type not in ("video", "audio")),  # fmt: skip
         )
 
 

@@ -375,6 +375,9 @@ class VideoWriter:
             item = np.dtype(dtype).itemsize
             dst = np.frombuffer(plane, dtype=dtype).reshape(plane.height, plane.line_size // item)
             dst[:, : plane.width] = data
+            # The row padding too: x264 reads some of it at some widths (a 33-sample chroma
+            # row), and stale memory there made the output differ from run to run.
+            dst[:, plane.width :] = data[:, -1:]
         frame.color_range = RANGE_PC if self.info.full_range else RANGE_TV
         frame.colorspace = self.info.colorspace
         return frame

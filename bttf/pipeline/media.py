@@ -5,10 +5,12 @@ background threads that run decoding and encoding beside the model.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import queue
 import secrets
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -17,7 +19,7 @@ from typing import Generic, TypeVar
 
 import av
 
-from bttf.errors import BadInputError, OutputExistsError
+from bttf.errors import BadInputError, BttfError, OutputExistsError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,12 @@ def check_input(path: str | os.PathLike) -> Path:
         raise BadInputError(f"{p} does not exist; check the path of INPUT")
     if not p.is_file():
         raise BadInputError(f"{p} is not a file; give a video or image file as INPUT")
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise BadInputError(f"cannot read {p} ({e.strerror})") from e
+    if size == 0:
+        raise BadInputError(f"{p} is empty (0 bytes); is the copy or download complete?")
     return p
 
 
@@ -62,11 +70,49 @@ def check_output(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool
     if d.exists() and not overwrite:
         raise OutputExistsError(f"{d} already exists; pass --overwrite to replace it")
     if not d.parent.is_dir():
+        if any(p.exists() and not p.is_dir() for p in d.parents):
+            raise BadInputError(f"cannot write {d}: a part of its folder is a file, not a folder")
         raise BadInputError(f"the folder {d.parent} does not exist; create it first")
     if not d.suffix:
         raise BadInputError(f"OUTPUT {d} has no suffix; add one (.mp4, .mkv, .png …) to pick "
                             "a format")  # fmt: skip
+    check_writable(d.parent)
     return d
+
+
+def check_writable(folder: Path) -> None:
+    """BadInputError unless a file can be created in `folder` (tried, then removed)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".bttf-probe-", dir=folder)
+    except OSError as e:
+        raise BadInputError(
+            f"cannot write in {folder} ({e.strerror}); choose another output folder"
+        ) from e
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+#: errno values that mean the disk (or the quota) is full.
+_FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+@contextlib.contextmanager
+def output_errors(dst: Path) -> Iterator[None]:
+    """Turn the OSErrors of writing `dst` into one-line BttfErrors that say what to do.
+
+    A full disk is a BttfError (exit 1); a folder that became unwritable a BadInputError.
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.errno in _FULL:
+            raise BttfError(f"the disk is full: cannot write {dst} ({e.strerror}); free some "
+                            "space and run again") from e  # fmt: skip
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise BadInputError(f"cannot write {dst} ({e.strerror}); choose another output "
+                                "folder") from e  # fmt: skip
+        raise
 
 
 @contextlib.contextmanager

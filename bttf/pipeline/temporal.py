@@ -146,10 +146,11 @@ class Stabilizer:
         # the space the fusion happens in: probabilities (mixture), or the raw output itself
         # (ab; or logits for the product of experts: bilinear weights and the blend are convex
         # combinations, so each pixel's log-normalizer only adds a constant that softmax drops)
-        cur = torch.softmax(out.float(), dim=1) if mixture else out.float()
+        x = out.float()
         result = torch.empty_like(out)
         for i, job in enumerate(jobs):
-            c = cur[i : i + 1]
+            # frame by frame, so each frame's 313 planes stay in the cache through all steps
+            c = torch.softmax(x[i : i + 1], dim=1) if mixture else x[i : i + 1]
             if job is None:  # first frame of a shot: exactly the per-frame prediction
                 self._state = c.clone()
                 result[i] = out[i]
