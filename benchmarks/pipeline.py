@@ -106,6 +106,12 @@ def _maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _cpu_s() -> float:
+    """CPU seconds this process used so far, all its threads (FFmpeg's and torch's included)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _set_torch_threads(n: int | None) -> int:
     import torch
 
@@ -307,10 +313,13 @@ def worker(args: argparse.Namespace) -> None:
         raise SystemExit(f"unknown worker mode {mode}")
     if not args.no_warmup:
         go(True)
+    cpu0 = _cpu_s()
     t0 = time.perf_counter()
     res = go(False)
+    cpu = _cpu_s() - cpu0
     seconds = res.pop("seconds_timed", None) or (time.perf_counter() - t0)
     res.update(mode=mode, seconds=round(seconds, 3), fps=round(res["frames"] / seconds, 2),
+               cpu_ms_per_frame=round(1000 * cpu / res["frames"], 2),
                peak_mib=round(_maxrss_mib(), 1))
     if threads is not None:
         res["torch_threads"] = threads
@@ -434,6 +443,7 @@ def colour_paths(width: int, height: int, model: str | None, reps: int = 20) -> 
     from bttf.models import get_spec
     from bttf.pipeline.colorize import _resize, chroma_planes, render_dims
 
+    torch.set_num_threads(1)  # per-frame cost on one core
     spec = get_spec(model or "default")
     rh, rw = render_dims(height, width, spec.render_size, spec.stride)
     rng = np.random.default_rng(0)
@@ -477,8 +487,7 @@ def colour_paths(width: int, height: int, model: str | None, reps: int = 20) -> 
         av.VideoFrame.from_ndarray(arr, format="rgb24").reformat(format="yuv420p")
 
     return {"L_lut_render_size": t(l_lut), "L_via_rgb_full_size": t(l_rgb),
-            "out_chroma_planes_yuv420p": t(out_planes), "out_via_rgb_full_size": t(out_rgb),
-            "torch_threads": torch.get_num_threads()}
+            "out_chroma_planes_yuv420p": t(out_planes), "out_via_rgb_full_size": t(out_rgb)}
 
 
 def print_main(r: dict, cond: dict) -> None:
@@ -490,9 +499,10 @@ def print_main(r: dict, cond: dict) -> None:
     names = {"transcode": "(a) transcode only", "model": "(b) model alone",
              "naive": "(c) naive per-frame loop", "bttf": "(d) bttf colorize (temporal)",
              "bttf-notemporal": "(d) bttf colorize --no-temporal"}
-    print(f"{'':36}{'fps':>8}{'peak MiB':>10}")
+    print(f"{'':36}{'fps':>8}{'CPU ms/frame':>14}{'peak MiB':>10}")
     for m, label in names.items():
-        print(f"{label:36}{res[m]['fps']:>8.1f}{res[m]['peak_mib']:>10.0f}")
+        print(f"{label:36}{res[m]['fps']:>8.1f}{res[m]['cpu_ms_per_frame']:>14.1f}"
+              f"{res[m]['peak_mib']:>10.0f}")
     print(f"{'serial bound 1/(1/a+1/b)':36}{r['serial_bound_fps']:>8.1f}")
     for m in ("bttf", "bttf-notemporal"):
         q = r["ratios"][m]

@@ -24,8 +24,11 @@ Colour sources (--source):
           distribution (the true ab and the true ab rotated by 120 degrees in hue) whose mixing
           weight is redrawn on every frame from a smooth random field that favours the truth,
           plus per-bin noise. It flickers between plausible modes the way an unsure per-frame
-          model does, and its PSNR is meaningful.
-Without trained weights installed the default is `--source random proxy`.
+          model does, and its PSNR is meaningful;
+  proxy-flip  the same with near-binary mode weights and little noise: a confident model that
+          changes its mind (unimodal predictions flipping between two colours), the case where
+          blending logits (a product of experts) averages the two colours.
+Without trained weights installed the default is `--source random proxy proxy-flip`.
 
     python benchmarks/temporal.py                          # everything (about 15 min on 2 cores)
     python benchmarks/temporal.py --quick                  # fewer frames and settings
@@ -81,8 +84,13 @@ def load_clips(video_dir: Path, max_frames: int | None) -> dict[str, np.ndarray]
     clips = {}
     for d in sorted(p for p in video_dir.iterdir() if p.is_dir()):
         files = list_frame_files(d)[:max_frames]
-        frames = [cv2.cvtColor(cv2.resize(cv2.imread(str(f)), SIZE, interpolation=cv2.INTER_AREA),
-                               cv2.COLOR_BGR2RGB) for f in files]
+        frames = [
+            cv2.cvtColor(
+                cv2.resize(cv2.imread(str(f)), SIZE, interpolation=cv2.INTER_AREA),
+                cv2.COLOR_BGR2RGB,
+            )
+            for f in files
+        ]
         clips[d.name] = np.stack(frames)
     return clips
 
@@ -103,16 +111,19 @@ def make_pan(photo: Path, n: int, speed: float, seed: int) -> np.ndarray:
         s = scale * (1.0 + 0.002 * t)
         # output pixel p shows photo point (p - centre_out) / s + (x, y)
         m = np.float32([[s, 0, SIZE[0] / 2 - s * x], [0, s, SIZE[1] / 2 - s * y]])
-        frames.append(cv2.warpAffine(img, m, SIZE, flags=cv2.INTER_CUBIC,
-                                     borderMode=cv2.BORDER_REFLECT))
+        frames.append(
+            cv2.warpAffine(img, m, SIZE, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+        )
     return np.stack(frames)
 
 
 def load_pans(photo_dir: Path, count: int, n: int) -> dict[str, np.ndarray]:
     photos = sorted(photo_dir.glob("*.png"))[:count]
     speeds = [1.0, 3.0, 6.0, 2.0]
-    return {f"pan_{p.stem}_{speeds[i % 4]:g}px": make_pan(p, n, speeds[i % 4], i)
-            for i, p in enumerate(photos)}
+    return {
+        f"pan_{p.stem}_{speeds[i % 4]:g}px": make_pan(p, n, speeds[i % 4], i)
+        for i, p in enumerate(photos)
+    }
 
 
 def write_gray_video(path: Path, truth: np.ndarray, fps: int = 24) -> None:
@@ -167,8 +178,13 @@ class ProxyColorizer(nn.Module):
             raise RuntimeError("proxy out of step with the engine")
         type(self).cursor += n
         rot = math.radians(120)
-        alt = torch.stack([ab[:, 0] * math.cos(rot) - ab[:, 1] * math.sin(rot),
-                           ab[:, 0] * math.sin(rot) + ab[:, 1] * math.cos(rot)], dim=1)
+        alt = torch.stack(
+            [
+                ab[:, 0] * math.cos(rot) - ab[:, 1] * math.sin(rot),
+                ab[:, 0] * math.sin(rot) + ab[:, 1] * math.cos(rot),
+            ],
+            dim=1,
+        )
         q_true, q_alt = soft_encode(ab), soft_encode(alt)
         h, w = ab.shape[-2:]
         out = []
@@ -176,8 +192,9 @@ class ProxyColorizer(nn.Module):
             # noise seeded by the frame's content: the same frame gets the same draw in any run
             g = torch.Generator().manual_seed(int(ab[i].abs().sum() * 1000) % 2**31)
             field = torch.randn(1, 1, max(2, h // 8), max(2, w // 8), generator=g)
-            field = torch.nn.functional.interpolate(field, size=(h, w), mode="bicubic",
-                                                    align_corners=False)
+            field = torch.nn.functional.interpolate(
+                field, size=(h, w), mode="bicubic", align_corners=False
+            )
             field = field / field.std().clamp_min(1e-6)
             z = torch.sigmoid(self.bias + self.gain * field)[0]
             p = z * q_true[i] + (1 - z) * q_alt[i]
@@ -185,8 +202,13 @@ class ProxyColorizer(nn.Module):
         return torch.stack(out).to(L.dtype)
 
 
-register_model("bench-proxy", output="bins", stride=4, render_size=256,
-               description="benchmark stand-in (temporal.py)")(ProxyColorizer)
+register_model(
+    "bench-proxy",
+    output="bins",
+    stride=4,
+    render_size=256,
+    description="benchmark stand-in (temporal.py)",
+)(ProxyColorizer)
 
 
 def random_weights(model: str, path: Path, seed: int = 0) -> Path:
@@ -198,7 +220,7 @@ def random_weights(model: str, path: Path, seed: int = 0) -> Path:
         head = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.out_channels == 313][-1]
         with torch.no_grad():
             head.weight.normal_()
-            L = torch.from_numpy(np.linspace(0, 100, 256 * 448, dtype=np.float32)).view(1, 1, 256, 448)
+            L = torch.linspace(0, 100, 256 * 448).view(1, 1, 256, 448)
             std = float(net(L).std())
             head.weight.mul_(3.0 / max(std, 1e-12))
             if head.bias is not None:
@@ -255,7 +277,10 @@ def colorize(src: Path, dst: Path, setting: Setting, base: dict, timer: list[flo
 
 def score(out: np.ndarray, truth: np.ndarray, pairs) -> dict[str, float]:
     we = float(np.mean([pair_warping_error(out[i], out[i + 1], p) for i, p in enumerate(pairs)]))
-    f = lambda x: x.astype(np.float32) / 255.0  # noqa: E731
+
+    def f(x: np.ndarray) -> np.ndarray:
+        return x.astype(np.float32) / 255.0
+
     return {
         "warping_error": we,
         "cdc": cdc(out),
@@ -266,10 +291,13 @@ def score(out: np.ndarray, truth: np.ndarray, pairs) -> dict[str, float]:
 
 
 def source_config(source: str, args, work: Path) -> dict:
-    if source == "proxy":
+    if source.startswith("proxy"):
+        flip = source == "proxy-flip"
+        ProxyColorizer.gain, ProxyColorizer.noise = (8.0, 0.1) if flip else (2.0, 0.3)
         return {"model": "bench-proxy"}
     if source == "random":
-        return {"weights": str(random_weights(args.model or "fastcolor", work / "random.safetensors"))}
+        path = random_weights(args.model or "fastcolor", work / "random.safetensors")
+        return {"weights": str(path)}
     return {"model": args.model, "weights": args.weights}
 
 
@@ -279,13 +307,19 @@ def settings_for(args) -> list[Setting]:
         return out
     for fusion in ("mixture", "product"):
         for s in args.strengths:
-            out.append(Setting(f"{fusion} s={s:g}", True, StabilizerParams(strength=s, fusion=fusion)))
+            params = StabilizerParams(strength=s, fusion=fusion)
+            out.append(Setting(f"{fusion} s={s:g}", True, params))
     return out
 
 
 def measure_quality(source: str, seqs: dict[str, np.ndarray], args, work: Path) -> dict:
-    base = {**source_config(source, args, work), "pix_fmt": "yuv444p", "crf": 0,
-            "preset": "ultrafast", "batch_size": 8}
+    base = {
+        **source_config(source, args, work),
+        "pix_fmt": "yuv444p",
+        "crf": 0,
+        "preset": "ultrafast",
+        "batch_size": 8,
+    }
     results: dict[str, dict] = {}
     for name, truth in seqs.items():
         src = work / f"{name}_gray.mkv"
@@ -293,13 +327,20 @@ def measure_quality(source: str, seqs: dict[str, np.ndarray], args, work: Path) 
             write_gray_video(src, truth)
         grays = [rgb_to_gray(f) for f in truth]
         pairs = pair_flows(grays)
-        ref = {"warping_error": float(np.mean([pair_warping_error(truth[i], truth[i + 1], p)
-                                               for i, p in enumerate(pairs)])),
-               "cdc": cdc(truth), "colorfulness": float(np.mean(
-                   [colorfulness(f.astype(np.float32) / 255) for f in truth]))}
+        ref = {
+            "warping_error": float(
+                np.mean(
+                    [pair_warping_error(truth[i], truth[i + 1], p) for i, p in enumerate(pairs)]
+                )
+            ),
+            "cdc": cdc(truth),
+            "colorfulness": float(
+                np.mean([colorfulness(f.astype(np.float32) / 255) for f in truth])
+            ),
+        }
         results.setdefault("truth", {})[name] = ref
         for k, setting in enumerate(settings_for(args)):
-            if source == "proxy":
+            if source.startswith("proxy"):
                 rh, rw = engine.render_dims(truth.shape[1], truth.shape[2], 256, 4)
                 ProxyColorizer.start(truth, (rh, rw))
             dst = work / f"{name}_{source}_{k}.mkv"
@@ -307,8 +348,14 @@ def measure_quality(source: str, seqs: dict[str, np.ndarray], args, work: Path) 
             colorize(src, dst, setting, base)
             out = read_video(dst)
             results.setdefault(setting.label, {})[name] = score(out, truth, pairs)
-            log.info("%s %s %s: %s (%.1fs)", source, name, setting.label,
-                     results[setting.label][name], time.perf_counter() - t)
+            log.info(
+                "%s %s %s: %s (%.1fs)",
+                source,
+                name,
+                setting.label,
+                results[setting.label][name],
+                time.perf_counter() - t,
+            )
     return results
 
 
@@ -328,29 +375,37 @@ def summarize(results: dict, names: list[str]) -> dict[str, dict[str, float]]:
 
 
 def two_shot_check(source: str, clips: dict[str, np.ndarray], args, work: Path) -> dict:
-    """Shot B colorized after shot A must equal shot B colorized alone (same engine, stabilizer on)."""
+    """Shot B colorized after shot A must equal shot B colorized alone (engine, stabilizer on)."""
     names = sorted(clips)
     a, b = clips[names[0]][:24], clips[names[-1]][:24]
-    base = {**source_config(source, args, work), "pix_fmt": "yuv444p", "crf": 0,
-            "preset": "ultrafast"}
+    base = {
+        **source_config(source, args, work),
+        "pix_fmt": "yuv444p",
+        "crf": 0,
+        "preset": "ultrafast",
+    }
     both_src, b_src = work / "two_shot_gray.mkv", work / "shot_b_gray.mkv"
     write_gray_video(both_src, np.concatenate([a, b]))
     write_gray_video(b_src, b)
     outs = {}
     for label, src, truth in (("both", both_src, np.concatenate([a, b])), ("b", b_src, b)):
-        if source == "proxy":
+        if source.startswith("proxy"):
             rh, rw = engine.render_dims(truth.shape[1], truth.shape[2], 256, 4)
             ProxyColorizer.start(truth, (rh, rw))
         dst = work / f"two_shot_{label}.mkv"
         colorize(src, dst, Setting("default", True), base)
         outs[label] = read_video(dst).astype(np.int16)
-    after_cut = outs["both"][len(a):]
+    after_cut = outs["both"][len(a) :]
     diff = np.abs(after_cut - outs["b"])
     cuts = [c.frame for c in detect_cuts(both_src)]
-    return {"shots": [names[0], names[-1]], "cut_expected": len(a), "cuts_found": cuts,
-            "first_frame_after_cut_max_abs_diff": int(diff[0].max()),
-            "first_5_frames_mean_abs_diff": float(diff[:5].mean()),
-            "all_frames_max_abs_diff": int(diff.max())}
+    return {
+        "shots": [names[0], names[-1]],
+        "cut_expected": len(a),
+        "cuts_found": cuts,
+        "first_frame_after_cut_max_abs_diff": int(diff[0].max()),
+        "first_5_frames_mean_abs_diff": float(diff[:5].mean()),
+        "all_frames_max_abs_diff": int(diff.max()),
+    }
 
 
 def cost(args, work: Path, clips: dict[str, np.ndarray]) -> dict:
@@ -358,8 +413,7 @@ def cost(args, work: Path, clips: dict[str, np.ndarray]) -> dict:
     frames = np.concatenate([c for c in clips.values()])[: args.cost_frames]
     src = work / "cost_gray.mkv"
     write_gray_video(src, frames)
-    base = {"device": "cpu", "model": args.model, "weights": args.weights,
-            "threads": args.threads}
+    base = {"device": "cpu", "model": args.model, "weights": args.weights, "threads": args.threads}
     times: dict[str, list[float]] = {"off": [], "on": []}
     cpu: dict[str, list[float]] = {"off": [], "on": []}
     inside = []
@@ -368,27 +422,42 @@ def cost(args, work: Path, clips: dict[str, np.ndarray]) -> dict:
         for label in ("off", "on"):
             timer = [0.0]
             c0 = time.process_time()
-            stats = colorize(src, work / "cost_out.mp4", Setting(label, label == "on", params),
-                             base, timer)
+            stats = colorize(
+                src, work / "cost_out.mp4", Setting(label, label == "on", params), base, timer
+            )
             cpu[label].append(time.process_time() - c0)
             times[label].append(stats.seconds)
             if label == "on":
                 inside.append(timer[0] / stats.seconds)
     off, on = min(times["off"]), min(times["on"])
-    return {"frames": len(frames), "size": f"{SIZE[0]}x{SIZE[1]}",
-            "fusion": args.cost_fusion or "default", "torch_threads": torch.get_num_threads(),
-            "seconds_off": times["off"], "seconds_on": times["on"],
-            "cpu_seconds_off": cpu["off"], "cpu_seconds_on": cpu["on"],
-            "added_wall_%": 100 * (on - off) / off,
-            "added_cpu_%": 100 * (min(cpu["on"]) - min(cpu["off"])) / min(cpu["off"]),
-            "stabilizer_share_of_wall_%": 100 * min(inside),
-            "stabilizer_ms_per_frame": 1000 * min(inside) * on / len(frames)}
+    return {
+        "frames": len(frames),
+        "size": f"{SIZE[0]}x{SIZE[1]}",
+        "fusion": args.cost_fusion or "default",
+        "torch_threads": torch.get_num_threads(),
+        "seconds_off": times["off"],
+        "seconds_on": times["on"],
+        "cpu_seconds_off": cpu["off"],
+        "cpu_seconds_on": cpu["on"],
+        "added_wall_%": 100 * (on - off) / off,
+        "added_cpu_%": 100 * (min(cpu["on"]) - min(cpu["off"])) / min(cpu["off"]),
+        "stabilizer_share_of_wall_%": 100 * min(inside),
+        "stabilizer_ms_per_frame": 1000 * min(inside) * on / len(frames),
+    }
 
 
 def print_table(title: str, table: dict) -> None:
     print(f"\n{title}")
-    cols = ["warping_error", "cdc", "psnr", "ssim", "colorfulness", "we_reduction_%",
-            "cdc_reduction_%", "psnr_change_db"]
+    cols = [
+        "warping_error",
+        "cdc",
+        "psnr",
+        "ssim",
+        "colorfulness",
+        "we_reduction_%",
+        "cdc_reduction_%",
+        "psnr_change_db",
+    ]
     print(f"{'setting':<18}" + "".join(f"{c:>16}" for c in cols))
     for label, row in table.items():
         cells = "".join(f"{row[c]:>16.6g}" if c in row else f"{'':>16}" for c in cols)
@@ -397,14 +466,16 @@ def print_table(title: str, table: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--source", nargs="+", choices=["model", "random", "proxy"], default=None)
+    ap.add_argument(
+        "--source", nargs="+", choices=["model", "random", "proxy", "proxy-flip"], default=None
+    )
     ap.add_argument("--model", default=None, help="registered name (default: the default model)")
     ap.add_argument("--weights", default=None, help="a weights file for --source model")
     ap.add_argument("--data", type=Path, default=SHARED, help="folder with video/ and photos/")
     ap.add_argument("--max-frames", type=int, default=None, help="frames per DAVIS clip")
     ap.add_argument("--pans", type=int, default=4, help="number of synthetic pans")
     ap.add_argument("--pan-frames", type=int, default=40)
-    ap.add_argument("--strengths", type=float, nargs="+", default=[0.5, 0.7, 0.8, 0.9])
+    ap.add_argument("--strengths", type=float, nargs="+", default=[0.7, 0.8, 0.9])
     ap.add_argument("--cost-frames", type=int, default=120)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads for the cost run")
@@ -414,23 +485,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="write every number here")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
+    )
     if args.quick:
         args.max_frames, args.pans, args.cost_frames, args.repeats = 20, 2, 48, 2
     trained = args.weights is not None or (
         get_spec(args.model or "default").shipped is not None
-        and (Path(engine.__file__).parents[1] / "weights"
-             / get_spec(args.model or "default").shipped).is_file())
-    sources = args.source or (["model"] if trained else ["random", "proxy"])
+        and (
+            Path(engine.__file__).parents[1] / "weights" / get_spec(args.model or "default").shipped
+        ).is_file()
+    )
+    sources = args.source or (["model"] if trained else ["random", "proxy", "proxy-flip"])
     if not (args.data / "video").is_dir():
         print(f"no test clips under {args.data / 'video'}", file=sys.stderr)
         return 2
     clips = load_clips(args.data / "video", args.max_frames)
     pans = load_pans(args.data / "photos" / "kodak24", args.pans, args.pan_frames)
-    report: dict = {"flow_method": FLOW_METHOD, "size": f"{SIZE[0]}x{SIZE[1]}",
-                    "clips": {k: len(v) for k, v in clips.items()},
-                    "pans": {k: len(v) for k, v in pans.items()}, "sources": {}}
+    report: dict = {
+        "flow_method": FLOW_METHOD,
+        "size": f"{SIZE[0]}x{SIZE[1]}",
+        "clips": {k: len(v) for k, v in clips.items()},
+        "pans": {k: len(v) for k, v in pans.items()},
+        "sources": {},
+    }
     print(f"metrics flow: {FLOW_METHOD}; sequences at {SIZE[0]}x{SIZE[1]}")
     with tempfile.TemporaryDirectory(prefix="bttf-temporal-") as tmp:
         work = Path(tmp)

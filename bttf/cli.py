@@ -6,9 +6,11 @@ builds one config dataclass and calls one library function.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterator
 
 import click
 from rich.console import Console
@@ -209,11 +211,110 @@ def _colorizer_options(f):  # noqa: ANN001, ANN201 - a click decorator
     return f
 
 
+@contextlib.contextmanager
+def _film_progress(label: str = "colorizing") -> Iterator[Callable[[int, int | None], None]]:
+    """A progress bar (frames, fps, ETA) that appears with the first call of the callback it
+    yields, `progress(done, total)`, and is gone after the block."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class _Fps(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            text = f"{speed:5.1f} fps" if speed else "  ... fps"
+            return Text(text, style="progress.data.speed")
+
+    bar = Progress(TextColumn(f"[bold]{label}[/]", markup=True), BarColumn(),
+                   MofNCompleteColumn(), _Fps(), TimeElapsedColumn(), TextColumn("ETA"),
+                   TimeRemainingColumn(), console=console, transient=True)  # fmt: skip
+    task = bar.add_task("colorize", total=None, start=False)
+
+    def progress(done: int, total: int | None) -> None:
+        if not bar.live.is_started:  # only once the input is open and the model loaded
+            bar.start()
+            bar.start_task(task)
+        bar.update(task, completed=done, total=max(total, done) if total else None)
+
+    try:
+        yield progress
+    finally:
+        if bar.live.is_started:
+            bar.stop()
+
+
+def _colorize_folder(src: str, out: str | None, config, quiet: bool) -> None:
+    """`bttf colorize DIR -o OUTDIR`: every film of DIR, a summary table, exit 1 on a failure."""
+    from pathlib import Path
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    from bttf.pipeline.batch import DONE, FAILED, SKIPPED, colorize_folder, dist_env
+
+    rank, world, _ = dist_env()
+    out_dir = Path(out) if out else Path(src.rstrip("/\\") + "_color")
+    tag = f"rank {rank}/{world}: " if world > 1 else ""
+    bars: list = []
+
+    def on_start(i: int, n: int, film: Path) -> None:
+        if not quiet:
+            console.print(f"{tag}[{i}/{n}] {escape(film.name)}", highlight=False)
+
+    def progress_for(film: Path):
+        if quiet or world > 1:  # N processes, one terminal: bars would overwrite each other
+            return None
+        cm = _film_progress(escape(film.name))
+        bars.append(cm)
+        return cm.__enter__()
+
+    def on_done(item) -> None:
+        while bars:
+            bars.pop().__exit__(None, None, None)
+        if item.status == FAILED:
+            where = "" if str(item.src) in item.reason else f"{item.src}: "
+            click.echo(f"bttf: error: {tag}{where}{item.reason}", err=True)
+        for n in item.notices if not quiet else ():
+            console.print(f"  note: {escape(n)}", highlight=False)
+
+    try:
+        result = colorize_folder(src, out_dir, config, on_start=on_start, on_done=on_done,
+                                 progress_for=progress_for)  # fmt: skip
+    finally:
+        while bars:
+            bars.pop().__exit__(None, None, None)
+    if not quiet:
+        shard = f" (rank {rank} of {world}: {len(result.items)} of {result.total} films)"
+        table = Table(title=f"{src} -> {out_dir}{shard if world > 1 else ''}")
+        for col, justify in (("film", "left"), ("status", "left"), ("frames", "right"),
+                             ("time", "right"), ("note", "left")):  # fmt: skip
+            table.add_column(col, justify=justify, overflow="fold")
+        style = {DONE: "green", SKIPPED: "yellow", FAILED: "red"}
+        for it in result.items:
+            table.add_row(escape(it.src.name), f"[{style[it.status]}]{it.status}[/]",
+                          str(it.frames) if it.frames else "",
+                          f"{it.seconds:.1f} s" if it.status != SKIPPED else "",
+                          escape(it.reason))  # fmt: skip
+        console.print(table)
+        console.print(f"{tag}{result.count(DONE)} done, {result.count(SKIPPED)} skipped, "
+                      f"{result.count(FAILED)} failed", highlight=False)  # fmt: skip
+    if not result.ok:
+        raise click.exceptions.Exit(1)
+
+
 @cli.command("colorize")
-@click.argument("input", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+@click.argument("input", type=click.Path(dir_okay=True))
+@click.option("-o", "--output", type=click.Path(dir_okay=True), default=None,
               help="Output file; its suffix picks the format. [default: INPUT_color.mp4, or "
-                   "the image's own suffix]")
+                   "the image's own suffix] For a folder INPUT: the folder to write "
+                   "NAME.mp4 files in. [default: INPUT_color]")
 @_colorizer_options
 @click.option("--codec", default="libx264", show_default=True, help="Video encoder.")
 @click.option("--crf", type=click.IntRange(0, 63), default=18, show_default=True,
@@ -226,6 +327,16 @@ def _colorizer_options(f):  # noqa: ANN001, ANN201 - a click decorator
 @click.option("--duration", type=_TimeParam(), default=None,
               help="Colorize this much (seconds or [HH:]MM:SS[.ms]), like ffmpeg -t.")
 @click.option("--no-audio", is_flag=True, help="Leave the audio out.")
+@click.option("--on-decode-error", type=click.Choice(["repeat", "skip", "fail"]),
+              default="repeat", show_default=True,
+              help="A damaged frame: show the last good one in its place, leave it out (the "
+                   "previous frame lasts longer), or stop with an error.")
+@click.option("--segment-frames", type=click.IntRange(min=0), default=None,
+              help="Write films longer than this many frames in closed segments beside OUTPUT, "
+                   "so an interrupted run can --resume; 0: never. [default: 2000]")
+@click.option("--resume", is_flag=True,
+              help="Continue the interrupted run of OUTPUT (same options); starts afresh when "
+                   "there is nothing to continue.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def colorize_cmd(
@@ -248,13 +359,23 @@ def colorize_cmd(
     duration: float | None,
     no_audio: bool,
     threads: int | None,
+    on_decode_error: str,
+    segment_frames: int | None,
+    resume: bool,
     overwrite: bool,
     quiet: bool,
 ) -> None:
-    """Colorize INPUT, a film (any format PyAV reads) or a photo (jpg, png, tiff…).
+    """Colorize INPUT, a film (any format PyAV reads) or a photo (jpg, png, tiff…), or every
+    film in the folder INPUT.
 
     The film keeps its own luma (only chroma comes from the model), its frames, timestamps,
-    audio and rotation. OUTPUT is written beside itself and renamed when complete.
+    audio and rotation. OUTPUT is written beside itself and renamed when complete. A long film
+    is written in segments in .OUTPUT.bttf-work/ as it goes: after Ctrl-C, a kill or a crash,
+    the same command with --resume continues where it stopped.
+
+    A folder: each film goes to OUTDIR/NAME.mp4; existing outputs are skipped, failures
+    reported; exit code 1 if any failed. Under torchrun --nproc_per_node=N (or with RANK and
+    WORLD_SIZE set), process r takes films r, r+N, … on GPU LOCAL_RANK.
     """
     import re
 
@@ -270,13 +391,21 @@ def colorize_cmd(
                                  param_hint="--pix-fmt")  # fmt: skip
     if duration is not None and duration <= 0:
         raise click.BadParameter("must be more than 0", param_hint="--duration")
+    if resume and segment_frames == 0:
+        raise click.BadParameter("--resume needs segments; drop --segment-frames 0",
+                                 param_hint="--segment-frames")  # fmt: skip
+    extra = {} if segment_frames is None else {"segment_frames": segment_frames}
     config = ColorizeConfig(
         model=model, weights=weights, device=device, render_size=render_size,
         batch_size=batch_size, temperature=temperature, top_k=top_k, temporal=temporal,
         temporal_strength=temporal_strength, codec=codec, crf=crf, preset=preset,
         pix_fmt=pix_fmt, start=start, duration=duration, audio=not no_audio,
-        overwrite=overwrite, threads=threads,
+        overwrite=overwrite, threads=threads, on_decode_error=on_decode_error, resume=resume,
+        **extra,
     )  # fmt: skip
+    if os.path.isdir(input):
+        _colorize_folder(input, output, config, quiet)
+        return
     output = output or _default_output(input)
     if is_image_path(input):
         if quiet:
@@ -287,39 +416,8 @@ def colorize_cmd(
     elif quiet:
         stats = colorize_video(input, output, config)
     else:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            ProgressColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-        from rich.text import Text
-
-        class _Fps(ProgressColumn):
-            def render(self, task) -> Text:
-                speed = task.finished_speed or task.speed
-                text = f"{speed:5.1f} fps" if speed else "  ... fps"
-                return Text(text, style="progress.data.speed")
-
-        bar = Progress(TextColumn("[bold]colorizing[/]"), BarColumn(), MofNCompleteColumn(),
-                       _Fps(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                       console=console, transient=True)  # fmt: skip
-        task = bar.add_task("colorize", total=None, start=False)
-
-        def progress(done: int, total: int | None) -> None:
-            if not bar.live.is_started:  # only once the input is open and the model loaded
-                bar.start()
-                bar.start_task(task)
-            bar.update(task, completed=done, total=max(total, done) if total else None)
-
-        try:
+        with _film_progress() as progress:
             stats = colorize_video(input, output, config, progress=progress)
-        finally:
-            if bar.live.is_started:
-                bar.stop()
     if not quiet:
         console.print(f"wrote {stats.output}: {stats.summary()}", highlight=False, markup=False,
                       soft_wrap=True)
@@ -786,15 +884,33 @@ def compare_cmd(input: str, models: tuple[str, ...], weights: tuple[str, ...], o
         console.print(line, highlight=False)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised on the main thread so it unwinds like Ctrl-C (temp files go, work
+    folders for --resume stay)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: one-line errors, exit codes 0 / 1 / 2 / 130; BTTF_DEBUG=1 re-raises."""
+    """Entry point: one-line errors, exit codes 0 / 1 / 2 / 130 (Ctrl-C) / 143 (SIGTERM);
+    BTTF_DEBUG=1 re-raises."""
+    import signal
+    import threading
+
     debug = os.environ.get("BTTF_DEBUG", "") not in ("", "0")
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        cli.main(args=argv, prog_name="bttf", standalone_mode=False)
-    except click.exceptions.Abort:
-        console.print("bttf: interrupted", highlight=False)
-        sys.exit(130)
-    except KeyboardInterrupt:
+        code = cli.main(args=argv, prog_name="bttf", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except (click.exceptions.Abort, KeyboardInterrupt) as e:
+        if isinstance(e, _Terminated) or isinstance(e.__cause__, _Terminated):
+            console.print("bttf: terminated", highlight=False)
+            sys.exit(143)
         console.print("bttf: interrupted", highlight=False)
         sys.exit(130)
     except click.ClickException as e:
@@ -810,5 +926,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # noqa: BLE001 - last resort: one line, never a traceback
         if debug:
             raise
-        click.echo(f"bttf: error: {type(e).__name__}: {e} (set BTTF_DEBUG=1 for details)", err=True)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        click.echo(f"bttf: error: {type(e).__name__}: {first} (set BTTF_DEBUG=1 for details)",
+                   err=True)  # fmt: skip
         sys.exit(1)
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)

@@ -28,14 +28,17 @@ def texture(seed: int, h: int = 240, w: int = 320, cell: int = 8) -> np.ndarray:
     return (lo + img * (hi - lo)).astype(np.uint8)
 
 
-def pan(tex: np.ndarray, n: int, speed: float, size: tuple[int, int] = (48, 64)) -> list[np.ndarray]:
+def pan(
+    tex: np.ndarray, n: int, speed: float, size: tuple[int, int] = (48, 64)
+) -> list[np.ndarray]:
     """n frames of a (h, w) window sliding right over `tex` at `speed` px/frame (sub-pixel)."""
     h, w = size
     frames = []
     for t in range(n):
         m = np.float32([[1, 0, -t * speed], [0, 1, -t * speed * 0.3]])
-        frames.append(cv2.warpAffine(tex, m, (w, h), flags=cv2.INTER_LINEAR,
-                                     borderMode=cv2.BORDER_REFLECT))
+        frames.append(
+            cv2.warpAffine(tex, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        )
     return frames
 
 
@@ -60,8 +63,9 @@ def test_no_false_cut_on_a_pan(speed):
 def test_no_cut_on_a_static_shot_with_grain():
     rng = np.random.default_rng(0)
     base = texture(4, 48, 64).astype(np.int16)
-    frames = [np.clip(base + rng.normal(0, 4, base.shape), 0, 255).astype(np.uint8)
-              for _ in range(30)]
+    frames = [
+        np.clip(base + rng.normal(0, 4, base.shape), 0, 255).astype(np.uint8) for _ in range(30)
+    ]
     assert feed_all(frames) == []
 
 

@@ -7,21 +7,26 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from test_cuts import pan, texture, two_shots
 
 from bttf.cli import cli
 from bttf.pipeline.flow import FlowEstimator, consistent_mask, warp
 from bttf.pipeline.temporal import Stabilizer
 from bttf.pipeline.temporal_metrics import cdc, evaluate_video, pair_flows, warping_error
 
-from test_cuts import pan, texture, two_shots
-
 Q = 313
 
 
 def content_logits(frames: list[np.ndarray], stride: int = 4, sharp: float = 0.02) -> torch.Tensor:
     """Logits (N, 313, h/stride, w/stride) peaked at a bin that follows the gray content."""
-    g = np.stack([cv2.resize(f, (f.shape[1] // stride, f.shape[0] // stride),
-                             interpolation=cv2.INTER_AREA) for f in frames]).astype(np.float32)
+    g = np.stack(
+        [
+            cv2.resize(
+                f, (f.shape[1] // stride, f.shape[0] // stride), interpolation=cv2.INTER_AREA
+            )
+            for f in frames
+        ]
+    ).astype(np.float32)
     centre = torch.from_numpy(g / 255.0 * (Q - 1))[:, None]
     k = torch.arange(Q, dtype=torch.float32)[None, :, None, None]
     return -sharp * (k - centre) ** 2
@@ -63,7 +68,8 @@ def test_reset_at_a_cut_and_no_colour_carried():
 
 def test_batches_and_reset_give_the_same_result():
     frames = pan(texture(5), 20, 1.5)
-    out = content_logits(frames) + torch.randn(20, Q, 12, 16, generator=torch.Generator().manual_seed(2))
+    noise = torch.randn(20, Q, 12, 16, generator=torch.Generator().manual_seed(2))
+    out = content_logits(frames) + noise
     gray = np.stack(frames)
     st = Stabilizer()
     whole = st(gray, out, "bins")
@@ -78,7 +84,10 @@ def test_predictions_that_follow_the_motion_are_kept():
     out = content_logits(frames)
     fused = Stabilizer(strength=0.8)(np.stack(frames), out, "bins")
     k = torch.arange(Q, dtype=torch.float32)[None, :, None, None]
-    mean_bin = lambda x: (probs(x) * k).sum(1)  # noqa: E731
+
+    def mean_bin(x: torch.Tensor) -> torch.Tensor:
+        return (probs(x) * k).sum(1)
+
     # interior only: at the borders content enters the frame
     err = (mean_bin(fused) - mean_bin(out))[:, 3:-3, 3:-3].abs().mean()
     # in bins; the content moves by ~4 bins a frame, so an unwarped carry-over lags by ~15
@@ -120,8 +129,10 @@ def test_flow_recovers_a_known_shift_and_flags_the_border():
 
 
 def colour(frames: list[np.ndarray], tint: tuple[float, float, float]) -> list[np.ndarray]:
-    return [np.clip(f[..., None].astype(np.float32) * np.array(tint), 0, 255).astype(np.uint8)
-            for f in frames]
+    return [
+        np.clip(f[..., None].astype(np.float32) * np.array(tint), 0, 255).astype(np.uint8)
+        for f in frames
+    ]
 
 
 def test_metrics_are_zero_on_identical_frames():
@@ -133,8 +144,9 @@ def test_metrics_are_zero_on_identical_frames():
 def test_metrics_on_a_shift_and_on_flicker():
     grays = pan(texture(9, 240, 320), 8, 2.0, size=(96, 128))
     steady = colour(grays, (1.0, 0.8, 0.6))
-    flicker = [colour([g], (1.0, 0.8, 0.6) if i % 2 else (0.6, 0.8, 1.0))[0]
-               for i, g in enumerate(grays)]
+    flicker = [
+        colour([g], (1.0, 0.8, 0.6) if i % 2 else (0.6, 0.8, 1.0))[0] for i, g in enumerate(grays)
+    ]
     pairs = pair_flows(grays)
     e_steady = warping_error(steady, pairs=pairs)
     e_flicker = warping_error(flicker, pairs=pairs)
@@ -156,3 +168,29 @@ def test_eval_video_command_on_folders(tmp_path):
     res = CliRunner().invoke(cli, ["eval-video", str(out_dir), "--truth", str(truth_dir)])
     assert res.exit_code == 0, res.output
     assert "warping error" in res.stdout and "PSNR" in res.stdout
+
+
+def test_the_engine_runs_the_stabilizer_with_its_strength(tmp_path, monkeypatch):
+    from test_cuts import write_video
+
+    from bttf.pipeline import temporal
+    from bttf.pipeline.colorize import ColorizeConfig, colorize_video
+
+    made: list[Stabilizer] = []
+
+    class Recording(Stabilizer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(temporal, "Stabilizer", Recording)
+    src = tmp_path / "two_shots.mp4"
+    write_video(src, two_shots(12, 24))
+    config = ColorizeConfig(temporal=True, temporal_strength=0.6, render_size=64, audio=False)
+    stats = colorize_video(src, tmp_path / "out.mp4", config)
+    assert stats.frames == 24
+    assert len(made) == 1 and made[0].params.strength == 0.6
+    assert made[0].cuts == [12]
+    made.clear()
+    colorize_video(src, tmp_path / "out2.mp4", ColorizeConfig(temporal=False, render_size=64))
+    assert made == []

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -228,7 +230,11 @@ def load_model(
     state, meta = read_weights(path)
     config: dict[str, Any] = {}
     if meta.get("format") == FORMAT:
-        spec = get_spec(meta["bttf_model"])
+        try:
+            spec = get_spec(meta["bttf_model"])
+        except UnknownModelError as e:
+            raise WeightsError(f"{path} holds weights of a model this bttf does not have "
+                               f"({e})") from None  # fmt: skip
         config = meta["bttf_config"]
         if name is not None and get_spec(name).name != spec.name:
             raise WeightsError(
@@ -299,9 +305,13 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
 
 def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4": not the user's business
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        text = str(e).strip()
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        first = f"it refers to {found.group(1)}" if found else (text.splitlines() or [""])[0]
         raise WeightsError(
             f"{path} is a pickle that needs more than plain tensors to load ({first[:120]}); "
             "bttf only reads weights_only state dicts: re-save it with "

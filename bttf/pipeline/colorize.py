@@ -392,7 +392,7 @@ class _ModelStage:
         for batch in _batched(warmup, batch_size):
             small = np.stack([p.small for p in batch])
             L = self.lut[self._to_device(small).long()].unsqueeze(1)
-            out = torch.cat(self._split(len(batch), lambda i, j: self._predict(L[i:j])))
+            out = torch.cat(self._split(len(batch), lambda i, j, L=L: self._predict(L[i:j])))
             t0 = time.perf_counter()
             self.stabilizer(small, out, self.colorizer.output)
             self.stabilize_s += time.perf_counter() - t0
@@ -669,6 +669,7 @@ def _colorize_segmented(job: _Job) -> ColorizeStats:
     config, info, stage = job.config, job.info, job.stage
     n_seg = config.segment_frames or DEFAULT_SEGMENT_FRAMES
     warmup = min(WARMUP_FRAMES, n_seg) if stage.stabilizer is not None else 0
+
     def probe(out):  # the stream a segment has, for WorkDir to see what the container does
         vs = out.add_stream(job.settings.codec, rate=info.rate or 24,
                             options=job.settings.options())  # fmt: skip

@@ -114,8 +114,13 @@ class CutDetector:
             if time is None:
                 time = self._index / self.fps if self.fps else float(self._index)
             self.cuts.append(Cut(self._index, float(time), mad, ratio, corr))
-            log.info("cut at frame %d (mad %.1f, x%.1f median, hist corr %.2f)",
-                     self._index, mad, ratio, corr)
+            log.info(
+                "cut at frame %d (mad %.1f, x%.1f median, hist corr %.2f)",
+                self._index,
+                mad,
+                ratio,
+                corr,
+            )
             self._since_cut = 1
             # the new shot's own differences set its baseline
             self._recent.clear()
@@ -155,7 +160,9 @@ def iter_frames(
     yield from _iter_video(path, gray, max_frames)
 
 
-def _iter_video(path: Path, gray: bool, max_frames: int | None) -> Iterator[tuple[float, np.ndarray]]:
+def _iter_video(
+    path: Path, gray: bool, max_frames: int | None
+) -> Iterator[tuple[float, np.ndarray]]:
     import av
 
     try:

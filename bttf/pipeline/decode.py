@@ -191,7 +191,10 @@ def _video_stream(container: av.container.InputContainer, path: Path) -> av.vide
     if not streams:
         what = "an audio-only file" if container.streams.audio else "not a video"
         raise BadInputError(f"{path} is {what}: it has no video stream to colorize")
-    return streams[0]
+    usable = [s for s in streams if s.codec_context is not None]
+    if not usable:
+        raise BadInputError(f"{path} has a video stream in a codec this PyAV cannot decode")
+    return usable[0]
 
 
 def check_size(width: int, height: int, path: Path) -> None:
@@ -227,13 +230,18 @@ def _decode(packet: av.Packet) -> tuple[list[av.VideoFrame], av.FFmpegError | No
 
 
 def _first_frame(container: av.container.InputContainer, stream: av.video.VideoStream,
-                 path: Path) -> av.VideoFrame:  # fmt: skip
+                 path: Path) -> tuple[av.VideoFrame, int | None]:  # fmt: skip
+    """The first frame that decodes, and the earliest timestamp of the packets sent until then
+    (earlier than the frame's when the film's first frames are damaged)."""
     error = None
+    earliest = None
     for n, packet in enumerate(_packets(container, stream, path)):
+        if packet.size and packet.pts is not None and not packet.is_discard:
+            earliest = packet.pts if earliest is None else min(earliest, packet.pts)
         frames, e = _decode(packet)
         error = e or error
         if frames:
-            return frames[0]
+            return frames[0], earliest
         if n >= _FIRST_FRAME_PACKETS:
             break
     if error is not None:
@@ -249,7 +257,7 @@ def probe_video(path: str | Path) -> VideoInfo:
         stream.thread_type = "AUTO"
         cc = stream.codec_context
         check_size(cc.width, cc.height, p)
-        first = _first_frame(container, stream, p)
+        first, earliest = _first_frame(container, stream, p)
         check_size(first.width, first.height, p)
         tb = stream.time_base or Fraction(1, 90000)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
@@ -267,6 +275,8 @@ def probe_video(path: str | Path) -> VideoInfo:
             frames = max(1, round(duration * rate))
         _, bits, full = luma_plane(first)
         start_pts = first.pts if first.pts is not None else (stream.start_time or 0)
+        if earliest is not None and first.pts is not None:
+            start_pts = min(start_pts, earliest)
         colorspace = first.colorspace if first.colorspace != SPACE_UNSPECIFIED else cc.colorspace
         matrix = _display_matrix(first)
         return VideoInfo(
@@ -291,8 +301,9 @@ def probe_video(path: str | Path) -> VideoInfo:
             rotation=first.rotation if matrix else 0,
             n_audio=len(container.streams.audio),
             format_name=container.format.name,
-            other_streams=tuple(s.type for s in container.streams
-                                if s.type not in ("video", "audio")),  # fmt: skip
+            other_streams=tuple(
+                s.type for s in container.streams if s.type not in ("video", "audio")
+            ),
         )
 
 

@@ -164,10 +164,10 @@ class AudioRemux:
         self._in = open_input(self.src)
         fmt = self.out.format.name.split(",")[0]
         for s in self._in.streams.audio:
-            if s.codec_context.codec is None or not s.codec_context.sample_rate:
-                self.notices.append(
-                    f"audio stream #{s.index} ({s.codec_context.name}) is unusable; dropped"
-                )
+            cc = s.codec_context
+            if cc is None or cc.codec is None or not cc.sample_rate:
+                name = cc.name if cc is not None else "unknown codec"
+                self.notices.append(f"audio stream #{s.index} ({name}) is unusable; dropped")
                 continue
             if _can_copy(fmt, s):
                 dst = self.out.add_stream_from_template(s)
@@ -255,6 +255,8 @@ class AudioRemux:
                 p.pts -= off
             if p.dts is not None:
                 p.dts -= off
+            if p.duration and not 0 < p.duration * p.time_base < 60:
+                p.duration = 0  # a damaged index; muxers refuse it, and infer one when unset
             p.stream = track.dst
             self.out.mux(p)
             return
@@ -375,9 +377,6 @@ class VideoWriter:
             item = np.dtype(dtype).itemsize
             dst = np.frombuffer(plane, dtype=dtype).reshape(plane.height, plane.line_size // item)
             dst[:, : plane.width] = data
-            # The row padding too: x264 reads some of it at some widths (a 33-sample chroma
-            # row), and stale memory there made the output differ from run to run.
-            dst[:, plane.width :] = data[:, -1:]
         frame.color_range = RANGE_PC if self.info.full_range else RANGE_TV
         frame.colorspace = self.info.colorspace
         return frame

@@ -39,10 +39,11 @@ class FlowEstimator:
         self._dis = cv2.DISOpticalFlow_create(PRESETS[preset])
 
     def __call__(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-        """Flow (H, W, 2) float32 from `src` to `dst`, both uint8 (H, W): src(p) ~ dst(p + flow(p))."""
+        """Flow (H, W, 2) float32 from `src` to `dst` (uint8 (H, W)): src(p) ~ dst(p + flow(p))."""
         if src.shape != dst.shape or src.ndim != 2:
-            raise ValueError(f"expected two gray frames of equal shape (H, W), got {src.shape} and "
-                             f"{dst.shape}")
+            raise ValueError(
+                f"expected two gray frames of equal shape (H, W), got {src.shape} and {dst.shape}"
+            )
         return self._dis.calc(_u8(src), _u8(dst), None)
 
 
@@ -60,7 +61,7 @@ def _sample_map(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def warp(img: np.ndarray, flow: np.ndarray, border: int = cv2.BORDER_REPLICATE) -> np.ndarray:
-    """Sample `img` (H, W) or (H, W, C<=4) at p + flow(p) (bilinear), returning an array on flow's grid."""
+    """Sample `img` (H, W) or (H, W, C<=4) at p + flow(p), bilinear, onto the flow's grid."""
     xs, ys = _sample_map(flow)
     return cv2.remap(img, xs, ys, interpolation=cv2.INTER_LINEAR, borderMode=border)
 
@@ -108,7 +109,7 @@ def resize_flow(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def flow_grid(flow: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """A `grid_sample` grid (1, H, W, 2) in [-1, 1] (align_corners=True) that samples p + flow(p)."""
+    """A `grid_sample` grid (1, H, W, 2) in [-1, 1] (align_corners=True) sampling p + flow(p)."""
     h, w = flow.shape[:2]
     xs, ys = _sample_map(flow)
     gx = xs * (2.0 / max(w - 1, 1)) - 1.0
@@ -119,5 +120,10 @@ def flow_grid(flow: np.ndarray, device: torch.device | str = "cpu") -> torch.Ten
 
 def warp_tensor(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Warp (N, C, H, W) by a grid from `flow_grid` (bilinear, edges replicated)."""
-    return F.grid_sample(x, grid.to(x.dtype).expand(x.shape[0], -1, -1, -1), mode="bilinear",
-                         padding_mode="border", align_corners=True)
+    return F.grid_sample(
+        x,
+        grid.to(x.dtype).expand(x.shape[0], -1, -1, -1),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=True,
+    )

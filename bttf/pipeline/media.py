@@ -54,7 +54,10 @@ def open_input(path: str | os.PathLike) -> av.container.InputContainer:
     """Open a media file with PyAV, turning its errors into one-line BadInputErrors."""
     p = check_input(path)
     try:
-        return av.open(str(p), mode="r")
+        # A damaged tag is no reason to refuse the film: undecodable bytes become U+FFFD.
+        return av.open(str(p), mode="r", metadata_errors="replace")
+    except av.error.EOFError as e:
+        raise BadInputError(f"{p} ends before its first frame; is the file complete?") from e
     except av.FFmpegError as e:
         reason = getattr(e, "strerror", None) or str(e)
         raise BadInputError(f"{p} is not a video or image PyAV can read ({reason})") from e
@@ -112,7 +115,17 @@ def output_errors(dst: Path) -> Iterator[None]:
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise BadInputError(f"cannot write {dst} ({e.strerror}); choose another output "
                                 "folder") from e  # fmt: skip
+        if isinstance(e, av.FFmpegError):
+            raise _refused(dst, e) from e
         raise
+    except av.FFmpegError as e:
+        raise _refused(dst, e) from e
+
+
+def _refused(dst: Path, e: av.FFmpegError) -> BadInputError:
+    # What reaches here is data of the input the muxer will not take (damaged timestamps).
+    return BadInputError(f"cannot write {dst}: the muxer refused data from the input ({e}); "
+                         "the input is probably damaged (try --no-audio)")  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -106,6 +106,8 @@ def keeps_time_base(path: Path,
             wanted = stream.time_base
             out.start_encoding()
             return stream.time_base == wanted
+    except (av.FFmpegError, ValueError):
+        return True  # the container or encoder refuses: the segment writer says why, better
     finally:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -403,6 +405,7 @@ def join_segments(
             template = first.streams.video[0]
             vs = out.add_stream_from_template(template)
             vs.time_base = template.time_base
+            vs.codec_context.framerate = info.rate or 24  # the template does not carry it
             extradata = template.codec_context.extradata
             _copy_metadata(first.metadata, out.metadata)
             _copy_metadata(template.metadata, vs.metadata)

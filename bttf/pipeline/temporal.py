@@ -100,6 +100,7 @@ class Stabilizer:
         self._frame = 0
         self._cut_detector.reset()
         self._state: torch.Tensor | None = None  # (1, C, h', w') fused probabilities/logits/ab
+        self._out_shape: tuple[int, ...] | None = None
         self._prev_gray: np.ndarray | None = None
 
     def __call__(self, gray: np.ndarray, out: torch.Tensor, output_kind: str) -> torch.Tensor:
@@ -107,8 +108,10 @@ class Stabilizer:
             raise ValueError(f"output_kind must be 'bins' or 'ab', got {output_kind!r}")
         gray = np.asarray(gray)
         if gray.ndim != 3 or out.ndim != 4 or gray.shape[0] != out.shape[0]:
-            raise ValueError(f"expected gray (N, h, w) and out (N, C, h', w') with the same N, got "
-                             f"{gray.shape} and {tuple(out.shape)}")
+            raise ValueError(
+                f"expected gray (N, h, w) and out (N, C, h', w') with the same N, got "
+                f"{gray.shape} and {tuple(out.shape)}"
+            )
         if gray.dtype != np.uint8:
             gray = np.clip(gray, 0, 255).astype(np.uint8)
         if out.shape[0] == 0:
@@ -116,8 +119,9 @@ class Stabilizer:
         with torch.no_grad(), ThreadPoolExecutor(1, thread_name_prefix="bttf-flow") as pool:
             return self._run(gray, out, output_kind, pool)
 
-    def _plan(self, gray: np.ndarray, size: tuple[int, int], pool: ThreadPoolExecutor
-              ) -> list[Future | None]:
+    def _plan(
+        self, gray: np.ndarray, size: tuple[int, int], pool: ThreadPoolExecutor
+    ) -> list[Future | None]:
         """Per frame: None where it starts a shot (no fusion), else the future confidence."""
         jobs: list[Future | None] = []
         prev = self._prev_gray
@@ -136,21 +140,25 @@ class Stabilizer:
         self._prev_gray = gray[-1]
         return jobs
 
-    def _run(self, gray: np.ndarray, out: torch.Tensor, kind: str, pool: ThreadPoolExecutor
-             ) -> torch.Tensor:
+    def _run(
+        self, gray: np.ndarray, out: torch.Tensor, kind: str, pool: ThreadPoolExecutor
+    ) -> torch.Tensor:
         size = (out.shape[-2], out.shape[-1])
-        if self._state is not None and self._state.shape[1:] != out.shape[1:]:
-            self._state = None  # the prediction's shape changed: start afresh
-        jobs = self._plan(gray, size, pool)
         mixture = kind == "bins" and self.params.fusion == "mixture"
-        # the space the fusion happens in: probabilities (mixture), or the raw output itself
-        # (ab; or logits for the product of experts: bilinear weights and the blend are convex
-        # combinations, so each pixel's log-normalizer only adds a constant that softmax drops)
+        if self._out_shape != tuple(out.shape[1:]):
+            self._state = None  # the prediction's shape changed: start afresh
+            self._out_shape = tuple(out.shape[1:])
+        jobs = self._plan(gray, size, pool)
         x = out.float()
         result = torch.empty_like(out)
         for i, job in enumerate(jobs):
             # frame by frame, so each frame's 313 planes stay in the cache through all steps
-            c = torch.softmax(x[i : i + 1], dim=1) if mixture else x[i : i + 1]
+            xi = x[i : i + 1]
+            # the space the fusion happens in: probabilities (mixture), or the raw output itself
+            # (ab; or logits for the product of experts: bilinear weights and the blend are
+            # convex combinations, so a pixel's log-normalizer only adds a constant that the
+            # decoder's softmax drops)
+            c = torch.softmax(xi, dim=1) if mixture else xi
             if job is None:  # first frame of a shot: exactly the per-frame prediction
                 self._state = c.clone()
                 result[i] = out[i]
@@ -168,13 +176,15 @@ class Stabilizer:
                 self._state = torch.lerp(c, warped, alpha)
                 result[i] = self._state[0]
         state = self._state
-        if state is not None and (state.untyped_storage().data_ptr()
-                                  == result.untyped_storage().data_ptr()):
+        if state is not None and (
+            state.untyped_storage().data_ptr() == result.untyped_storage().data_ptr()
+        ):
             self._state = state.clone()  # never keep the tensor handed to the caller as state
         return result
 
-    def _confidence(self, g: np.ndarray, prev: np.ndarray, size: tuple[int, int]
-                    ) -> tuple[np.ndarray, np.ndarray]:
+    def _confidence(
+        self, g: np.ndarray, prev: np.ndarray, size: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Trust in the warped previous frame (h', w') float32 in [0, strength], and the flow
         from the current frame to the previous one at `size` = (h', w'), in its pixels."""
         p = self.params

@@ -92,13 +92,16 @@ def warping_error(
     if pairs is None:
         pairs = pair_flows(grays if grays is not None else [rgb_to_gray(f) for f in frames])
     if len(pairs) != len(frames) - 1:
-        raise ValueError(f"{len(frames)} frames need {len(frames) - 1} flow pairs, got {len(pairs)}")
-    return float(np.mean([pair_warping_error(frames[i], frames[i + 1], p)
-                          for i, p in enumerate(pairs)]))
+        raise ValueError(
+            f"{len(frames)} frames need {len(frames) - 1} flow pairs, got {len(pairs)}"
+        )
+    return float(
+        np.mean([pair_warping_error(frames[i], frames[i + 1], p) for i, p in enumerate(pairs)])
+    )
 
 
 def channel_histograms(rgb: np.ndarray) -> np.ndarray:
-    """(3, 256) float64: each channel's 256-bin histogram of a uint8 (H, W, 3) frame, summing to 1."""
+    """(3, 256) float64: each channel's 256-bin histogram of a uint8 (H, W, 3) frame (sums 1)."""
     h = np.stack([np.bincount(rgb[..., c].ravel(), minlength=256) for c in range(3)])
     return h / h.sum(axis=1, keepdims=True)
 
@@ -116,7 +119,7 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def cdc(frames: Iterable[np.ndarray], dilations: Sequence[int] = CDC_DILATIONS) -> float:
-    """Colour distribution consistency of uint8 RGB frames (Liu et al. 2021); 0 for a still video."""
+    """Colour distribution consistency of uint8 RGB frames (Liu et al. 2021); 0 when still."""
     acc = _CdcAccumulator(dilations)
     for f in frames:
         acc.update(f)
@@ -180,8 +183,11 @@ def evaluate_video(
     est = FlowEstimator("medium")
     notes: list[str] = []
     out_iter = iter_frames(output, gray=False, fps=fps, max_frames=max_frames)
-    truth_iter = (iter_frames(truth, gray=False, fps=fps, max_frames=max_frames)
-                  if truth is not None else iter(()))
+    truth_iter = (
+        iter_frames(truth, gray=False, fps=fps, max_frames=max_frames)
+        if truth is not None
+        else iter(())
+    )
     quality = _quality_metrics() if truth is not None else None
 
     cdc_out, cdc_truth = _CdcAccumulator(), _CdcAccumulator()
@@ -206,16 +212,21 @@ def evaluate_video(
             true_rgb = item_truth[1]
             if true_rgb.shape != rgb.shape:
                 if n == 0:
-                    notes.append(f"truth {true_rgb.shape[1]}x{true_rgb.shape[0]} resized to the "
-                                 f"output's {rgb.shape[1]}x{rgb.shape[0]}")
-                true_rgb = cv2.resize(true_rgb, (rgb.shape[1], rgb.shape[0]),
-                                      interpolation=cv2.INTER_AREA)
+                    notes.append(
+                        f"truth {true_rgb.shape[1]}x{true_rgb.shape[0]} resized to the "
+                        f"output's {rgb.shape[1]}x{rgb.shape[0]}"
+                    )
+                true_rgb = cv2.resize(
+                    true_rgb, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_AREA
+                )
         gray = rgb_to_gray(true_rgb if true_rgb is not None else rgb)
         if prev is not None:
             p_rgb, p_gray, p_true = prev
             if p_rgb.shape != rgb.shape:
-                raise BadInputError(f"{output}: frame {n} is {rgb.shape[1]}x{rgb.shape[0]}, the "
-                                    f"previous one {p_rgb.shape[1]}x{p_rgb.shape[0]}")
+                raise BadInputError(
+                    f"{output}: frame {n} is {rgb.shape[1]}x{rgb.shape[0]}, the "
+                    f"previous one {p_rgb.shape[1]}x{p_rgb.shape[0]}"
+                )
             pair = flow_pair(p_gray, gray, est)
             we_out.append(pair_warping_error(p_rgb, rgb, pair))
             if true_rgb is not None:

@@ -6,8 +6,9 @@ Per model: PSNR and SSIM of the RGB result, colorfulness (Hasler & Süsstrunk 20
 over images. The functions are those of `bttf.training.metrics`, so training validation and
 `eval` agree.
 
-The rebalanced AuC uses the prior stored in a checkpoint's metadata when there is one, else the
-prior estimated from the evaluated images (the gray baseline always uses the latter).
+The rebalanced AuC weighs every row, the gray baseline included, by one prior: the one estimated
+from the evaluated images themselves, so that the rows of a table are comparable (a checkpoint's
+own training prior would give each model a different yardstick).
 """
 
 from __future__ import annotations
@@ -237,13 +238,10 @@ def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:
     truth = None
     for label, source, build in jobs:
         model, spec, meta = build()
-        prior, prior_src = image_prior, "images"
-        if isinstance(meta, dict) and meta.get("prior"):
-            prior, prior_src = torch.tensor(meta["prior"], dtype=torch.float32), "checkpoint"
         col = Colorizer(model.to(device).eval(), spec, temperature=cfg.temperature)
         name = spec.name
-        m = _score(_model_predictor(col, device), L_u8, ab_u8, prior, cfg.batch_size)
-        rows.append(EvalRow(name, source, prior_src, m))
+        m = _score(_model_predictor(col, device), L_u8, ab_u8, image_prior, cfg.batch_size)
+        rows.append(EvalRow(name, source, "images", m))
         k += 1
         if progress:
             progress(name, k, total)
