@@ -813,16 +813,15 @@ def eval_cmd(data: tuple[str, ...], models: tuple[str, ...], weights: tuple[str,
 
     table = Table(title=f"{report.images} images, {report.size}x{report.size} "
                         f"(truth colorfulness {f(report.colorfulness_truth, '.1f')})")
-    for col in ("model", "weights", "PSNR", "SSIM", "colorf.", "AuC", "AuC reb.", "prior"):
-        table.add_column(col, justify="left" if col in ("model", "weights", "prior") else "right")
+    for col in ("model", "weights", "PSNR", "SSIM", "colorf.", "AuC", "AuC reb."):
+        table.add_column(col, justify="left" if col in ("model", "weights") else "right")
     for r in report.rows:
         m = r.metrics
         table.add_row(r.name, r.source, f(m["psnr"], ".2f"), f(m["ssim"], ".4f"),
-                      f(m["colorfulness"], ".1f"), f(m["auc"], ".4f"), f(m["auc_rebal"], ".4f"),
-                      r.prior)
+                      f(m["colorfulness"], ".1f"), f(m["auc"], ".4f"), f(m["auc_rebal"], ".4f"))
     Console().print(table)
     console.print("PSNR in dB; AuC of the ab error over thresholds 0-150 (Zhang et al. 2016), "
-                  "'reb.' rebalanced by the bin prior of the 'prior' column", highlight=False)
+                  "'reb.' rebalanced by these images' own bin prior", highlight=False)
 
 
 @cli.command("compare")

@@ -97,11 +97,10 @@ class EvalConfig:
 class EvalRow:
     name: str
     source: str
-    prior: str  # where the rebalancing prior came from: "checkpoint" or "images"
     metrics: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "source": self.source, "prior": self.prior,
+        return {"name": self.name, "source": self.source,
                 **{k: _json_float(v) for k, v in self.metrics.items()}}
 
 
@@ -231,7 +230,7 @@ def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:
     if cfg.gray_baseline:
         m = _score(lambda L: torch.zeros(L.shape[0], 2, *L.shape[-2:]), L_u8, ab_u8, image_prior,
                    cfg.batch_size)
-        rows.append(EvalRow("gray", "ab = 0", "images", m))
+        rows.append(EvalRow("gray", "ab = 0", m))
         k += 1
         if progress:
             progress("gray", k, total)
@@ -241,7 +240,7 @@ def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:
         col = Colorizer(model.to(device).eval(), spec, temperature=cfg.temperature)
         name = spec.name
         m = _score(_model_predictor(col, device), L_u8, ab_u8, image_prior, cfg.batch_size)
-        rows.append(EvalRow(name, source, "images", m))
+        rows.append(EvalRow(name, source, m))
         k += 1
         if progress:
             progress(name, k, total)
