@@ -63,10 +63,11 @@ def make_clip(path: Path, width: int, height: int, frames: int, seed: int = 0) -
     """Write a gray h264 film: two shots of panning textured scenery with a moving disc,
     vignetting, flicker and grain (like old film); yuv420p with flat chroma, 24 fps."""
     import av
+    import cv2
 
     rng = np.random.default_rng(seed)
     shots = []
-    for beta in (1.2, 1.6):
+    for beta in (1.4, 1.8):
         tex = _periodic_texture(height, width, rng, beta)
         shots.append((40 + 180 * tex).astype(np.float32))
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -84,8 +85,9 @@ def make_clip(path: Path, width: int, height: int, frames: int, seed: int = 0) -
             cy = height / 2 + height / 5 * math.sin(i / 12)
             disc = (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
             img = np.where(disc, 235.0 - 0.3 * img, img)
-            img = img * vignette * (1.0 + 0.03 * math.sin(i * 1.7))  # flicker
-            img += rng.normal(0, 2.0, img.shape).astype(np.float32)  # grain
+            img = img * vignette * (1.0 + 0.02 * math.sin(i * 1.7))  # flicker
+            grain = rng.normal(0, 0.8, (height // 2, width // 2)).astype(np.float32)
+            img += cv2.resize(grain, (width, height), interpolation=cv2.INTER_LINEAR)  # grain
             y = np.clip(16 + img * (219 / 255), 16, 235).astype(np.uint8)
             frame = av.VideoFrame(width, height, "yuv420p")
             for plane, value in zip(frame.planes, (y, 128, 128)):

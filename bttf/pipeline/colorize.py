@@ -237,7 +237,7 @@ def build_colorizer(config: ColorizeConfig, device: torch.device):
         top_k=config.top_k,
     )
     colorizer = colorizer.eval().to(device)
-    if device.type == "cuda":
+    if device.type in ("cuda", "cpu"):
         colorizer = colorizer.to(memory_format=torch.channels_last)
     return colorizer
 
@@ -284,6 +284,28 @@ def torch_threads(device: torch.device, threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+#: Frames a model call gets on CPU, whatever the batch size: the activations of 2 frames at
+#: render size stay in a core's cache, where 8 at once run ~25 % slower a frame
+#: (benchmarks/README.md).
+CPU_MODEL_FRAMES = 2
+
+
+def cpu_autocast_dtype() -> torch.dtype | None:
+    """torch.bfloat16 when this CPU multiplies bf16 natively (AMX or AVX512-BF16), else None.
+
+    There the model runs 2x faster (fastcolor; 2-5x for the others) under bf16 autocast, and
+    its ab moves by 0.1 on average (benchmarks/README.md). Elsewhere bf16 is emulated: slower.
+    """
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        fn = getattr(getattr(torch, "cpu", None), probe, None)
+        try:
+            if fn is not None and fn():
+                return torch.bfloat16
+        except Exception:  # noqa: BLE001 - a private probe: any failure means "no"
+            continue
+    return None
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -342,6 +364,8 @@ class _ModelStage:
         self.amp = None
         if device.type == "cuda":
             self.amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif device.type == "cpu":
+            self.amp = cpu_autocast_dtype()
         from bttf.color import L_LUT
 
         self.lut = L_LUT.to(device)
@@ -376,11 +400,19 @@ class _ModelStage:
         return outs
 
     def _predict(self, L: torch.Tensor) -> torch.Tensor:
-        if self.amp is not None:
+        if self.device.type in ("cuda", "cpu"):
             L = L.contiguous(memory_format=torch.channels_last)
+        step = CPU_MODEL_FRAMES if self.device.type == "cpu" else len(L)
+        if len(L) > step:
+            return torch.cat([self._predict_one(L[k : k + step]) for k in range(0, len(L), step)])
+        return self._predict_one(L)
+
+    def _predict_one(self, L: torch.Tensor) -> torch.Tensor:
+        # contiguous: the decoder and the stabilizer work along the 313 channels of each pixel
+        if self.amp is not None:
             with torch.autocast(self.device.type, dtype=self.amp):
-                return self.colorizer.predict(L).float()
-        return self.colorizer.predict(L).float()
+                return self.colorizer.predict(L).float().contiguous()
+        return self.colorizer.predict(L).float().contiguous()
 
     @torch.inference_mode()
     def restart(self, warmup: list[_Prepared], batch_size: int) -> None:
