@@ -16,8 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+from bttf.models import get_spec
+
+# eccv16 and siggraph17 (32-34 M parameters) take hours on a 2-core CPU: add them with --models on a GPU
 MODELS = ("mean-chroma", "cnn-ae", "unet-ae", "resnet18", "resnet18-bins", "pix2pix", "fastcolor",
-          "fastcolor-l2", "eccv16", "siggraph17")
+          "fastcolor-l2")
 
 
 def main() -> None:
@@ -33,10 +36,12 @@ def main() -> None:
     weights, seconds = [], {}
     for name in args.models.split(","):
         run = out / name
+        stride = get_spec(name).stride  # crops must be a multiple of it (pix2pix: 64)
+        size = -(-args.image_size // stride) * stride
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "bttf", "train", args.cache, "--model", name,
                         "--out", str(run), "--steps", str(args.steps), "--batch-size",
-                        str(args.batch_size), "--image-size", str(args.image_size),
+                        str(args.batch_size), "--image-size", str(size),
                         "--val-every", str(args.steps), "--val-images", "16", "--seed", "0",
                         "--overwrite"], check=True, stdout=subprocess.DEVNULL)
         seconds[name] = time.perf_counter() - t0
