@@ -76,10 +76,11 @@ def test_forth_and_back() -> None:
 
 
 def test_shapes_and_batch_dims() -> None:
-    x = torch.rand(2, 4, 3, 5, 7)
+    x = torch.rand(2, 4, 3, 5, 7, generator=torch.Generator().manual_seed(0))
     lab = rgb_to_lab(x)
     assert lab.shape == x.shape
-    assert torch.allclose(rgb_to_lab(x[1, 2]), lab[1, 2], atol=1e-5)
+    # batched and single-image kernels may round differently in float32 (L up to 100)
+    assert torch.allclose(rgb_to_lab(x[1, 2]), lab[1, 2], atol=1e-4)
     assert lab_to_rgb(lab).shape == x.shape
     assert rgb_to_lab(torch.rand(3, 4, 4)).shape == (3, 4, 4)
 
