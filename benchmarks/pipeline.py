@@ -165,23 +165,35 @@ def _colorizer(model: str | None):
     return Colorizer.create(name=model).eval()
 
 
-def run_model(clip: Path, model: str | None, frames: int, batch: int,
-              warm: bool = True) -> dict:  # fmt: skip
-    """(b) Colorizer.predict + decode on random L of render size, `batch` frames a call."""
+def run_model(clip: Path, model: str | None, device: str, frames: int, batch: int,
+              render_hw: tuple[int, int] | None = None) -> dict:  # fmt: skip
+    """(b) predict + decode on random L of render size, `batch` frames a call, run the way the
+    engine runs it (its model build, memory layout and autocast: `_ModelStage._predict`)."""
     import torch
 
-    rh, rw = _render_hw(clip, model)
-    colorizer = _colorizer(model)
-    L = torch.rand(batch, 1, rh, rw, generator=torch.Generator().manual_seed(0)) * 100
+    from bttf.pipeline import colorize as engine
+
+    rh, rw = render_hw or _render_hw(clip, model)
+    dev = engine.resolve_device(device)
+    colorizer = engine.build_colorizer(engine.ColorizeConfig(model=model, device=device), dev)
+    stage = engine._ModelStage(colorizer, dev, batch)
+    L = torch.rand(batch, 1, rh, rw, generator=torch.Generator().manual_seed(0)).to(dev) * 100
     calls = max(1, math.ceil(frames / batch))
+
+    def step() -> None:
+        colorizer.decode(stage._predict(L), (rh, rw))
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
     with torch.inference_mode():
-        for _ in range(2 if warm else 0):
-            colorizer.decode(colorizer.predict(L), (rh, rw))
+        step()
+        step()
         t0 = time.perf_counter()
         for _ in range(calls):
-            colorizer.decode(colorizer.predict(L), (rh, rw))
+            step()
         dt = time.perf_counter() - t0
-    return {"frames": calls * batch, "seconds_timed": dt, "render_hw": [rh, rw], "batch": batch}
+    return {"frames": calls * batch, "seconds_timed": dt, "render_hw": [rh, rw], "batch": batch,
+            "autocast": str(stage.amp).replace("torch.", "") if stage.amp else "float32"}
 
 
 def run_naive(clip: Path, out: Path, model: str | None, frames: int | None) -> dict:
@@ -270,22 +282,72 @@ class _InlineConsumer:
 
 
 def run_bttf(clip: Path, out: Path, model: str | None, device: str, temporal: bool,
-             batch: int, threads: int | None, inline_io: bool, duration: float | None) -> dict:
+             batch: int, threads: int | None, duration: float | None) -> dict:
     """(d) bttf.colorize_video, the engine behind `bttf colorize`."""
     import logging
 
     from bttf.pipeline import colorize as engine
 
     logging.getLogger("bttf.models").setLevel(logging.ERROR)
-    if inline_io:
-        engine.Producer = _InlineProducer  # type: ignore[misc,assignment]
-        engine.Consumer = _InlineConsumer  # type: ignore[misc,assignment]
     cfg = engine.ColorizeConfig(model=model, device=device, temporal=temporal, batch_size=batch,
                                 threads=threads, overwrite=True, duration=duration)
     st = engine.colorize_video(clip, out, cfg)
     return {"frames": st.frames, "stats_seconds": st.seconds, "decode_s": st.decode_s,
             "model_s": st.model_s, "stabilize_s": st.stabilize_s, "encode_s": st.encode_s,
             "render_hw": list(st.render_size), "batch": st.batch_size}
+
+
+#: The engine as it was before each speed change, for the levers table (`--variant`).
+VARIANTS = {
+    "fp32": "float32 model (no bf16 autocast on CPU)",
+    "nchw": "NCHW model (no channels_last on CPU)",
+    "whole-decode": "annealed mean on the whole batch at once",
+    "inline-io": "decode + encode on the model's thread",
+    "chroma-inline": "chroma planes on the model's thread",
+}
+
+
+def apply_variants(variants: list[str]) -> None:
+    """Put the engine back the way it was before the changes named in `variants`."""
+    import torch
+
+    from bttf.models import bins
+    from bttf.pipeline import colorize as engine
+
+    for v in variants:
+        if v not in VARIANTS:
+            raise SystemExit(f"unknown variant {v}; choose from {', '.join(VARIANTS)}")
+    if "fp32" in variants:
+        engine.cpu_autocast_dtype = lambda: None
+    if "nchw" in variants:
+        build = engine.build_colorizer
+
+        def build_nchw(config, device):
+            return build(config, device).to(memory_format=torch.contiguous_format)
+
+        def predict_nchw(self, L):
+            if self.amp is not None:
+                with torch.autocast(self.device.type, dtype=self.amp):
+                    return self.colorizer.predict(L).float().contiguous()
+            return self.colorizer.predict(L).float().contiguous()
+
+        engine.build_colorizer = build_nchw
+        engine._ModelStage._predict = predict_nchw
+    if "whole-decode" in variants:
+        bins._DECODE_CHUNK_ELEMENTS_CPU = bins._DECODE_CHUNK_ELEMENTS
+    if "chroma-inline" in variants:
+        init = engine._Colourer.__init__
+
+        def init_inline(self, *a, **k):
+            init(self, *a, **k)
+            if self._thread is not None:
+                self._thread.abort()
+                self._thread = None
+
+        engine._Colourer.__init__ = init_inline
+    if "inline-io" in variants:
+        engine.Producer = _InlineProducer  # type: ignore[misc,assignment]
+        engine.Consumer = _InlineConsumer  # type: ignore[misc,assignment]
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -296,12 +358,17 @@ def worker(args: argparse.Namespace) -> None:
     threads = _set_torch_threads(args.threads) if args.worker in ("model", "naive") else None
     warm_s = WARMUP_FRAMES / RATE
     mode = args.worker
+    variants = [v for v in (args.variant or "").split(",") if v]
+    apply_variants(variants)
     if mode == "transcode":
         def go(w: bool) -> dict:
             return run_transcode(clip, warm_out if w else out, WARMUP_FRAMES if w else None)
     elif mode == "model":
+        hw = tuple(int(v) for v in args.render_hw.split("x")) if args.render_hw else None
+
         def go(w: bool) -> dict:
-            return run_model(clip, args.model, WARMUP_FRAMES if w else args.frames, args.batch)
+            return run_model(clip, args.model, args.device, WARMUP_FRAMES if w else args.frames,
+                             args.batch, hw)  # fmt: skip
     elif mode == "naive":
         def go(w: bool) -> dict:
             return run_naive(clip, warm_out if w else out, args.model,
@@ -309,8 +376,7 @@ def worker(args: argparse.Namespace) -> None:
     elif mode in ("bttf", "bttf-notemporal"):
         def go(w: bool) -> dict:
             return run_bttf(clip, warm_out if w else out, args.model, args.device,
-                            mode == "bttf", args.batch, args.threads, args.inline_io,
-                            warm_s if w else None)
+                            mode == "bttf", args.batch, args.threads, warm_s if w else None)
     else:
         raise SystemExit(f"unknown worker mode {mode}")
     if not args.no_warmup:
@@ -325,6 +391,8 @@ def worker(args: argparse.Namespace) -> None:
                peak_mib=round(_maxrss_mib(), 1))
     if threads is not None:
         res["torch_threads"] = threads
+    if variants:
+        res["variant"] = variants
     print(json.dumps(res))
 
 
@@ -342,11 +410,13 @@ def spawn(mode: str, clip: Path, tmp: Path, args: argparse.Namespace, **extra) -
     threads = extra.get("threads", args.threads)
     if threads:
         cmd += ["--threads", str(threads)]
-    if extra.get("inline_io"):
-        cmd.append("--inline-io")
+    if extra.get("variant"):
+        cmd += ["--variant", extra["variant"]]
+    if extra.get("render_hw"):
+        cmd += ["--render-hw", extra["render_hw"]]
     if extra.get("no_warmup"):
         cmd.append("--no-warmup")
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if p.returncode != 0:
         raise SystemExit(f"worker {mode} failed:\n{p.stderr[-4000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -365,7 +435,8 @@ def conditions() -> dict:
                 break
     except OSError:
         pass
-    training = subprocess.run(["pgrep", "-f", "bttf train"], capture_output=True, text=True)
+    training = subprocess.run(["pgrep", "-f", "bttf train"], capture_output=True, text=True,
+                              check=False)
     return {
         "cpu": cpu,
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
@@ -416,20 +487,43 @@ def memory_bench(args: argparse.Namespace, tmp: Path) -> dict:
 
 
 def levers_bench(args: argparse.Namespace, tmp: Path) -> dict:
-    """(d) with one design choice changed at a time, plus per-frame costs of the colour paths."""
+    """(d) and (b) with one design choice changed at a time, and per-frame costs of the paths
+    in and out of Lab. Each row: what the code does now vs the alternative."""
     w, h = SIZES[args.size]
     clip = tmp / f"clip-{args.size}-{args.frames}.mp4"
     make_clip(clip, w, h, args.frames)
-    runs: dict[str, dict] = {}
-    runs["default"] = spawn("bttf-notemporal", clip, tmp, args)
-    runs["inline_io"] = spawn("bttf-notemporal", clip, tmp, args, inline_io=True)
-    cores = len(os.sched_getaffinity(0))
-    for t in sorted({1, cores} - {None}):
-        runs[f"threads={t}"] = spawn("bttf-notemporal", clip, tmp, args, threads=t)
-    for bs in (1, 4, 16):
-        runs[f"batch={bs}"] = spawn("bttf-notemporal", clip, tmp, args, batch=bs)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    d = "bttf-notemporal"
+    rows: list[tuple[str, str, str, dict]] = []  # (lever, variant, mode, extra spawn args)
+    rows.append(("engine as it is", "default", d, {}))
+    for v, what in VARIANTS.items():
+        rows.append((what, v, d, {"variant": v}))
+    rows.append(("old CPU model path", "fp32,nchw,whole-decode", d,
+                 {"variant": "fp32,nchw,whole-decode"}))
     for t in sorted({1, cores}):
-        runs[f"model threads={t}"] = spawn("model", clip, tmp, args, threads=t)
+        rows.append(("torch threads", f"threads={t}", d, {"threads": t}))
+    for bs in (1, 2, 4, 16):
+        rows.append(("batch size", f"batch={bs}", d, {"batch": bs}))
+    rows.append(("temporal on", "default", "bttf", {}))
+    rows.append(("temporal on", f"threads={cores}", "bttf", {"threads": cores}))
+    for t in sorted({1, cores}):
+        rows.append(("model alone", f"threads={t}", "model", {"threads": t}))
+    # per-core efficiency of the model (one thread, as the engine runs it on 2 cores)
+    one = {"threads": 1}
+    rows.append(("model alone, 1 thread", "fp32", "model", {**one, "variant": "fp32"}))
+    rows.append(("model alone, 1 thread", "fp32,nchw", "model", {**one, "variant": "fp32,nchw"}))
+    for bs in (1, 2, 4):
+        rows.append(("model alone, 1 thread", f"batch={bs}", "model", {**one, "batch": bs}))
+    for rw in (320, 336, 352, 448, 464, 480):  # 336 = 16 * 21; 320, 448 = 64 * 5, 64 * 7
+        rows.append(("render size, 1 thread", f"256x{rw}", "model", {**one, "render_hw": f"256x{rw}"}))
+    runs = []
+    for lever, variant, mode, extra in rows:
+        r = spawn(mode, clip, tmp, args, **extra)
+        r.update(lever=lever, variant_label=variant)
+        runs.append(r)
+        if not args.json:
+            print(f"{lever:42}{variant:24}{mode:16}{r['fps']:8.1f} fps{r['cpu_ms_per_frame']:8.1f}"
+                  f" CPU ms/frame{r['peak_mib']:7.0f} MiB", flush=True)
     return {"size": args.size, "frames": args.frames, "runs": runs,
             "colour_paths_ms": colour_paths(w, h, args.model)}
 
@@ -488,8 +582,26 @@ def colour_paths(width: int, height: int, model: str | None, reps: int = 20) -> 
         arr = (rgb * 255).round_().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
         av.VideoFrame.from_ndarray(arr, format="rgb24").reformat(format="yuv420p")
 
+    colorizer = _colorizer(model)
+    with torch.inference_mode():
+        logits = colorizer.predict(torch.rand(1, 1, rh, rw) * 100).expand(8, -1, -1, -1)
+    logits = logits.contiguous()
+    Lc = torch.rand(8, 1, ch, cw) * 100
+
+    def chroma_batch():  # decode + chroma planes on the batch of 8 at once
+        with torch.inference_mode():
+            chroma_planes(Lc, colorizer.decode(logits, (ch, cw)), 6, False, 8)
+
+    def chroma_frames():  # the same, frame by frame (what the engine does on CPU)
+        with torch.inference_mode():
+            for k in range(8):
+                chroma_planes(Lc[k : k + 1], colorizer.decode(logits[k : k + 1], (ch, cw)), 6,
+                              False, 8)  # fmt: skip
+
     return {"L_lut_render_size": t(l_lut), "L_via_rgb_full_size": t(l_rgb),
-            "out_chroma_planes_yuv420p": t(out_planes), "out_via_rgb_full_size": t(out_rgb)}
+            "out_chroma_planes_yuv420p": t(out_planes), "out_via_rgb_full_size": t(out_rgb),
+            "chroma_stage_per_frame": round(t(chroma_frames) / 8, 3),
+            "chroma_stage_batch_of_8": round(t(chroma_batch) / 8, 3)}
 
 
 def print_main(r: dict, cond: dict) -> None:
@@ -537,7 +649,8 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--clip", help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help=argparse.SUPPRESS)
-    parser.add_argument("--inline-io", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--render-hw", help=argparse.SUPPRESS)
     parser.add_argument("--no-warmup", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -569,9 +682,7 @@ def main() -> None:
               f"({'within' if r['within_5pct'] else 'NOT within'} 5%)")
         print(f"conditions: {cond}")
     elif args.levers:
-        for k, v in r["runs"].items():
-            print(f"{k:20}{v['fps']:>8.1f} fps  {v['peak_mib']:>7.0f} MiB")
-        print("per-frame colour paths (ms):", r["colour_paths_ms"])
+        print("per-frame CPU ms (one core):", r["colour_paths_ms"])
         print(f"conditions: {cond}")
     else:
         print_main(r, cond)

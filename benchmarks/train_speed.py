@@ -140,7 +140,8 @@ def main() -> None:
         cache = make_cache(tmp, args.images, 256)
         loop = loop_speed(cache, tmp / "run", args)
     compute = compute_speed(args, threads)
-    training = subprocess.run(["pgrep", "-f", "bttf train"], capture_output=True, text=True)
+    training = subprocess.run(["pgrep", "-f", "bttf train"], capture_output=True, text=True,
+                              check=False)
     r = {
         "model": args.model, "batch_size": args.batch_size, "image_size": args.image_size,
         "torch_threads": threads, "workers": args.workers, **loop, **compute,

@@ -157,7 +157,7 @@ class ColorizeStats:
     frames: int
     seconds: float
     decode_s: float
-    model_s: float  # everything on the model's thread, the stabilizer included
+    model_s: float  # the model stage: model, stabilizer, chroma planes (on CPU, 2 threads)
     encode_s: float
     model: str
     device: str
@@ -286,25 +286,17 @@ def torch_threads(device: torch.device, threads: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-#: Frames a model call gets on CPU, whatever the batch size: the activations of 2 frames at
-#: render size stay in a core's cache, where 8 at once run ~25 % slower a frame
-#: (benchmarks/README.md).
-CPU_MODEL_FRAMES = 2
-
-
 def cpu_autocast_dtype() -> torch.dtype | None:
     """torch.bfloat16 when this CPU multiplies bf16 natively (AMX or AVX512-BF16), else None.
 
     There the model runs 2x faster (fastcolor; 2-5x for the others) under bf16 autocast, and
     its ab moves by 0.1 on average (benchmarks/README.md). Elsewhere bf16 is emulated: slower.
     """
-    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        fn = getattr(getattr(torch, "cpu", None), probe, None)
-        try:
-            if fn is not None and fn():
-                return torch.bfloat16
-        except Exception:  # noqa: BLE001 - a private probe: any failure means "no"
-            continue
+    probes = [getattr(getattr(torch, "cpu", None), name, None)
+              for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]  # fmt: skip
+    with contextlib.suppress(Exception):  # private probes: any failure means "no"
+        if any(fn is not None and fn() for fn in probes):
+            return torch.bfloat16
     return None
 
 
@@ -402,12 +394,6 @@ class _ModelStage:
     def _predict(self, L: torch.Tensor) -> torch.Tensor:
         if self.device.type in ("cuda", "cpu"):
             L = L.contiguous(memory_format=torch.channels_last)
-        step = CPU_MODEL_FRAMES if self.device.type == "cpu" else len(L)
-        if len(L) > step:
-            return torch.cat([self._predict_one(L[k : k + step]) for k in range(0, len(L), step)])
-        return self._predict_one(L)
-
-    def _predict_one(self, L: torch.Tensor) -> torch.Tensor:
         # contiguous: the decoder and the stabilizer work along the 313 channels of each pixel
         if self.amp is not None:
             with torch.autocast(self.device.type, dtype=self.amp):
@@ -430,8 +416,9 @@ class _ModelStage:
             self.stabilize_s += time.perf_counter() - t0
 
     @torch.inference_mode()
-    def __call__(self, batch: list[_Prepared], matrix: int, full_range: bool,
-                 bits: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    def __call__(self, batch: list[_Prepared]) -> torch.Tensor:
+        """The model's raw output for `batch`, stabilized, in the output's orientation: the
+        step on the model's thread (`chroma` makes the planes from it)."""
         small = np.stack([p.small for p in batch])
         gray = self._to_device(small)
         L = self.lut[gray.long()].unsqueeze(1)
@@ -444,14 +431,27 @@ class _ModelStage:
             self.stabilize_s += time.perf_counter() - t0
         if self.rotate_k:
             out = torch.rot90(out, -self.rotate_k, dims=(2, 3))
+        return out
+
+    @torch.inference_mode()
+    def chroma(self, batch: list[_Prepared], out: torch.Tensor, matrix: int, full_range: bool,
+               bits: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """Cb, Cr planes (N, ch, cw) of `batch` from the output of `self(batch)`. Touches no
+        state but the batch size on out-of-memory, so on CPU it may run beside the next call."""
         gchroma = self._to_device(np.stack([p.chroma for p in batch]))
         size = tuple(gchroma.shape[-2:])
 
         def chroma(i: int, j: int) -> tuple[torch.Tensor, torch.Tensor]:
-            ab = self.colorizer.decode(out[i:j].float(), size)
-            Lc = self.lut[gchroma[i:j].long()].unsqueeze(1)
-            cb, cr = chroma_planes(Lc, ab, matrix, full_range, bits)
-            return cb.cpu(), cr.cpu()
+            # on CPU frame by frame: a frame's planes stay in the cache through every step
+            step = 1 if self.device.type == "cpu" else j - i
+            cbs, crs = [], []
+            for k in range(i, j, step):
+                ab = self.colorizer.decode(out[k : k + step].float(), size)
+                Lc = self.lut[gchroma[k : k + step].long()].unsqueeze(1)
+                cb, cr = chroma_planes(Lc, ab, matrix, full_range, bits)
+                cbs.append(cb.cpu())
+                crs.append(cr.cpu())
+            return torch.cat(cbs), torch.cat(crs)
 
         parts = self._split(len(batch), chroma)
         cb = torch.cat([p[0] for p in parts]).numpy()
@@ -459,6 +459,62 @@ class _ModelStage:
         if bits > 8:
             cb, cr = cb.astype(np.uint16), cr.astype(np.uint16)
         return cb, cr
+
+
+_BATCH, _PASS = "batch", "pass"
+
+
+class _Colourer:
+    """The chroma half of the model stage: `put_batch` turns a batch's model output into Cb/Cr
+    planes and hands its frames to `emit` as `item(frame, cb, cr)`; `put` hands any other item
+    on in order.
+
+    On CPU this runs on its own thread beside the model's next batch: on a few cores the model's
+    thread is otherwise the engine's bottleneck (benchmarks/README.md). On a GPU it runs inline.
+    `busy_s` is the time spent making planes.
+    """
+
+    def __init__(self, stage: _ModelStage, emit: Callable[[object], None],
+                 item: Callable[[SourceFrame, np.ndarray, np.ndarray], object], matrix: int,
+                 full_range: bool, bits: int, depth: int) -> None:  # fmt: skip
+        self.stage, self.emit, self.item = stage, emit, item
+        self.fmt = (matrix, full_range, bits)
+        self.busy_s = 0.0
+        self._thread = None
+        if stage.device.type == "cpu":
+            self._thread = Consumer(self._handle, maxsize=depth, name="chroma")
+
+    def _handle(self, job: tuple) -> None:
+        if job[0] == _BATCH:
+            _, batch, out = job
+            t0 = time.perf_counter()
+            cb, cr = self.stage.chroma(batch, out, *self.fmt)
+            self.busy_s += time.perf_counter() - t0
+            for k, p in enumerate(batch):
+                self.emit(self.item(p.frame, cb[k], cr[k]))
+        else:
+            self.emit(job[1])
+
+    def _put(self, job: tuple) -> None:
+        if self._thread is None:
+            self._handle(job)
+        else:
+            self._thread.put(job)
+
+    def put_batch(self, batch: list[_Prepared], out: torch.Tensor) -> None:
+        self._put((_BATCH, batch, out))
+
+    def put(self, item: object) -> None:
+        self._put((_PASS, item))
+
+    def finish(self) -> None:
+        """Wait until every batch is coloured and handed on."""
+        if self._thread is not None:
+            self._thread.finish()
+
+    def abort(self) -> None:
+        if self._thread is not None:
+            self._thread.abort()
 
 
 def _make_stabilizer(enabled: bool, strength: float | None = None):
@@ -738,6 +794,8 @@ def _colorize_segmented(job: _Job) -> ColorizeStats:
             with torch_threads(job.device, config.threads):
                 producer = Producer(prepared(), maxsize=depth, name="decode")
                 consumer = Consumer(sink, maxsize=depth, name="encode")
+                colourer = _Colourer(stage, consumer.put, lambda f, cb, cr: ("frame", f, cb, cr),
+                                     info.colorspace, info.full_range, bits_out, 1)  # fmt: skip
                 ring: deque[_Prepared] = deque(maxlen=warmup)
                 k = len(work.segments)
                 in_seg = 0
@@ -746,10 +804,9 @@ def _colorize_segmented(job: _Job) -> ColorizeStats:
                 def run(batch: list[_Prepared]) -> None:
                     nonlocal t_model, done
                     t0 = time.perf_counter()
-                    cb, cr = stage(batch, info.colorspace, info.full_range, bits_out)
+                    out = stage(batch)
                     t_model += time.perf_counter() - t0
-                    for i, p in enumerate(batch):
-                        consumer.put(("frame", p.frame, cb[i], cr[i]))
+                    colourer.put_batch(batch, out)
                     ring.extend(batch)
                     done += len(batch)
                     if job.progress is not None:
@@ -772,27 +829,30 @@ def _colorize_segmented(job: _Job) -> ColorizeStats:
                             run(batch)
                             batch = []
                         if in_seg == n_seg:
-                            consumer.put(("close", k))
+                            colourer.put(("close", k))
                             k += 1
                             in_seg = 0
                     if batch:
                         run(batch)
                     if in_seg:
-                        consumer.put(("close", k))
+                        colourer.put(("close", k))
                     if done == 0:
                         raise BadInputError(
                             f"no frames of {job.src} fall in --start {config.start} --duration "
                             f"{config.duration}; check the range"
                         )
-                    consumer.put(("finish",))
+                    colourer.put(("finish",))
+                    colourer.finish()
                     consumer.finish()
                 except BaseException:
                     consumer.abort()
+                    colourer.abort()
                     raise
                 finally:
                     producer.close()
                     sink.close()
             decode_s, encode_s = producer.busy_s, consumer.busy_s
+            t_model += colourer.busy_s
         t0 = time.perf_counter()
         tmp = work.final_path()
         t_end = None
@@ -943,15 +1003,16 @@ def colorize_video(
         depth = 2 * config.batch_size
         producer = Producer(prepared(), maxsize=depth, name="decode")
         consumer = Consumer(write, on_finish=writer.finish, maxsize=depth, name="encode")
+        colourer = _Colourer(stage, consumer.put, lambda f, cb, cr: (f, cb, cr), info.colorspace,
+                             info.full_range, writer.bits, 1)  # fmt: skip
         try:
             if progress is not None:
                 progress(0, total)
             for batch in _batched(producer, config.batch_size):
                 t0 = time.perf_counter()
-                cb, cr = stage(batch, info.colorspace, info.full_range, writer.bits)
+                out = stage(batch)
                 t_model += time.perf_counter() - t0
-                for k, p in enumerate(batch):
-                    consumer.put((p.frame, cb[k], cr[k]))
+                colourer.put_batch(batch, out)
                 done += len(batch)
                 if progress is not None:
                     progress(done, total)
@@ -960,9 +1021,11 @@ def colorize_video(
                     f"no frames of {src} fall in --start {config.start} --duration "
                     f"{config.duration}; check the range"
                 )
+            colourer.finish()
             consumer.finish()
         except BaseException:
             consumer.abort()
+            colourer.abort()
             raise
         finally:
             producer.close()
@@ -976,7 +1039,7 @@ def colorize_video(
         frames=done,
         seconds=time.perf_counter() - t_begin,
         decode_s=producer.busy_s,
-        model_s=t_model,
+        model_s=t_model + colourer.busy_s,
         encode_s=consumer.busy_s,
         model=_model_name(colorizer),
         device=str(device),

@@ -26,6 +26,11 @@ on a helper thread while the tensor work of the previous frames proceeds.
 
 Scene cuts reset the state (`bttf.pipeline.cuts.CutDetector`), so no colour crosses a cut: the
 first frame of every shot is exactly the per-frame prediction.
+
+The filter is causal: each batch comes back fused at once, as the engine expects. A look-ahead
+(bidirectional window) would need a delay line in the engine and a second warp per frame, while
+the cost of the one warp is already the stabilizer's limit; the causal filter alone removes most
+of the flicker (see benchmarks/temporal.py).
 """
 
 from __future__ import annotations
@@ -50,6 +55,10 @@ from bttf.pipeline.flow import (
 )
 
 log = logging.getLogger(__name__)
+
+# Flow (in prediction pixels) below which a frame counts as still and the warp is skipped: the
+# state then lags the content by at most _STILL * a / (1 - a) pixels (0.2 at strength 0.8).
+_STILL = 0.05
 
 DEFAULT_STRENGTH = 0.8
 Fusion = Literal["mixture", "product"]
@@ -158,14 +167,17 @@ class Stabilizer:
             # (ab; or logits for the product of experts: bilinear weights and the blend are
             # convex combinations, so a pixel's log-normalizer only adds a constant that the
             # decoder's softmax drops)
-            c = torch.softmax(xi, dim=1) if mixture else xi
+            c = _softmax_channels(xi) if mixture else xi
             if job is None:  # first frame of a shot: exactly the per-frame prediction
                 self._state = c.clone()
                 result[i] = out[i]
                 continue
             conf, flow = job.result()
             alpha = torch.from_numpy(conf)[None, None].to(out.device)
-            warped = warp_tensor(self._state, flow_grid(flow, out.device))
+            if float(np.abs(flow).max()) < _STILL:
+                warped = self._state  # a still shot: warping would only blur
+            else:
+                warped = warp_tensor(self._state, flow_grid(flow, out.device))
             # (1 - a) * current + a * warped previous
             if mixture:
                 self._state = torch.lerp(c, warped, alpha)
@@ -214,3 +226,20 @@ class Stabilizer:
         conf = cv2.resize(conf.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
         conf *= p.strength
         return conf, resize_flow(fw, size)
+
+
+def _softmax_channels(x: torch.Tensor) -> torch.Tensor:
+    """softmax over dim 1 of one frame (1, C, h, w), float32.
+
+    torch.softmax over the channels of an NCHW tensor reduces across C strided planes, which is
+    slow once the frame is out of the cache; exp, a (1, C) x (C, h*w) product for the sums and a
+    division stream through memory instead. Logits within +-60 cannot overflow or underflow a
+    whole pixel in float32 without the max subtraction; anything wider takes torch.softmax.
+    """
+    v = x.reshape(x.shape[1], -1)
+    lo, hi = torch.aminmax(v)
+    if not (-60.0 < float(lo) and float(hi) < 60.0):
+        return torch.softmax(x, dim=1)
+    e = torch.exp(v)
+    z = torch.ones(1, v.shape[0], dtype=v.dtype, device=v.device) @ e
+    return e.div_(z).view_as(x)
