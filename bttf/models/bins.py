@@ -76,12 +76,15 @@ _DECODE_CHUNK_ELEMENTS_CPU = 2**18
 
 @functools.lru_cache(maxsize=16)
 def _bins_on(device: torch.device, dtype: torch.dtype) -> Tensor:
-    return AB_BINS.to(device=device, dtype=dtype)
+    # cached tensors must not be inference tensors, or a later training step cannot use them
+    with torch.inference_mode(False):
+        return AB_BINS.to(device=device, dtype=dtype)
 
 
 @functools.lru_cache(maxsize=16)
 def _bins_t_on(device: torch.device, dtype: torch.dtype) -> Tensor:
-    return AB_BINS.T.contiguous().to(device=device, dtype=dtype)
+    with torch.inference_mode(False):
+        return AB_BINS.T.contiguous().to(device=device, dtype=dtype)
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -198,6 +201,11 @@ def encode_nearest(ab: Tensor) -> Tensor:
 
 @functools.lru_cache(maxsize=4)
 def _smoothing_kernel(sigma: float) -> Tensor:
+    with torch.inference_mode(False):
+        return _gaussian_kernel(sigma)
+
+
+def _gaussian_kernel(sigma: float) -> Tensor:
     c = AB_BINS.double()
     k = torch.exp(-(torch.cdist(c, c) ** 2) / (2 * sigma**2))
     # column-normalised: each bin spreads all of its mass over its neighbours, none leaves the gamut
