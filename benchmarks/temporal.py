@@ -28,9 +28,10 @@ Colour sources (--source):
   proxy-flip  the same with near-binary mode weights and little noise: a confident model that
           changes its mind (unimodal predictions flipping between two colours), the case where
           blending logits (a product of experts) averages the two colours.
-Without trained weights installed the default is `--source random proxy proxy-flip`.
+The default is `--source model` when the model has trained weights (the shipped file or
+--weights), else `--source random proxy proxy-flip`.
 
-    python benchmarks/temporal.py                          # everything (about 15 min on 2 cores)
+    python benchmarks/temporal.py                          # about 20 min a source on 2 cores
     python benchmarks/temporal.py --quick                  # fewer frames and settings
     python benchmarks/temporal.py --source model --weights fastcolor.safetensors
     python benchmarks/temporal.py --json results.json

@@ -198,7 +198,7 @@ _COLORIZER_OPTIONS = [
     click.option("--temporal/--no-temporal", default=True, show_default=True,
                  help="Stabilize colours across frames (flow-guided fusion)."),
     click.option("--temporal-strength", type=click.FloatRange(0.0, 1.0), default=None,
-                 help="How much of the past frames the stabilizer keeps, 0..1. [default: 0.8]"),
+                 help="How much of the past frames the stabilizer keeps, 0..1. [default: 0.9]"),
     click.option("--threads", type=click.IntRange(min=1), default=None,
                  help="CPU threads for the model. [default: all cores but one]"),
 ]

@@ -57,10 +57,10 @@ from bttf.pipeline.flow import (
 log = logging.getLogger(__name__)
 
 # Flow (in prediction pixels) below which a frame counts as still and the warp is skipped: the
-# state then lags the content by at most _STILL * a / (1 - a) pixels (0.2 at strength 0.8).
-_STILL = 0.05
+# state then lags the content by at most _STILL * a / (1 - a) pixels (0.18 at strength 0.9).
+_STILL = 0.02
 
-DEFAULT_STRENGTH = 0.8
+DEFAULT_STRENGTH = 0.9
 Fusion = Literal["mixture", "product"]
 
 
