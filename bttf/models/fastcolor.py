@@ -157,11 +157,15 @@ class FastColor(nn.Module):
         y = F.interpolate(self.lat8(y), size=s4.shape[-2:], mode="bilinear",
                           align_corners=False)
         y = self.dec4(torch.cat((y, s4), dim=1))
-        # The 1x1 head as one batched GEMM: oneDNN's convolution is slow for 313 channels.
+        # The 1x1 head as one GEMM: oneDNN's convolution is slow for 313 channels.
         n, c, h, w = y.shape
         q = self.head.out_channels
-        out = torch.baddbmm(self.head.bias.view(1, q, 1), self.head.weight.view(1, q, c)
-                            .expand(n, q, c), y.reshape(n, c, h * w)).view(n, q, h, w)
+        if y.permute(0, 2, 3, 1).is_contiguous():  # channels_last in, pixel-major logits out
+            out = torch.addmm(self.head.bias, y.permute(0, 2, 3, 1).reshape(-1, c),
+                              self.head.weight.view(q, c).t()).view(n, h, w, q).permute(0, 3, 1, 2)
+        else:
+            out = torch.baddbmm(self.head.bias.view(1, q, 1), self.head.weight.view(1, q, c)
+                                .expand(n, q, c), y.reshape(n, c, h * w)).view(n, q, h, w)
         # The ab variant regresses ab / 110 (the seeds' normalisation), returned in Lab units.
         return out if q == Q else out * 110.0
 

@@ -399,11 +399,11 @@ class _ModelStage:
     def _predict(self, L: torch.Tensor) -> torch.Tensor:
         if self.device.type in ("cuda", "cpu"):
             L = L.contiguous(memory_format=torch.channels_last)
-        # contiguous: the decoder and the stabilizer work along the 313 channels of each pixel
+        # in the model's own layout: the decoder and the stabilizer take NCHW or channels_last
         if self.amp is not None:
             with torch.autocast(self.device.type, dtype=self.amp):
-                return self.colorizer.predict(L).float().contiguous()
-        return self.colorizer.predict(L).float().contiguous()
+                return self.colorizer.predict(L).float()
+        return self.colorizer.predict(L).float()
 
     @torch.inference_mode()
     def restart(self, warmup: list[_Prepared], batch_size: int) -> None:

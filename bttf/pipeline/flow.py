@@ -127,3 +127,20 @@ def warp_tensor(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         padding_mode="border",
         align_corners=True,
     )
+
+
+def bilinear_taps(flow: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bilinear warp by `flow` (H, W, 2) as 4 taps per pixel: row indices (4, H*W) int64
+    into the flattened source (H*W, ...) and weights (4, H*W) float32. Sample points outside
+    the frame are clamped to its edge, like `warp_tensor` (padding "border")."""
+    h, w = flow.shape[:2]
+    xs, ys = _sample_map(flow)
+    np.clip(xs, 0, w - 1, out=xs)
+    np.clip(ys, 0, h - 1, out=ys)
+    x0, y0 = np.floor(xs), np.floor(ys)
+    fx, fy = xs - x0, ys - y0
+    x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    idx = np.stack([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1]).reshape(4, -1)
+    wts = np.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy]).reshape(4, -1)
+    return torch.from_numpy(idx), torch.from_numpy(wts.astype(np.float32))

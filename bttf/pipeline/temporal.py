@@ -44,15 +44,9 @@ import cv2
 import numpy as np
 import torch
 
+from bttf.models.bins import PIXEL_STEP, Q
 from bttf.pipeline.cuts import CutDetector, CutParams
-from bttf.pipeline.flow import (
-    FlowEstimator,
-    consistent_mask,
-    flow_grid,
-    resize_flow,
-    warp,
-    warp_tensor,
-)
+from bttf.pipeline.flow import FlowEstimator, bilinear_taps, consistent_mask, resize_flow, warp
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +102,8 @@ class Stabilizer:
         self.cuts: list[int] = []
         self._frame = 0
         self._cut_detector.reset()
-        self._state: torch.Tensor | None = None  # (1, C, h', w') fused probabilities/logits/ab
+        self._state: torch.Tensor | None = None  # (h' * w', C) fused probabilities/logits/ab
+        self._spare: torch.Tensor | None = None  # the buffer the next state is written into
         self._out_shape: tuple[int, ...] | None = None
         self._prev_gray: np.ndarray | None = None
 
@@ -152,47 +147,31 @@ class Stabilizer:
     def _run(
         self, gray: np.ndarray, out: torch.Tensor, kind: str, pool: ThreadPoolExecutor
     ) -> torch.Tensor:
-        size = (out.shape[-2], out.shape[-1])
+        n, c, h, w = out.shape
         mixture = kind == "bins" and self.params.fusion == "mixture"
         if self._out_shape != tuple(out.shape[1:]):
             self._state = None  # the prediction's shape changed: start afresh
             self._out_shape = tuple(out.shape[1:])
-        jobs = self._plan(gray, size, pool)
-        x = out.float()
-        result = torch.empty_like(out)
+        jobs = self._plan(gray, (h, w), pool)
+        # pixel-major: each pixel's C values are one contiguous row (free for channels_last
+        # output; one transpose otherwise)
+        x = out.permute(0, 2, 3, 1).float().contiguous().view(n, h * w, c)
+        result = torch.empty_like(x)
         for i, job in enumerate(jobs):
-            # frame by frame, so each frame's 313 planes stay in the cache through all steps
-            xi = x[i : i + 1]
-            # the space the fusion happens in: probabilities (mixture), or the raw output itself
-            # (ab; or logits for the product of experts: bilinear weights and the blend are
-            # convex combinations, so a pixel's log-normalizer only adds a constant that the
-            # decoder's softmax drops)
-            c = _softmax_channels(xi) if mixture else xi
-            if job is None:  # first frame of a shot: exactly the per-frame prediction
-                self._state = c.clone()
-                result[i] = out[i]
-                continue
-            conf, flow = job.result()
-            alpha = torch.from_numpy(conf)[None, None].to(out.device)
-            if float(np.abs(flow).max()) < _STILL:
-                warped = self._state  # a still shot: warping would only blur
-            else:
-                warped = warp_tensor(self._state, flow_grid(flow, out.device))
-            # (1 - a) * current + a * warped previous
-            if mixture:
-                self._state = torch.lerp(c, warped, alpha)
-                torch.log(self._state, out=result[i : i + 1])
-            elif result.dtype == torch.float32:
-                self._state = torch.lerp(c, warped, alpha, out=result[i : i + 1])
-            else:
-                self._state = torch.lerp(c, warped, alpha)
-                result[i] = self._state[0]
-        state = self._state
-        if state is not None and (
-            state.untyped_storage().data_ptr() == result.untyped_storage().data_ptr()
-        ):
-            self._state = state.clone()  # never keep the tensor handed to the caller as state
-        return result
+            taps = alpha = None
+            if job is not None:
+                conf, flow = job.result()
+                alpha = torch.from_numpy(conf.reshape(-1, 1)).to(x.device)
+                if float(np.abs(flow).max()) >= _STILL:  # else a still shot: warping only blurs
+                    taps = tuple(t.to(x.device) for t in bilinear_taps(flow))
+            else:  # first frame of a shot: exactly the per-frame prediction
+                self._state = None
+            new = self._spare
+            if new is None or new.shape != x.shape[1:] or new.device != x.device:
+                new = torch.empty_like(x[0])
+            _fuse(x[i], self._state, new, taps, alpha, mixture, result[i])
+            self._spare, self._state = self._state, new  # two buffers, taking turns
+        return result.view(n, h, w, c).permute(0, 3, 1, 2).to(out.dtype)
 
     def _confidence(
         self, g: np.ndarray, prev: np.ndarray, size: tuple[int, int]
@@ -228,18 +207,54 @@ class Stabilizer:
         return conf, resize_flow(fw, size)
 
 
-def _softmax_channels(x: torch.Tensor) -> torch.Tensor:
-    """softmax over dim 1 of one frame (1, C, h, w), float32.
+def _fuse(x: torch.Tensor, prev: torch.Tensor | None, new: torch.Tensor,
+          taps: tuple[torch.Tensor, torch.Tensor] | None, alpha: torch.Tensor | None,
+          mixture: bool, result: torch.Tensor) -> None:  # fmt: skip
+    """One frame of the recursive fusion, pixel-major: `x` (P, C) the model's output,
+    `prev` (P, C) the fused state of the previous frame (None: start a shot), `alpha` (P, 1)
+    the weight of the warped past, `taps` the bilinear warp (`bilinear_taps`; None: no motion).
+    Writes the new state into `new` (probabilities for a mixture, else the output's own space)
+    and what the decoder gets into `result` (log-probabilities for a mixture).
 
-    torch.softmax over the channels of an NCHW tensor reduces across C strided planes, which is
-    slow once the frame is out of the cache; exp, a (1, C) x (C, h*w) product for the sums and a
-    division stream through memory instead. Logits within +-60 cannot overflow or underflow a
-    whole pixel in float32 without the max subtraction; anything wider takes torch.softmax.
+    On the CPU the frame goes PIXEL_STEP pixels at a time, so each step's blocks stay in the
+    cache through all its passes; on a GPU, in one piece.
     """
-    v = x.reshape(x.shape[1], -1)
-    lo, hi = torch.aminmax(v)
-    if not (-60.0 < float(lo) and float(hi) < 60.0):
-        return torch.softmax(x, dim=1)
-    e = torch.exp(v)
-    z = torch.ones(1, v.shape[0], dtype=v.dtype, device=v.device) @ e
-    return e.div_(z).view_as(x)
+    p_all = x.shape[0]
+    step = PIXEL_STEP if x.device.type == "cpu" else p_all
+    if not mixture:
+        step = max(step, PIXEL_STEP * Q // x.shape[1])
+    cur = torch.empty(min(step, p_all), x.shape[1], dtype=x.dtype, device=x.device)
+    tap = torch.empty_like(cur)
+    if prev is not None:
+        keep = 1.0 - alpha  # (P, 1) weight of the current frame
+        if taps is not None:
+            idx, wts = taps
+            wts = wts.unsqueeze(-1) * alpha  # (4, P, 1) weight of each tap of the past
+    for s in range(0, p_all, step):
+        e = min(p_all, s + step)
+        xs, nw, cs = x[s:e], new[s:e], cur[: e - s]
+        if mixture:  # softmax, its division folded into the next product
+            torch.sub(xs, xs.amax(1, keepdim=True), out=cs).exp_()
+            scale = cs.sum(1, keepdim=True).reciprocal_()
+        else:
+            cs, scale = xs, None
+        if prev is None:
+            if scale is None:
+                nw.copy_(cs)
+            else:
+                torch.mul(cs, scale, out=nw)
+            result[s:e].copy_(xs)
+            continue
+        k_s = keep[s:e] if scale is None else keep[s:e] * scale
+        torch.mul(cs, k_s, out=nw)  # (1 - a) * current ...
+        if taps is None:
+            nw.addcmul_(prev[s:e], alpha[s:e])  # ... + a * previous (a still shot)
+        else:
+            ts = tap[: e - s]
+            for k in range(4):  # ... + a * bilinear warp of the previous, tap by tap
+                torch.index_select(prev, 0, idx[k, s:e], out=ts)
+                nw.addcmul_(ts, wts[k, s:e])
+        if mixture:
+            torch.log(nw, out=result[s:e])
+        else:
+            result[s:e].copy_(nw)
