@@ -335,6 +335,7 @@ def apply_variants(variants: list[str]) -> None:
         engine._ModelStage._predict = predict_nchw
     if "whole-decode" in variants:
         bins._DECODE_CHUNK_ELEMENTS_CPU = bins._DECODE_CHUNK_ELEMENTS
+        bins.PIXEL_STEP = 1 << 30
     if "chroma-inline" in variants:
         init = engine._Colourer.__init__
 

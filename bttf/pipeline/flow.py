@@ -86,14 +86,18 @@ def consistent_mask(flow_fw: np.ndarray, flow_bw: np.ndarray, unit: float = 1.0)
     these thresholds in the original pixels).
     """
     bw_at = warp(flow_bw, flow_fw)
-    total = flow_fw + bw_at
+    u, v = flow_fw[..., 0], flow_fw[..., 1]
+    bu, bv = bw_at[..., 0], bw_at[..., 1]
+    fw2 = u * u + v * v
+    su, sv = u + bu, v + bv
     u2 = unit * unit
-    mismatch = (total**2).sum(-1) > 0.01 * ((flow_fw**2).sum(-1) + (bw_at**2).sum(-1)) + 0.5 / u2
-    du_dy, du_dx = np.gradient(flow_fw[..., 0])
-    dv_dy, dv_dx = np.gradient(flow_fw[..., 1])
+    # (elementwise on the two planes: numpy's sum over a last axis of 2 is slow)
+    mismatch = su * su + sv * sv > 0.01 * (fw2 + bu * bu + bv * bv) + 0.5 / u2
+    du_dy, du_dx = np.gradient(u)
+    dv_dy, dv_dx = np.gradient(v)
     # the gradient is scale-free; |fw|^2 and the constant are in original pixels
-    boundary = du_dx**2 + du_dy**2 + dv_dx**2 + dv_dy**2 > 0.01 * u2 * (flow_fw**2).sum(-1) + 0.002
-    return ~mismatch & ~boundary & in_bounds(flow_fw)
+    boundary = du_dx**2 + du_dy**2 + dv_dx**2 + dv_dy**2 > 0.01 * u2 * fw2 + 0.002
+    return ~(mismatch | boundary) & in_bounds(flow_fw)
 
 
 def resize_flow(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:

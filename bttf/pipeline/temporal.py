@@ -21,8 +21,13 @@ The confidence falls to zero where the flow cannot be trusted: the forward-backw
 (the previous gray frame warped onto the current one must match it, up to a global exposure
 change, which old film has plenty of). Flow is OpenCV DIS on the gray frames (at render size /
 `flow_scale`); the checks run at twice the prediction's resolution and the warp at the
-prediction's resolution (the flow is downscaled), with grid_sample. The flow work of a batch runs
-on a helper thread while the tensor work of the previous frames proceeds.
+prediction's resolution (the flow is downscaled). The flow work of a batch runs on a helper
+thread while the tensor work of the previous frames proceeds.
+
+The tensor work is pixel-major: each pixel's 313 values are one contiguous row (fastcolor writes
+its logits that way), the bilinear warp is four row gathers (`flow.bilinear_taps`), and on the
+CPU a frame goes a few hundred pixels at a time so that every pass runs in the cache. Against
+`grid_sample` over 313 planes and a softmax across them, that is 2-3x less time per frame.
 
 Scene cuts reset the state (`bttf.pipeline.cuts.CutDetector`), so no colour crosses a cut: the
 first frame of every shot is exactly the per-frame prediction.
@@ -44,7 +49,7 @@ import cv2
 import numpy as np
 import torch
 
-from bttf.models.bins import PIXEL_STEP, Q
+from bttf.models import bins
 from bttf.pipeline.cuts import CutDetector, CutParams
 from bttf.pipeline.flow import FlowEstimator, bilinear_taps, consistent_mask, resize_flow, warp
 
@@ -216,13 +221,13 @@ def _fuse(x: torch.Tensor, prev: torch.Tensor | None, new: torch.Tensor,
     Writes the new state into `new` (probabilities for a mixture, else the output's own space)
     and what the decoder gets into `result` (log-probabilities for a mixture).
 
-    On the CPU the frame goes PIXEL_STEP pixels at a time, so each step's blocks stay in the
+    On the CPU the frame goes `bins.PIXEL_STEP` pixels at a time, so each step's blocks stay in the
     cache through all its passes; on a GPU, in one piece.
     """
     p_all = x.shape[0]
-    step = PIXEL_STEP if x.device.type == "cpu" else p_all
+    step = bins.PIXEL_STEP if x.device.type == "cpu" else p_all
     if not mixture:
-        step = max(step, PIXEL_STEP * Q // x.shape[1])
+        step = max(step, bins.PIXEL_STEP * bins.Q // x.shape[1])
     cur = torch.empty(min(step, p_all), x.shape[1], dtype=x.dtype, device=x.device)
     tap = torch.empty_like(cur)
     if prev is not None:
