@@ -25,7 +25,8 @@ prediction's resolution (the flow is downscaled). The flow work of a batch runs 
 thread while the tensor work of the previous frames proceeds.
 
 The tensor work is pixel-major: each pixel's 313 values are one contiguous row (fastcolor writes
-its logits that way), the bilinear warp is four row gathers (`flow.bilinear_taps`), and on the
+its logits that way), the bilinear warp is one weighted gather of four rows per pixel (`flow.bilinear_taps` fed to
+`embedding_bag`), and on the
 CPU a frame goes a few hundred pixels at a time so that every pass runs in the cache. Against
 `grid_sample` over 313 planes and a softmax across them, that is 2-3x less time per frame.
 
@@ -48,6 +49,7 @@ from typing import Literal
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from bttf.models import bins
 from bttf.pipeline.cuts import CutDetector, CutParams
@@ -228,37 +230,24 @@ def _fuse(x: torch.Tensor, prev: torch.Tensor | None, new: torch.Tensor,
     step = bins.PIXEL_STEP if x.device.type == "cpu" else p_all
     if not mixture:
         step = max(step, bins.PIXEL_STEP * bins.Q // x.shape[1])
-    cur = torch.empty(min(step, p_all), x.shape[1], dtype=x.dtype, device=x.device)
-    tap = torch.empty_like(cur)
     if prev is not None:
         keep = 1.0 - alpha  # (P, 1) weight of the current frame
         if taps is not None:
-            idx, wts = taps
-            wts = wts.unsqueeze(-1) * alpha  # (4, P, 1) weight of each tap of the past
+            idx, wts = taps  # as (P, 4): each pixel's 4 source rows and their weights times a
+            idx, wts = idx.t().contiguous(), (wts.t() * alpha).contiguous()
     for s in range(0, p_all, step):
         e = min(p_all, s + step)
-        xs, nw, cs = x[s:e], new[s:e], cur[: e - s]
-        if mixture:  # softmax, its division folded into the next product
-            torch.sub(xs, xs.amax(1, keepdim=True), out=cs).exp_()
-            scale = cs.sum(1, keepdim=True).reciprocal_()
-        else:
-            cs, scale = xs, None
+        xs, nw = x[s:e], new[s:e]
+        cs = torch.softmax(xs, 1) if mixture else xs
         if prev is None:
-            if scale is None:
-                nw.copy_(cs)
-            else:
-                torch.mul(cs, scale, out=nw)
+            nw.copy_(cs)
             result[s:e].copy_(xs)
             continue
-        k_s = keep[s:e] if scale is None else keep[s:e] * scale
-        torch.mul(cs, k_s, out=nw)  # (1 - a) * current ...
-        if taps is None:
-            nw.addcmul_(prev[s:e], alpha[s:e])  # ... + a * previous (a still shot)
-        else:
-            ts = tap[: e - s]
-            for k in range(4):  # ... + a * bilinear warp of the previous, tap by tap
-                torch.index_select(prev, 0, idx[k, s:e], out=ts)
-                nw.addcmul_(ts, wts[k, s:e])
+        if taps is None:  # a still shot: a * previous
+            past = prev[s:e] * alpha[s:e]
+        else:  # a * the bilinear warp of the previous: a weighted sum of 4 rows per pixel
+            past = F.embedding_bag(idx[s:e], prev, per_sample_weights=wts[s:e], mode="sum")
+        torch.addcmul(past, cs, keep[s:e], out=nw)  # + (1 - a) * current
         if mixture:
             torch.log(nw, out=result[s:e])
         else:
