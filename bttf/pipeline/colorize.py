@@ -560,6 +560,13 @@ def _expected_frames(info: VideoInfo, start: float | None, duration: float | Non
     return max(0, round(span * float(info.rate)))
 
 
+def _no_frames(src: Path, config: ColorizeConfig) -> BadInputError:
+    return BadInputError(
+        f"no frames of {src} fall in --start {config.start} --duration {config.duration}; "
+        "check the range"
+    )
+
+
 def _model_name(colorizer) -> str:
     return getattr(getattr(colorizer, "spec", None), "name", type(colorizer).__name__)
 
@@ -842,10 +849,7 @@ def _colorize_segmented(job: _Job) -> ColorizeStats:
                     if in_seg:
                         colourer.put(("close", k))
                     if done == 0:
-                        raise BadInputError(
-                            f"no frames of {job.src} fall in --start {config.start} --duration "
-                            f"{config.duration}; check the range"
-                        )
+                        raise _no_frames(job.src, config)
                     colourer.put(("finish",))
                     colourer.finish()
                     consumer.finish()
@@ -1022,10 +1026,7 @@ def colorize_video(
                 if progress is not None:
                     progress(done, total)
             if done == 0:
-                raise BadInputError(
-                    f"no frames of {src} fall in --start {config.start} --duration "
-                    f"{config.duration}; check the range"
-                )
+                raise _no_frames(src, config)
             colourer.finish()
             consumer.finish()
         except BaseException:
