@@ -304,6 +304,7 @@ VARIANTS = {
     "whole-decode": "annealed mean on the whole batch at once",
     "inline-io": "decode + encode on the model's thread",
     "chroma-inline": "chroma planes on the model's thread",
+    "stabilizer-inline": "stabilizer on the model's thread",
 }
 
 
@@ -346,6 +347,8 @@ def apply_variants(variants: list[str]) -> None:
                 self._thread = None
 
         engine._Colourer.__init__ = init_inline
+    if "stabilizer-inline" in variants:
+        engine.ASYNC_FUSION = False
     if "inline-io" in variants:
         engine.Producer = _InlineProducer  # type: ignore[misc,assignment]
         engine.Consumer = _InlineConsumer  # type: ignore[misc,assignment]

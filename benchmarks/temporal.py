@@ -254,14 +254,18 @@ def stabilizer_override(params: StabilizerParams | None, timer: list[float] | No
         if timer is None:
             return st
 
-        def timed(*args, **kw):
-            t = time.perf_counter()
-            try:
-                return st(*args, **kw)
-            finally:
-                timer[0] += time.perf_counter() - t
+        class Timed:  # the stabilizer, its calls timed
+            def __getattr__(self, name):
+                return getattr(st, name)
 
-        return timed
+            def __call__(self, *args, **kw):
+                t = time.perf_counter()
+                try:
+                    return st(*args, **kw)
+                finally:
+                    timer[0] += time.perf_counter() - t
+
+        return Timed()
 
     engine._make_stabilizer = make
     try:

@@ -30,6 +30,7 @@ import math
 import os
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -340,6 +341,11 @@ def chroma_planes(L: torch.Tensor, ab: torch.Tensor, matrix: int, full_range: bo
     return out[0], out[1]
 
 
+# CPU: the stabilizer fuses a batch on a thread of its own while the model predicts the next
+# (benchmarks/README.md, lever "stabilizer on the model's thread").
+ASYNC_FUSION = True
+
+
 @dataclass
 class _Prepared:
     frame: SourceFrame
@@ -358,6 +364,9 @@ class _ModelStage:
         self.stabilizer = stabilizer
         self.rotate_k = rotate_k
         self.stabilize_s = 0.0
+        self._out_hw: tuple[int, int] | None = None  # the model's output size, once known
+        self._fusion: ThreadPoolExecutor | None = None  # CPU: the stabilizer's own thread
+        self._fused: Future | None = None  # its last job
         self.amp = None
         if device.type == "cuda":
             self.amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -411,6 +420,7 @@ class _ModelStage:
         segment starts in the same state whether the run was interrupted before it or not."""
         if self.stabilizer is None:
             return
+        self.drain()
         self.stabilizer.reset()
         for batch in _batched(warmup, batch_size):
             small = np.stack([p.small for p in batch])
@@ -427,22 +437,58 @@ class _ModelStage:
         small = np.stack([p.small for p in batch])
         gray = self._to_device(small)
         L = self.lut[gray.long()].unsqueeze(1)
+        plan = None
+        if self.stabilizer is not None and self._out_hw is not None:
+            plan = self.stabilizer.plan(small, self._out_hw)  # its flow work beside the model's
         out = _cat(self._split(len(batch), lambda i, j: self._predict(L[i:j])))
-        if self.stabilizer is not None:
+        self._out_hw = tuple(out.shape[-2:])
+        if self.stabilizer is None:
+            return self._orient(out)
+        plan = plan or self.stabilizer.plan(small, self._out_hw)
+        if self.device.type == "cpu" and ASYNC_FUSION:
+            # on its own thread, beside the model's next batch; `chroma` waits for it
+            if self._fusion is None:
+                # (a new thread starts with OpenMP's default team: give it the engine's size)
+                self._fusion = ThreadPoolExecutor(1, thread_name_prefix="bttf-fuse",
+                                                  initializer=torch.set_num_threads,
+                                                  initargs=(torch.get_num_threads(),))
+            self._fused = self._fusion.submit(self._stabilize, small, out, plan)
+            return self._fused
+        return self._stabilize(small, out, plan)
+
+    def _stabilize(self, small: np.ndarray, out: torch.Tensor, plan) -> torch.Tensor:
+        with torch.inference_mode():
             t0 = time.perf_counter()
-            out = self.stabilizer(small, out, self.colorizer.output)
+            out = self.stabilizer(small, out, self.colorizer.output, plan)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.stabilize_s += time.perf_counter() - t0
-        if self.rotate_k:
-            out = torch.rot90(out, -self.rotate_k, dims=(2, 3))
-        return out
+            return self._orient(out)
+
+    def _orient(self, out: torch.Tensor) -> torch.Tensor:
+        return torch.rot90(out, -self.rotate_k, dims=(2, 3)) if self.rotate_k else out
+
+    def drain(self) -> None:
+        """Wait for the stabilizer's pending work (before touching its state), then let its
+        thread go."""
+        if self._fused is not None:
+            with contextlib.suppress(Exception):  # its error reaches the chroma thread
+                self._fused.result()
+            self._fused = None
+        if self._fusion is not None:
+            self._fusion.shutdown(wait=True)
+            self._fusion = None
+        if self.stabilizer is not None and hasattr(self.stabilizer, "close"):
+            self.stabilizer.close()
 
     @torch.inference_mode()
     def chroma(self, batch: list[_Prepared], out: torch.Tensor, matrix: int, full_range: bool,
                bits: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-        """Cb, Cr planes (N, ch, cw) of `batch` from the output of `self(batch)`. Touches no
-        state but the batch size on out-of-memory, so on CPU it may run beside the next call."""
+        """Cb, Cr planes (N, ch, cw) of `batch` from the output of `self(batch)` (a tensor, or
+        the future of one). Touches no state but the batch size on out-of-memory, so on CPU it
+        may run beside the next call."""
+        if isinstance(out, Future):
+            out = out.result()
         gchroma = self._to_device(np.stack([p.chroma for p in batch]))
         size = tuple(gchroma.shape[-2:])
 
@@ -859,6 +905,7 @@ def _colorize_segmented(job: _Job) -> ColorizeStats:
                     raise
                 finally:
                     producer.close()
+                    stage.drain()
                     sink.close()
             decode_s, encode_s = producer.busy_s, consumer.busy_s
             t_model += colourer.busy_s
@@ -1035,6 +1082,7 @@ def colorize_video(
             raise
         finally:
             producer.close()
+            stage.drain()
             with contextlib.suppress(Exception):
                 writer.close()
     for n in _input_notices(info, config, total, done, *damaged):

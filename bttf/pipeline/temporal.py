@@ -42,7 +42,8 @@ of the flicker (see benchmarks/temporal.py).
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -113,30 +114,66 @@ class Stabilizer:
         self._spare: torch.Tensor | None = None  # the buffer the next state is written into
         self._out_shape: tuple[int, ...] | None = None
         self._prev_gray: np.ndarray | None = None
+        self._planned = False  # a frame was planned since the reset
 
-    def __call__(self, gray: np.ndarray, out: torch.Tensor, output_kind: str) -> torch.Tensor:
+    def close(self) -> None:
+        """Let the helper thread go (after its pending work); a later call starts another."""
+        pool, self._pool = getattr(self, "_pool", None), None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if getattr(self, "_pool", None) is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="bttf-flow")
+            weakref.finalize(self, self._pool.shutdown, wait=False)
+        return self._pool
+
+    def plan(self, gray: np.ndarray, size: tuple[int, int]) -> "_Plan":
+        """Detect the cuts in the next batch `gray` and start its flow work on the helper
+        thread, so that it runs while the model predicts that batch; hand the result to the
+        call that fuses that batch. Batches must be planned in order. `size` is the (h', w')
+        the prediction will have (a wrong guess only costs time)."""
+        gray = _as_u8(gray)
+        return _Plan(gray, tuple(size), self._plan(gray, tuple(size)))
+
+    def __call__(self, gray: np.ndarray, out: torch.Tensor, output_kind: str,
+                 plan: "_Plan | None" = None) -> torch.Tensor:  # fmt: skip
+        """Fuse the batch `gray` (planned now, or by `plan()`) and return it (see the class
+        doc). With a plan, this call only touches the fused state, so it may run on another
+        thread than the planning, one batch behind it."""
         if output_kind not in ("bins", "ab"):
             raise ValueError(f"output_kind must be 'bins' or 'ab', got {output_kind!r}")
-        gray = np.asarray(gray)
+        gray = _as_u8(gray)
         if gray.ndim != 3 or out.ndim != 4 or gray.shape[0] != out.shape[0]:
             raise ValueError(
                 f"expected gray (N, h, w) and out (N, C, h', w') with the same N, got "
                 f"{gray.shape} and {tuple(out.shape)}"
             )
-        if gray.dtype != np.uint8:
-            gray = np.clip(gray, 0, 255).astype(np.uint8)
+        if plan is not None and plan.gray.shape != gray.shape:
+            raise ValueError("the plan was made for other frames than this call's")
         if out.shape[0] == 0:
             return out
-        with torch.no_grad(), ThreadPoolExecutor(1, thread_name_prefix="bttf-flow") as pool:
-            return self._run(gray, out, output_kind, pool)
+        size = (out.shape[-2], out.shape[-1])
+        if self._out_shape != tuple(out.shape[1:]):
+            self._state = None  # the prediction's shape changed: start afresh
+            self._out_shape = tuple(out.shape[1:])
+        if plan is None:
+            jobs = self._plan(gray, size)
+        elif plan.size != size:  # planned for another size: redo the flow work here
+            jobs = [j if j is None else (None, j[1], j[2]) for j in plan.jobs]
+        else:
+            jobs = plan.jobs
+        with torch.no_grad():
+            return self._run(out, output_kind, jobs)
 
-    def _plan(
-        self, gray: np.ndarray, size: tuple[int, int], pool: ThreadPoolExecutor
-    ) -> list[Future | None]:
-        """Per frame: None where it starts a shot (no fusion), else the future confidence."""
-        jobs: list[Future | None] = []
+    def _plan(self, gray: np.ndarray, size: tuple[int, int]) -> list[tuple | None]:
+        """Per frame: None where it starts a shot (no fusion), else (future confidence, frame,
+        previous frame)."""
+        jobs: list[tuple | None] = []
         prev = self._prev_gray
-        fresh = self._state is None or self.params.strength == 0.0
+        fresh = not self._planned or self.params.strength == 0.0
+        self._planned = True
+        pool = self._executor()
         for g in gray:
             cut = self.params.detect_cuts and self._cut_detector.feed(g)
             if cut:
@@ -145,34 +182,29 @@ class Stabilizer:
             if cut or fresh or prev is None or prev.shape != g.shape:
                 jobs.append(None)
             else:
-                jobs.append(pool.submit(self._confidence, g, prev, size))
+                jobs.append((pool.submit(self._confidence, g, prev, size), g, prev))
             fresh = self.params.strength == 0.0
             prev = g
         self._prev_gray = gray[-1]
         return jobs
 
-    def _run(
-        self, gray: np.ndarray, out: torch.Tensor, kind: str, pool: ThreadPoolExecutor
-    ) -> torch.Tensor:
+    def _run(self, out: torch.Tensor, kind: str, jobs: list[tuple | None]) -> torch.Tensor:
         n, c, h, w = out.shape
         mixture = kind == "bins" and self.params.fusion == "mixture"
-        if self._out_shape != tuple(out.shape[1:]):
-            self._state = None  # the prediction's shape changed: start afresh
-            self._out_shape = tuple(out.shape[1:])
-        jobs = self._plan(gray, (h, w), pool)
         # pixel-major: each pixel's C values are one contiguous row (free for channels_last
         # output; one transpose otherwise)
         x = out.permute(0, 2, 3, 1).float().contiguous().view(n, h * w, c)
         result = torch.empty_like(x)
         for i, job in enumerate(jobs):
             taps = alpha = None
-            if job is not None:
-                conf, flow = job.result()
+            if job is None or self._state is None:  # a shot starts: the per-frame prediction
+                self._state = None
+            else:
+                future, g, prev = job
+                conf, flow = future.result() if future else self._confidence(g, prev, (h, w))
                 alpha = torch.from_numpy(conf.reshape(-1, 1)).to(x.device)
                 if float(np.abs(flow).max()) >= _STILL:  # else a still shot: warping only blurs
                     taps = tuple(t.to(x.device) for t in bilinear_taps(flow))
-            else:  # first frame of a shot: exactly the per-frame prediction
-                self._state = None
             new = self._spare
             if new is None or new.shape != x.shape[1:] or new.device != x.device:
                 new = torch.empty_like(x[0])
@@ -212,6 +244,20 @@ class Stabilizer:
         conf = cv2.resize(conf.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
         conf *= p.strength
         return conf, resize_flow(fw, size)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A batch's cut decisions and pending flow work (`Stabilizer.plan`)."""
+
+    gray: np.ndarray
+    size: tuple[int, int]
+    jobs: list
+
+
+def _as_u8(gray: np.ndarray) -> np.ndarray:
+    gray = np.asarray(gray)
+    return gray if gray.dtype == np.uint8 else np.clip(gray, 0, 255).astype(np.uint8)
 
 
 def _fuse(x: torch.Tensor, prev: torch.Tensor | None, new: torch.Tensor,
