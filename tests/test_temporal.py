@@ -194,3 +194,43 @@ def test_the_engine_runs_the_stabilizer_with_its_strength(tmp_path, monkeypatch)
     made.clear()
     colorize_video(src, tmp_path / "out2.mp4", ColorizeConfig(temporal=False, render_size=64))
     assert made == []
+
+
+def test_planned_batches_equal_unplanned_ones_even_for_a_wrong_size_guess():
+    frames = pan(texture(6), 16, 1.2)
+    noise = torch.randn(16, Q, 12, 16, generator=torch.Generator().manual_seed(3))
+    out = content_logits(frames) + noise
+    gray = np.stack(frames)
+    plain, planned = Stabilizer(), Stabilizer()
+    want = torch.cat([plain(gray[i : i + 8], out[i : i + 8], "bins") for i in (0, 8)])
+    got = []
+    for i, guess in ((0, (5, 5)), (8, tuple(out.shape[-2:]))):  # the first guess is wrong
+        plan = planned.plan(gray[i : i + 8], guess)
+        got.append(planned(gray[i : i + 8], out[i : i + 8], "bins", plan))
+    assert torch.allclose(want, torch.cat(got), atol=1e-6)
+    with pytest.raises(ValueError, match="other frames"):
+        planned(gray[:4], out[:4], "bins", planned.plan(gray[:8], (12, 16)))
+    plain.close()
+    planned.close()
+
+
+def test_the_engine_fuses_the_same_on_its_own_thread_as_inline(tmp_path, monkeypatch):
+    from test_cuts import write_video
+
+    from bttf.pipeline import colorize as engine
+
+    src = tmp_path / "pan.mkv"
+    write_video(src, pan(texture(7), 20, 1.5))
+    config = dict(temporal=True, render_size=64, audio=False, crf=0, batch_size=4)
+    engine.colorize_video(src, tmp_path / "async.mkv", engine.ColorizeConfig(**config))
+    monkeypatch.setattr(engine, "ASYNC_FUSION", False)
+    engine.colorize_video(src, tmp_path / "inline.mkv", engine.ColorizeConfig(**config))
+    a, b = (read_planes(tmp_path / n) for n in ("async.mkv", "inline.mkv"))
+    assert len(a) == 20 and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def read_planes(path) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(path)) as c:
+        return [f.to_ndarray() for f in c.decode(video=0)]

@@ -402,7 +402,7 @@ def _annealed_mean_pixels(logits: Tensor, inv_t: float, wd: torch.dtype) -> Tens
     x = logits.permute(0, 2, 3, 1).reshape(n * h * w, q)  # a view
     out = torch.empty(n * h * w, 2, dtype=wd)
     bins = _bins_sum_on(logits.device, wd)
-    step = PIXEL_STEP
+    step = min(PIXEL_STEP, x.shape[0])
     t = torch.empty(step, q, dtype=wd)
     sums = torch.empty(step, 3, dtype=wd)
     for s in range(0, x.shape[0], step):

@@ -290,8 +290,8 @@ def torch_threads(device: torch.device, threads: int | None) -> Iterator[None]:
 def cpu_autocast_dtype() -> torch.dtype | None:
     """torch.bfloat16 when this CPU multiplies bf16 natively (AMX or AVX512-BF16), else None.
 
-    There the model runs 2x faster (fastcolor; 2-5x for the others) under bf16 autocast, and
-    its ab moves by 0.1 on average (benchmarks/README.md). Elsewhere bf16 is emulated: slower.
+    Elsewhere bf16 is emulated and slower than float32. The development machine has neither,
+    so this path's speed-up is not measured yet (benchmarks/README.md).
     """
     probes = [getattr(getattr(torch, "cpu", None), name, None)
               for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]  # fmt: skip

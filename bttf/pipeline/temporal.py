@@ -159,8 +159,10 @@ class Stabilizer:
             self._out_shape = tuple(out.shape[1:])
         if plan is None:
             jobs = self._plan(gray, size)
-        elif plan.size != size:  # planned for another size: redo the flow work here
-            jobs = [j if j is None else (None, j[1], j[2]) for j in plan.jobs]
+        elif plan.size != size:  # planned for another size: redo the flow work (its thread)
+            pool = self._executor()
+            jobs = [j if j is None else (pool.submit(self._confidence, j[1], j[2], size), *j[1:])
+                    for j in plan.jobs]  # fmt: skip
         else:
             jobs = plan.jobs
         with torch.no_grad():
@@ -200,8 +202,8 @@ class Stabilizer:
             if job is None or self._state is None:  # a shot starts: the per-frame prediction
                 self._state = None
             else:
-                future, g, prev = job
-                conf, flow = future.result() if future else self._confidence(g, prev, (h, w))
+                future = job[0]
+                conf, flow = future.result()
                 alpha = torch.from_numpy(conf.reshape(-1, 1)).to(x.device)
                 if float(np.abs(flow).max()) >= _STILL:  # else a still shot: warping only blurs
                     taps = tuple(t.to(x.device) for t in bilinear_taps(flow))
