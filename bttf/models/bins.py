@@ -395,22 +395,24 @@ PIXEL_STEP = 256
 
 
 def _annealed_mean_pixels(logits: Tensor, inv_t: float, wd: torch.dtype) -> Tensor:
-    """`annealed_mean` of pixel-major CPU logits: rows of 313 scores, PIXEL_STEP pixels a step
-    ((x - max) / T, exp, one (rows, 313) x (313, 3) GEMM, divide). Returns (N, 2, H, W)
-    channels_last."""
+    """`annealed_mean` of pixel-major CPU logits: rows of 313 scores, PIXEL_STEP pixels a step.
+    Returns (N, 2, H, W) channels_last."""
     n, q, h, w = logits.shape
     x = logits.permute(0, 2, 3, 1).reshape(n * h * w, q)  # a view
     out = torch.empty(n * h * w, 2, dtype=wd)
-    bins = _bins_sum_on(logits.device, wd)
     step = min(PIXEL_STEP, x.shape[0])
-    t = torch.empty(step, q, dtype=wd)
-    sums = torch.empty(step, 3, dtype=wd)
+    scratch = torch.empty(step, q, dtype=wd)
     for s in range(0, x.shape[0], step):
-        xs = x[s : s + step]
-        m = xs.shape[0]
-        ts, acc = t[:m], sums[:m]
-        # (x - max) / T in one pass: -max/T + x/T
-        torch.add(xs.amax(1, keepdim=True).mul_(-inv_t), xs, alpha=inv_t, out=ts).exp_()
-        torch.mm(ts, bins, out=acc)
-        torch.div(acc[:, :2], acc[:, 2:], out=out[s : s + m])
+        annealed_mean_rows(x[s : s + step], inv_t, out[s : s + step], scratch)
     return out.view(n, h, w, 2).permute(0, 3, 1, 2)
+
+
+def annealed_mean_rows(x: Tensor, inv_t: float, out: Tensor, scratch: Tensor | None = None) -> None:
+    """The annealed mean of rows of scores `x` (m, 313) — logits, or log-probabilities — at
+    temperature 1/inv_t, written into `out` (m, 2): (x - max) / T, exp, one (m, 313) x (313, 3)
+    GEMM for sum p*a, sum p*b and sum p, divide. `scratch`: an (at least m, 313) buffer."""
+    m = x.shape[0]
+    t = torch.empty_like(x) if scratch is None else scratch[:m]
+    torch.add(x.amax(1, keepdim=True).mul_(-inv_t), x, alpha=inv_t, out=t).exp_()
+    acc = torch.mm(t, _bins_sum_on(x.device, x.dtype))
+    torch.div(acc[:, :2], acc[:, 2:], out=out)

@@ -105,8 +105,9 @@ class Colorizer(nn.Module):
 
     def decode(self, out: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
         """Raw output -> ab (N, 2, *size) in Lab units: annealed mean for "bins" (at the
-        model's resolution), then bilinear resize (align_corners=False)."""
-        if self.output == "bins":
+        model's resolution), then bilinear resize (align_corners=False). ab already decoded
+        (N, 2, h, w), as the stabilizer gives it, is only resized."""
+        if self.output == "bins" and not (out.ndim == 4 and out.shape[1] == 2):
             if out.ndim != 4 or out.shape[1] != Q:
                 raise BadInputError(f"expected logits (N, {Q}, h, w), got {tuple(out.shape)}")
             ab = annealed_mean(out, temperature=self.temperature, top_k=self.top_k)

@@ -459,7 +459,10 @@ class _ModelStage:
     def _stabilize(self, small: np.ndarray, out: torch.Tensor, plan) -> torch.Tensor:
         with torch.inference_mode():
             t0 = time.perf_counter()
-            out = self.stabilizer(small, out, self.colorizer.output, plan)
+            # 313-bin models: the stabilizer decodes the annealed mean in its own pass
+            t = self.colorizer.temperature
+            decode = self.colorizer.output == "bins" and self.colorizer.top_k is None
+            out = self.stabilizer(small, out, self.colorizer.output, plan, t if decode else None)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.stabilize_s += time.perf_counter() - t0

@@ -137,10 +137,12 @@ class Stabilizer:
         return _Plan(gray, tuple(size), self._plan(gray, tuple(size)))
 
     def __call__(self, gray: np.ndarray, out: torch.Tensor, output_kind: str,
-                 plan: "_Plan | None" = None) -> torch.Tensor:  # fmt: skip
+                 plan: "_Plan | None" = None, temperature: float | None = None) -> torch.Tensor:  # fmt: skip
         """Fuse the batch `gray` (planned now, or by `plan()`) and return it (see the class
         doc). With a plan, this call only touches the fused state, so it may run on another
-        thread than the planning, one batch behind it."""
+        thread than the planning, one batch behind it. With `temperature` (313-bin output),
+        return ab (N, 2, h', w') instead: the fused distribution's annealed mean, decoded in
+        the same pass (on the CPU, while each block is in the cache)."""
         if output_kind not in ("bins", "ab"):
             raise ValueError(f"output_kind must be 'bins' or 'ab', got {output_kind!r}")
         gray = _as_u8(gray)
@@ -165,8 +167,11 @@ class Stabilizer:
                     for j in plan.jobs]  # fmt: skip
         else:
             jobs = plan.jobs
+        if temperature is not None and not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        inv_t = None if temperature is None or output_kind != "bins" else 1.0 / temperature
         with torch.no_grad():
-            return self._run(out, output_kind, jobs)
+            return self._run(out, output_kind, jobs, inv_t)
 
     def _plan(self, gray: np.ndarray, size: tuple[int, int]) -> list[tuple | None]:
         """Per frame: None where it starts a shot (no fusion), else (future confidence, frame,
@@ -190,13 +195,14 @@ class Stabilizer:
         self._prev_gray = gray[-1]
         return jobs
 
-    def _run(self, out: torch.Tensor, kind: str, jobs: list[tuple | None]) -> torch.Tensor:
+    def _run(self, out: torch.Tensor, kind: str, jobs: list[tuple | None],
+             inv_t: float | None) -> torch.Tensor:  # fmt: skip
         n, c, h, w = out.shape
         mixture = kind == "bins" and self.params.fusion == "mixture"
         # pixel-major: each pixel's C values are one contiguous row (free for channels_last
         # output; one transpose otherwise)
         x = out.permute(0, 2, 3, 1).float().contiguous().view(n, h * w, c)
-        result = torch.empty_like(x)
+        result = torch.empty(n, h * w, c if inv_t is None else 2, device=x.device)
         for i, job in enumerate(jobs):
             taps = alpha = None
             if job is None or self._state is None:  # a shot starts: the per-frame prediction
@@ -210,9 +216,9 @@ class Stabilizer:
             new = self._spare
             if new is None or new.shape != x.shape[1:] or new.device != x.device:
                 new = torch.empty_like(x[0])
-            _fuse(x[i], self._state, new, taps, alpha, mixture, result[i])
+            _fuse(x[i], self._state, new, taps, alpha, mixture, result[i], inv_t)
             self._spare, self._state = self._state, new  # two buffers, taking turns
-        return result.view(n, h, w, c).permute(0, 3, 1, 2).to(out.dtype)
+        return result.view(n, h, w, -1).permute(0, 3, 1, 2).to(out.dtype)
 
     def _confidence(
         self, g: np.ndarray, prev: np.ndarray, size: tuple[int, int]
@@ -264,12 +270,14 @@ def _as_u8(gray: np.ndarray) -> np.ndarray:
 
 def _fuse(x: torch.Tensor, prev: torch.Tensor | None, new: torch.Tensor,
           taps: tuple[torch.Tensor, torch.Tensor] | None, alpha: torch.Tensor | None,
-          mixture: bool, result: torch.Tensor) -> None:  # fmt: skip
+          mixture: bool, result: torch.Tensor, inv_t: float | None = None) -> None:  # fmt: skip
     """One frame of the recursive fusion, pixel-major: `x` (P, C) the model's output,
     `prev` (P, C) the fused state of the previous frame (None: start a shot), `alpha` (P, 1)
     the weight of the warped past, `taps` the bilinear warp (`bilinear_taps`; None: no motion).
     Writes the new state into `new` (probabilities for a mixture, else the output's own space)
-    and what the decoder gets into `result` (log-probabilities for a mixture).
+    and what the decoder gets into `result` (log-probabilities for a mixture); with `inv_t`
+    (313-bin output), `result` is (P, 2): the fused distribution's annealed mean at T = 1/inv_t,
+    computed while each step is still in the cache.
 
     On the CPU the frame goes `bins.PIXEL_STEP` pixels at a time, so each step's blocks stay in the
     cache through all its passes; on a GPU, in one piece.
@@ -285,18 +293,24 @@ def _fuse(x: torch.Tensor, prev: torch.Tensor | None, new: torch.Tensor,
             idx, wts = idx.t().contiguous(), (wts.t() * alpha).contiguous()
     for s in range(0, p_all, step):
         e = min(p_all, s + step)
-        xs, nw = x[s:e], new[s:e]
+        xs, nw, rs = x[s:e], new[s:e], result[s:e]
         cs = torch.softmax(xs, 1) if mixture else xs
         if prev is None:
             nw.copy_(cs)
-            result[s:e].copy_(xs)
+            if inv_t is None:
+                rs.copy_(xs)
+            else:
+                bins.annealed_mean_rows(xs, inv_t, rs)
             continue
         if taps is None:  # a still shot: a * previous
             past = prev[s:e] * alpha[s:e]
         else:  # a * the bilinear warp of the previous: a weighted sum of 4 rows per pixel
             past = F.embedding_bag(idx[s:e], prev, per_sample_weights=wts[s:e], mode="sum")
         torch.addcmul(past, cs, keep[s:e], out=nw)  # + (1 - a) * current
-        if mixture:
-            torch.log(nw, out=result[s:e])
+        scores = torch.log(nw) if mixture else nw
+        if inv_t is not None:
+            bins.annealed_mean_rows(scores, inv_t, rs)
+        elif mixture:
+            rs.copy_(scores)
         else:
-            result[s:e].copy_(nw)
+            rs.copy_(nw)
