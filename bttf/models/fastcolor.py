@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bttf.models._registry import register_model
+from bttf.models.bins import is_pixel_major
 
 Q = 313
 
@@ -76,10 +77,6 @@ def _fused_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, conv:
     except (AttributeError, RuntimeError, NotImplementedError):  # another torch: plain conv
         _FUSED[0] = False
         return None
-
-
-def _pixel_major(x: torch.Tensor) -> bool:
-    return x.permute(0, 2, 3, 1).is_contiguous()
 
 
 def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -200,7 +197,7 @@ class FastColor(nn.Module):
         # The 1x1 head as one GEMM: oneDNN's convolution is slow for 313 channels.
         n, c, h, w = y.shape
         q = self.head.out_channels
-        if _pixel_major(y):  # channels_last in, pixel-major logits out
+        if is_pixel_major(y):  # channels_last in, pixel-major logits out
             out = _pointwise(y, self.head.weight, self.head.bias)
         else:
             out = torch.baddbmm(self.head.bias.view(1, q, 1), self.head.weight.view(1, q, c)

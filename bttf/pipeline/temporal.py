@@ -25,10 +25,10 @@ prediction's resolution (the flow is downscaled). The flow work of a batch runs 
 thread while the tensor work of the previous frames proceeds.
 
 The tensor work is pixel-major: each pixel's 313 values are one contiguous row (fastcolor writes
-its logits that way), the bilinear warp is one weighted gather of four rows per pixel (`flow.bilinear_taps` fed to
-`embedding_bag`), and on the
-CPU a frame goes a few hundred pixels at a time so that every pass runs in the cache. Against
-`grid_sample` over 313 planes and a softmax across them, that is 2-3x less time per frame.
+its logits that way), the bilinear warp is one weighted gather of four rows per pixel
+(`flow.bilinear_taps` fed to `embedding_bag`), and on the CPU a frame goes a few hundred pixels
+at a time so that every pass runs in the cache. Against `grid_sample` over 313 planes and a
+softmax across them, that is 2-3x less time per frame.
 
 Scene cuts reset the state (`bttf.pipeline.cuts.CutDetector`), so no colour crosses a cut: the
 first frame of every shot is exactly the per-frame prediction.
@@ -308,9 +308,7 @@ def _fuse(x: torch.Tensor, prev: torch.Tensor | None, new: torch.Tensor,
             past = F.embedding_bag(idx[s:e], prev, per_sample_weights=wts[s:e], mode="sum")
         torch.addcmul(past, cs, keep[s:e], out=nw)  # + (1 - a) * current
         scores = torch.log(nw) if mixture else nw
-        if inv_t is not None:
-            bins.annealed_mean_rows(scores, inv_t, rs)
-        elif mixture:
+        if inv_t is None:
             rs.copy_(scores)
         else:
-            rs.copy_(nw)
+            bins.annealed_mean_rows(scores, inv_t, rs)
