@@ -222,6 +222,7 @@ def test_the_engine_fuses_the_same_on_its_own_thread_as_inline(tmp_path, monkeyp
     src = tmp_path / "pan.mkv"
     write_video(src, pan(texture(7), 20, 1.5))
     config = dict(temporal=True, render_size=64, audio=False, crf=0, batch_size=4)
+    monkeypatch.setattr(engine, "ASYNC_FUSION", True)
     engine.colorize_video(src, tmp_path / "async.mkv", engine.ColorizeConfig(**config))
     monkeypatch.setattr(engine, "ASYNC_FUSION", False)
     engine.colorize_video(src, tmp_path / "inline.mkv", engine.ColorizeConfig(**config))

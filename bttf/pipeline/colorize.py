@@ -343,32 +343,42 @@ def chroma_planes(L: torch.Tensor, ab: torch.Tensor, matrix: int, full_range: bo
     return out[0], out[1]
 
 
-def _load_malloc_trim():
+def _load_libc():
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc
         return None
 
 
-_MALLOC_TRIM = _load_malloc_trim() if sys.platform.startswith("linux") else None
+_LIBC = _load_libc() if sys.platform.startswith("linux") else None
+_M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def share_heap() -> None:
+    """Make threads started from now on share the C heap's one arena (glibc's M_ARENA_MAX).
+
+    By default glibc gives each new thread a malloc arena of its own. The engine's threads
+    (decode, model, stabilizer, chroma, encode) each allocate and free tens of MB a batch, and
+    free pages stranded in several arenas made the peak resident size creep up with the film's
+    length: 743-864 MiB for 3000 frames at 360p against 695 MiB with one arena, at the same
+    speed (benchmarks/README.md, "Memory"). Process-wide, as the heap is; called by
+    `colorize_video`.
+    """
+    if _LIBC is not None:
+        _LIBC.mallopt(_M_ARENA_MAX, 1)
 
 
 def _trim_heap() -> None:
-    """Give the C heap's free pages back to the system, once a batch (glibc's malloc_trim).
-
-    The engine's threads allocate and free tens of MB a batch in their own malloc arenas, which
-    glibc does not return on its own: this lowers the peak resident size of a 1000-frame run
-    at 360p from ~840 to ~720 MiB (benchmarks/README.md, `--memory`).
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
+    """Give the C heap's free pages back to the system (glibc's malloc_trim), once a batch."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
-# CPU: True fuses a batch on the stabilizer's own thread while the model predicts the next.
-# Measured faster (stabilizer cost +7-9% instead of +15-18% at 360p) but its peak memory grew
-# with the film's length (661 / 719 / 780 MiB for 100 / 1000 / 3000 frames, against 724 MiB for
-# 3000 frames inline): off until that is understood (benchmarks/README.md).
-ASYNC_FUSION = False
+# CPU: fuse a batch on the stabilizer's own thread while the model predicts the next (the
+# stabilizer adds +7-9% wall time at 360p, against +15-18% on the model's thread). False runs
+# the fusion inline; the output is identical either way (tests/test_temporal.py).
+ASYNC_FUSION = True
 
 
 @dataclass
@@ -1022,6 +1032,7 @@ def colorize_video(
     """
     config = config or ColorizeConfig()
     t_begin = time.perf_counter()
+    share_heap()
     src = check_input(src)
     dst = check_output(src, dst, config.overwrite)
     if is_image_path(dst):
