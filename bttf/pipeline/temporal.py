@@ -307,8 +307,9 @@ def _fuse(x: torch.Tensor, prev: torch.Tensor | None, new: torch.Tensor,
         else:  # a * the bilinear warp of the previous: a weighted sum of 4 rows per pixel
             past = F.embedding_bag(idx[s:e], prev, per_sample_weights=wts[s:e], mode="sum")
         torch.addcmul(past, cs, keep[s:e], out=nw)  # + (1 - a) * current
-        scores = torch.log(nw) if mixture else nw
-        if inv_t is None:
-            rs.copy_(scores)
+        if inv_t is not None:
+            bins.annealed_mean_rows(nw, inv_t, rs, probs=mixture)
+        elif mixture:
+            torch.log(nw, out=rs)
         else:
-            bins.annealed_mean_rows(scores, inv_t, rs)
+            rs.copy_(nw)
