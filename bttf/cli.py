@@ -649,6 +649,9 @@ def prepare_cmd(data: tuple[str, ...], out: str, size: int, val_fraction: float,
 @click.option("--best-metric", type=click.Choice(["auc_rebal", "auc", "loss", "psnr", "ssim"]),
               default="auc_rebal", show_default=True, help="What best.safetensors maximises.")
 @click.option("--grad-clip", type=float, default=1.0, show_default=True)
+@click.option("--ema", type=float, default=0.0, show_default=True,
+              help="Validate and save a moving average of the weights with this decay, e.g. "
+                   "0.998 (0: off).")
 @click.option("--no-augment", is_flag=True, help="No flips, crops or jitter.")
 @click.option("--no-amp", is_flag=True, help="No bf16 autocast on CUDA.")
 @click.option("--cache-size", type=int, default=256, show_default=True,
@@ -664,7 +667,7 @@ def train_cmd(data: tuple[str, ...], model: str, out: str, model_args: tuple[str
               workers: int, threads: int | None, init: str | None, freeze_encoder: bool,
               unfreeze_at: int | None, encoder_lr_mult: float | None, val_every: str,
               save_every: int, val_images: int, best_metric: str, grad_clip: float,
-              no_augment: bool, no_amp: bool, cache_size: int, val_fraction: float,
+              ema: float, no_augment: bool, no_amp: bool, cache_size: int, val_fraction: float,
               resume: bool, overwrite: bool) -> None:
     """Train MODEL on DATA (a cache from `bttf prepare`, or image/video folders).
 
@@ -693,6 +696,8 @@ def train_cmd(data: tuple[str, ...], model: str, out: str, model_args: tuple[str
                                  param_hint="--image-size")
     if lr <= 0:
         raise click.BadParameter("must be > 0", param_hint="--lr")
+    if not 0.0 <= ema < 1.0:
+        raise click.BadParameter("give a decay in [0, 1), e.g. 0.998", param_hint="--ema")
     if workers < 0:
         raise click.BadParameter("must be 0 or more", param_hint="--workers")
     if unfreeze_at is not None and not freeze_encoder:
@@ -718,7 +723,7 @@ def train_cmd(data: tuple[str, ...], model: str, out: str, model_args: tuple[str
         workers=workers, threads=threads, init=init, freeze_encoder=freeze_encoder,
         unfreeze_at=unfreeze_at, encoder_lr_mult=encoder_lr_mult, val_every=every,
         val_unit=unit, save_every=save_every, val_images=val_images, best_metric=best_metric,
-        grad_clip=grad_clip, augment=not no_augment, cache_size=cache_size,
+        grad_clip=grad_clip, ema=ema, augment=not no_augment, cache_size=cache_size,
         val_fraction=val_fraction, resume=resume, overwrite=overwrite,
     )
     if os.environ.get("RANK", "0") != "0":

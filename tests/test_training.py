@@ -169,6 +169,36 @@ def test_resume_equals_an_uninterrupted_run(cache: Path, tmp_path: Path) -> None
     assert len(full) == 6 and resumed == full
 
 
+def test_ema_weights_are_saved_and_survive_a_resume(cache: Path, tmp_path: Path) -> None:
+    from bttf.models.weights import read_weights
+
+    cfg = cfg_for(cache, tmp_path / "full", steps=6, save_every=3, val_every=1000, ema=0.5)
+    train(cfg)
+    saved, _ = read_weights(tmp_path / "full" / "last.safetensors")
+    state = torch.load(tmp_path / "full" / "state.pt", weights_only=True)
+    avg = {k.removeprefix("module."): v for k, v in state["ema"].items()}
+    key = next(k for k in saved if k.endswith("weight") and saved[k].ndim == 4)
+    assert not torch.allclose(saved[key], state["model"][key])  # not the raw weights
+    assert torch.equal(saved[key], avg[key])  # the average
+    assert int(state["ema"]["n_averaged"]) == 6
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_3(e: TrainEvent) -> None:
+        if e.kind in ("step", "val") and e.step == 3:
+            raise Killed
+
+    killed = replace(cfg, out=tmp_path / "killed")
+    with pytest.raises(Killed):
+        train(killed, kill_after_3)
+    train(replace(killed, resume=True))
+    resumed, _ = read_weights(tmp_path / "killed" / "last.safetensors")
+    assert all(torch.equal(saved[k], resumed[k]) for k in saved)
+    with pytest.raises(BadInputError, match="--ema"):
+        train(cfg_for(cache, tmp_path / "bad", ema=1.0))
+
+
 def test_freeze_and_unfreeze_encoder(cache: Path, tmp_path: Path) -> None:
     # 8 train images / batch 4 = 2 steps per epoch: frozen in epoch 0, unfrozen from epoch 1.
     from bttf.models import load_model

@@ -76,6 +76,7 @@ class TrainConfig:
     warmup_steps: int | None = None  # None: 3% of the run, at most 500
     min_lr_ratio: float = 0.02
     grad_clip: float = 1.0  # max global gradient norm (0: off)
+    ema: float = 0.0  # decay of a moving average of the weights, validated and saved (0: off)
     loss: str = "auto"  # see bttf.training.losses
     rebalance_lambda: float = 0.5
     temperature: float = 0.38  # annealed mean when validating a bin model
@@ -556,6 +557,8 @@ def _check_config(cfg: TrainConfig, spec) -> None:
         raise BadInputError(f"val unit {cfg.val_unit!r}: 'steps' or 'epochs'")
     if cfg.lr <= 0:
         raise BadInputError(f"learning rate {cfg.lr} must be positive")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise BadInputError(f"--ema {cfg.ema}: give a decay in [0, 1), e.g. 0.998 (0: off)")
 
 
 def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
@@ -670,6 +673,14 @@ def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
         if dd.main:
             _truncate_metrics(out / "metrics.csv", start)
         log.info("resuming %s at step %d", out, start)
+    ema = None
+    if cfg.ema > 0:  # an exponential moving average of the weights (and BatchNorm statistics)
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+        if state is not None and "ema" in state:
+            ema.load_state_dict(state["ema"])
+    kept = model if ema is None else ema.module  # the weights validated and saved
 
     def set_frozen(epoch: int) -> bool:
         frozen = cfg.freeze_encoder and (cfg.unfreeze_at is None or epoch < cfg.unfreeze_at)
@@ -711,11 +722,11 @@ def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
             return
         extra = metadata(step, metrics)
         tmp = out / "last.tmp.safetensors"
-        save_weights(tmp, model, spec.name, config, extra=extra)
+        save_weights(tmp, kept, spec.name, config, extra=extra)
         os.replace(tmp, out / "last.safetensors")
         if is_best:
             tmp = out / "best.tmp.safetensors"
-            save_weights(tmp, model, spec.name, config, extra=extra)
+            save_weights(tmp, kept, spec.name, config, extra=extra)
             os.replace(tmp, out / "best.safetensors")
         st = {"step": step, "model_name": spec.name, "model": model.state_dict(),
               "optimizer": optimizer.state_dict(), "schedule": {"total": total, "warmup": warmup},
@@ -723,6 +734,8 @@ def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
               "config": json.dumps(_config_dict(cfg))}
         if prior is not None:
             st["prior"] = prior
+        if ema is not None:
+            st["ema"] = ema.state_dict()
         if gan is not None:
             st["discriminator"] = gan.discriminator.state_dict()
             st["d_optimizer"] = d_opt.state_dict()  # type: ignore[union-attr]
@@ -775,6 +788,8 @@ def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
             nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
                                      cfg.grad_clip)
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         if gan is not None:
             for g in d_opt.param_groups:  # type: ignore[union-attr]
                 g["lr"] = cfg.lr * f
@@ -795,7 +810,7 @@ def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
         is_best = False
         validated = False
         if val_due(step) and dd.main and len(val_rows):
-            metrics, grid = validate(model, spec, cache, val_rows, cfg, criterion, bin_weights,
+            metrics, grid = validate(kept, spec, cache, val_rows, cfg, criterion, bin_weights,
                                      device, samples=cfg.sample_images)
             validated = True
             last_metrics = metrics
