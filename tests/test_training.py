@@ -146,20 +146,25 @@ def test_ab_model_trains(cache: Path, tmp_path: Path, loss: str) -> None:
         assert "discriminator" in state and "d_optimizer" in state
 
 
+class Killed(Exception):
+    """Stands for a run stopped from outside (a crash, Ctrl-C)."""
+
+
+def kill_after(step: int):
+    def progress(e: TrainEvent) -> None:
+        if e.kind in ("step", "val") and e.step == step:
+            raise Killed
+
+    return progress
+
+
 def test_resume_equals_an_uninterrupted_run(cache: Path, tmp_path: Path) -> None:
     cfg = cfg_for(cache, tmp_path / "full", steps=6, save_every=3, val_every=1000, workers=1)
     train(cfg)
 
-    class Killed(Exception):
-        pass
-
-    def kill_after_3(e: TrainEvent) -> None:
-        if e.kind in ("step", "val") and e.step == 3:
-            raise Killed
-
     killed = replace(cfg, out=tmp_path / "killed")
     with pytest.raises(Killed):
-        train(killed, kill_after_3)
+        train(killed, kill_after(3))
     assert torch.load(tmp_path / "killed" / "state.pt", weights_only=True)["step"] == 3
     with pytest.raises(OutputExistsError):
         train(killed)
@@ -182,16 +187,9 @@ def test_ema_weights_are_saved_and_survive_a_resume(cache: Path, tmp_path: Path)
     assert torch.equal(saved[key], avg[key])  # the average
     assert int(state["ema"]["n_averaged"]) == 6
 
-    class Killed(Exception):
-        pass
-
-    def kill_after_3(e: TrainEvent) -> None:
-        if e.kind in ("step", "val") and e.step == 3:
-            raise Killed
-
     killed = replace(cfg, out=tmp_path / "killed")
     with pytest.raises(Killed):
-        train(killed, kill_after_3)
+        train(killed, kill_after(3))
     train(replace(killed, resume=True))
     resumed, _ = read_weights(tmp_path / "killed" / "last.safetensors")
     assert all(torch.equal(saved[k], resumed[k]) for k in saved)
