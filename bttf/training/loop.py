@@ -525,6 +525,21 @@ def _build_model(cfg: TrainConfig, spec) -> nn.Module:
     return create_model(spec.name, weights=path, **kw)
 
 
+def _ema_update(decay: float):
+    """AveragedModel's update: an exponential moving average whose decay ramps up as
+    (1 + n) / (10 + n) to `decay`, so that the first, near-random weights of a short run do not
+    linger in it (a fixed 0.998 keeps 5% of step 1 after 1500 steps)."""
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, 1.0 - d)
+        else:  # counters (BatchNorm's num_batches_tracked): the latest
+            torch._foreach_copy_(averaged, current)
+
+    return update
+
+
 def _param_groups(model: nn.Module, cfg: TrainConfig, enc_names: set[str]) -> list[dict]:
     mult = cfg.encoder_lr_mult if cfg.encoder_lr_mult is not None else (
         0.1 if cfg.init is not None else 1.0)
@@ -675,9 +690,9 @@ def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
         log.info("resuming %s at step %d", out, start)
     ema = None
     if cfg.ema > 0:  # an exponential moving average of the weights (and BatchNorm statistics)
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        from torch.optim.swa_utils import AveragedModel
 
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+        ema = AveragedModel(model, multi_avg_fn=_ema_update(cfg.ema), use_buffers=True)
         if state is not None and "ema" in state:
             ema.load_state_dict(state["ema"])
     kept = model if ema is None else ema.module  # the weights validated and saved
