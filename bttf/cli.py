@@ -696,8 +696,6 @@ def train_cmd(data: tuple[str, ...], model: str, out: str, model_args: tuple[str
                                  param_hint="--image-size")
     if lr <= 0:
         raise click.BadParameter("must be > 0", param_hint="--lr")
-    if not 0.0 <= ema < 1.0:
-        raise click.BadParameter("give a decay in [0, 1), e.g. 0.998", param_hint="--ema")
     if workers < 0:
         raise click.BadParameter("must be 0 or more", param_hint="--workers")
     if unfreeze_at is not None and not freeze_encoder:

@@ -386,7 +386,8 @@ def _bins_sum_on(device: torch.device, dtype: torch.dtype) -> Tensor:
     """(3, 313): the bin centres a, b and a row of ones, so one GEMM gives sum p*a, sum p*b and
     sum p (as (3, 313) x (313, m): on the CPU twice as fast as (m, 313) x (313, 3))."""
     with torch.inference_mode(False):
-        return torch.cat([AB_BINS, torch.ones(Q, 1)], 1).t().to(device=device, dtype=dtype).contiguous()
+        sums = torch.cat([AB_BINS, torch.ones(Q, 1)], 1).t()
+        return sums.to(device=device, dtype=dtype).contiguous()
 
 
 # Pixels per step of the CPU's pixel-major passes: a (256, 313) float32 block is 320 KB, so a

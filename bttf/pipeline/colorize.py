@@ -381,7 +381,7 @@ def _trim_heap() -> None:
 
 
 # CPU: fuse a batch on the stabilizer's own thread while the model predicts the next (the
-# stabilizer adds +7-9% wall time at 360p, against +15-18% on the model's thread). False runs
+# stabilizer adds +2-9% wall time at 360p, against +15-18% on the model's thread). False runs
 # the fusion inline; the output is identical either way (tests/test_temporal.py).
 ASYNC_FUSION = True
 

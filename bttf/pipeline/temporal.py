@@ -137,7 +137,8 @@ class Stabilizer:
         return _Plan(gray, tuple(size), self._plan(gray, tuple(size)))
 
     def __call__(self, gray: np.ndarray, out: torch.Tensor, output_kind: str,
-                 plan: "_Plan | None" = None, temperature: float | None = None) -> torch.Tensor:  # fmt: skip
+                 plan: "_Plan | None" = None,
+                 temperature: float | None = None) -> torch.Tensor:  # fmt: skip
         """Fuse the batch `gray` (planned now, or by `plan()`) and return it (see the class
         doc). With a plan, this call only touches the fused state, so it may run on another
         thread than the planning, one batch behind it. With `temperature` (313-bin output),
