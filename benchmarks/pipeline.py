@@ -443,7 +443,8 @@ def conditions() -> dict:
                               check=False)
     return {
         "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores": (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                  else os.cpu_count()),
         "load_avg": [round(x, 2) for x in os.getloadavg()],
         "other_training_running": bool(training.stdout.strip()),
         "python": platform.python_version(),
@@ -519,7 +520,8 @@ def levers_bench(args: argparse.Namespace, tmp: Path) -> dict:
     for bs in (1, 2, 4):
         rows.append(("model alone, 1 thread", f"batch={bs}", "model", {**one, "batch": bs}))
     for rw in (320, 336, 352, 448, 464, 480):  # 336 = 16 * 21; 320, 448 = 64 * 5, 64 * 7
-        rows.append(("render size, 1 thread", f"256x{rw}", "model", {**one, "render_hw": f"256x{rw}"}))
+        variant = {**one, "render_hw": f"256x{rw}"}
+        rows.append(("render size, 1 thread", f"256x{rw}", "model", variant))
     runs = []
     for lever, variant, mode, extra in rows:
         r = spawn(mode, clip, tmp, args, **extra)

@@ -2,9 +2,10 @@
 
     python benchmarks/zoo_table.py CACHE [--steps 150] [--image-size 96] [--out runs/zoo]
 
-CACHE is a `bttf prepare` cache (the README uses ../shared/data/photos at 256 px, val fraction 0.1, seed 0).
-Each model is trained with `bttf train` (its own default loss) for the same steps, batch and crop size, then
-all checkpoints are scored together by `bttf eval` on the validation split; prints a markdown table.
+CACHE is a `bttf prepare` cache (the README uses ../shared/data/photos at 256 px, val fraction 0.1,
+seed 0). Each model is trained with `bttf train` (its own default loss) for the same steps, batch
+and crop size, then all checkpoints are scored together by `bttf eval` on the validation split;
+prints a markdown table.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 
 from bttf.models import get_spec
 
-# eccv16 and siggraph17 (32-34 M parameters) take hours on a 2-core CPU: add them with --models on a GPU
+# eccv16 and siggraph17 (32-34 M parameters) take hours on a 2-core CPU:
+# add them with --models on a GPU
 MODELS = ("mean-chroma", "cnn-ae", "unet-ae", "resnet18", "resnet18-bins", "pix2pix", "fastcolor",
           "fastcolor-l2")
 
@@ -58,7 +60,8 @@ def main() -> None:
     for r in data["results"]:
         s = seconds.get(r["name"])
         print(f"| {r['name']} | {'' if s is None else f'{s:.0f}'} | {float(r['psnr']):.2f} | "
-              f"{r['ssim']:.3f} | {r['colorfulness']:.1f} | {r['auc']:.4f} | {r['auc_rebal']:.4f} |")
+              f"{r['ssim']:.3f} | {r['colorfulness']:.1f} | {r['auc']:.4f} | "
+              f"{r['auc_rebal']:.4f} |")
 
 
 if __name__ == "__main__":

@@ -101,7 +101,8 @@ def cuts_cmd(input: str, as_json: bool, fps: float, min_scene_len: int, threshol
 @cli.command("eval-video")
 @click.argument("output", type=click.Path(dir_okay=True, file_okay=True))
 @click.option("--truth", type=click.Path(dir_okay=True, file_okay=True), default=None,
-              help="The colour original (video or folder of frames): adds PSNR, SSIM, colourfulness.")
+              help="The colour original (video or folder of frames): adds PSNR, SSIM, "
+                   "colourfulness.")
 @click.option("--max-frames", type=int, default=None, help="Evaluate only the first N frames.")
 @click.option("--fps", type=float, default=24.0, show_default=True,
               help="Frame rate of a folder of frames.")

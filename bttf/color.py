@@ -123,7 +123,10 @@ def lab_to_rgb(lab: Tensor) -> Tensor:
 
 
 def _l_of_gray(y: np.ndarray) -> np.ndarray:
-    """L of the sRGB gray R=G=B=y/255 (float64). The Y row of the matrix sums to 1, so Y = linear(y)."""
+    """L of the sRGB gray R=G=B=y/255 (float64).
+
+    The Y row of the matrix sums to 1, so Y = linear(y).
+    """
     c = np.clip(y / 255.0, 0.0, 1.0)
     lin = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
     lin = lin * _XYZ_FROM_RGB[1].sum()

@@ -97,7 +97,7 @@ def reference(tiny_video: Path, weights: Path, tmp_path_factory: pytest.TempPath
 
 
 def test_segmented_film_keeps_timing_audio_and_luma(tiny_video: Path, reference: Path,
-                                                    weights: Path, tmp_path: Path) -> None:  # fmt: skip
+                                                    weights: Path, tmp_path: Path) -> None:
     direct = tmp_path / "direct.mp4"
     bttf.colorize_video(tiny_video, direct, config_for(weights, segment_frames=0))
     (sp, st, sd, sa), (rp, rt, rd, ra), (_, dt, dd, da) = (film(tiny_video), film(reference),
@@ -161,7 +161,7 @@ _SLOW = textwrap.dedent("""
 
 
 def test_sigkill_then_resume_is_frame_identical(tiny_video: Path, reference: Path,
-                                                weights: Path, tmp_path: Path, capsys) -> None:  # fmt: skip
+                                                weights: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "film.mp4"
     work = work_dir_for(out)
     cmd = ["colorize", str(tiny_video), "-o", str(out), *args_for(weights)]
@@ -282,7 +282,7 @@ def test_power_cut_leftovers_are_cleaned(interrupted: Path, tiny_video: Path, re
 
 def test_interrupted_while_joining_only_joins_again(interrupted: Path, tiny_video: Path,
                                                     reference: Path, weights: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     real_join = segments.join_segments
 
     def broken_join(*a, **k):
@@ -306,7 +306,7 @@ def test_interrupted_while_joining_only_joins_again(interrupted: Path, tiny_vide
 
 
 def test_resume_with_nothing_to_resume_starts_afresh(tiny_video: Path, reference: Path,
-                                                     weights: Path, tmp_path: Path) -> None:  # fmt: skip
+                                                     weights: Path, tmp_path: Path) -> None:
     out = tmp_path / "fresh.mp4"
     stats = bttf.colorize_video(tiny_video, out, config_for(weights, resume=True))
     assert stats.resumed_frames == 0 and stats.segments == 3
@@ -315,7 +315,7 @@ def test_resume_with_nothing_to_resume_starts_afresh(tiny_video: Path, reference
 
 def test_disk_full_keeps_the_segments_for_resume(tiny_video: Path, reference: Path,
                                                   weights: Path, tmp_path: Path, capsys,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
     real = engine.VideoWriter.write

@@ -334,8 +334,9 @@ def test_eval_on_known_inputs(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="no installed weights"):
         evaluate(EvalConfig(inputs=(tmp_path / "gray",), models=("fastcolor-l2",), size=32))
     torch.manual_seed(0)
-    ckpt = save_weights(tmp_path / "random.safetensors", create_model("fastcolor", pretrained=False),
-                        "fastcolor", {}, extra={"prior": [1 / 313] * 313})
+    model = create_model("fastcolor", pretrained=False)
+    ckpt = save_weights(tmp_path / "random.safetensors", model, "fastcolor", {},
+                        extra={"prior": [1 / 313] * 313})
     make_images(tmp_path / "col", 3)
     report = evaluate(EvalConfig(inputs=(tmp_path / "col",), weights=(ckpt,), size=32))
     gray, model = report.rows

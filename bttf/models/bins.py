@@ -3,7 +3,8 @@
 The ab plane is quantised on a grid of step 10; the 313 cells that sRGB colours reach are the
 classes of the colorization head. This module turns ab images into class targets (``soft_encode``,
 ``encode_nearest``), estimates the class prior and the rebalancing weights used by the loss
-(``estimate_prior``, ``rebalance_weights``), and turns class logits back into ab (``annealed_mean``).
+(``estimate_prior``, ``rebalance_weights``), and turns class logits back into ab
+(``annealed_mean``).
 
 Shapes: ab images are ``(N, 2, H, W)`` (a, b in Lab units, about [-110, 110]); class maps are
 ``(N, 313, H, W)`` with the class index in ``AB_BINS`` order.

@@ -46,7 +46,8 @@ class Colorizer(nn.Module):
         ):
             raise BadInputError(f"temperature must be a number > 0, got {temperature!r}")
         if top_k is not None and (
-            isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or not 1 <= top_k <= Q
+            isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral)
+            or not 1 <= top_k <= Q
         ):
             raise BadInputError(f"top_k must be an integer in 1..{Q} or unset, got {top_k!r}")
         self.model = model

@@ -108,7 +108,7 @@ def output_names(films: Sequence[Path], out_dir: Path, suffix: str = ".mp4") -> 
     stems: dict[str, int] = {}
     for f in films:
         stems[f.stem.lower()] = stems.get(f.stem.lower(), 0) + 1
-    return {f: out_dir / (f"{f.stem}{suffix}" if stems[f.stem.lower()] == 1 else f"{f.name}{suffix}")
+    return {f: out_dir / f"{f.stem if stems[f.stem.lower()] == 1 else f.name}{suffix}"
             for f in films}  # fmt: skip
 
 

@@ -1067,7 +1067,8 @@ def colorize_video(
              device)  # fmt: skip
     sx, sy, _ = OUTPUT_PIX_FMTS[settings.pix_fmt]
     prepare = _Preparer(info, (rh, rw), rotate_k, (-(-enc_h // (1 << sy)), -(-enc_w // (1 << sx))))
-    if config.resume or (config.segment_frames and (total is None or total > config.segment_frames)):
+    long_film = config.segment_frames and (total is None or total > config.segment_frames)
+    if config.resume or long_film:
         job = _Job(src, dst, info, config, settings, (enc_w, enc_h), device, colorizer, stage,
                    prepare, model_hw, total, progress, t_begin)  # fmt: skip
         with output_errors(dst):

@@ -234,7 +234,8 @@ class WorkDir:
                 f"{p} is unreadable ({e}); delete {self.path} to start over"
             ) from e
         if not isinstance(data, dict) or data.get("format") != _FORMAT:
-            raise BadInputError(f"{p} is not a bttf work manifest; delete {self.path} to start over")
+            raise BadInputError(
+                f"{p} is not a bttf work manifest; delete {self.path} to start over")
         return data
 
     def _adopt(self, m: dict[str, Any]) -> None:

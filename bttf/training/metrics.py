@@ -83,7 +83,8 @@ def _batched(x: np.ndarray, image_ndim: int) -> np.ndarray:
 
 
 def psnr(pred_rgb: ArrayLike, true_rgb: ArrayLike, data_range: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB, ``10 log10(data_range^2 / MSE)`` over all pixels and channels.
+    """Peak signal-to-noise ratio in dB, ``10 log10(data_range^2 / MSE)`` over all pixels and
+    channels.
 
     Identical images have MSE 0 and give ``math.inf`` (not an error); a batch containing one then
     averages to inf as well. Typical colorization values on natural photos: 20-30 dB.
@@ -178,9 +179,10 @@ def auc_ab(
     The error is the L2 distance in the ab plane (Lab units). The curve is sampled at integer
     thresholds 0..``max_threshold``, integrated with the trapezoid rule and divided by
     ``max_threshold``, so the result is in [0, 1] (1 = every pixel exact). With ``weights`` the
-    fraction is weighted per pixel; with ``pixel_weights(true_ab, rebalance_weights(prior))`` this is
-    the class-rebalanced AuC of the paper. For the all-gray prediction the paper reports a raw AuC
-    of about 0.89 on ImageNet; the rebalanced score is much lower, since saturated pixels weigh more.
+    fraction is weighted per pixel; with ``pixel_weights(true_ab, rebalance_weights(prior))`` this
+    is the class-rebalanced AuC of the paper. For the all-gray prediction the paper reports a raw
+    AuC of about 0.89 on ImageNet; the rebalanced score is much lower, since saturated pixels weigh
+    more.
 
     Args:
         pred_ab, true_ab: ``(H, W, 2)`` or ``(N, H, W, 2)`` numpy, or ``(N, 2, H, W)`` tensors.
@@ -259,7 +261,8 @@ def evaluate_images(
 
     if len(pred_rgb_list) != len(true_rgb_list):
         raise ValueError(
-            f"evaluate_images: {len(pred_rgb_list)} predictions for {len(true_rgb_list)} ground truths"
+            f"evaluate_images: {len(pred_rgb_list)} predictions for "
+            f"{len(true_rgb_list)} ground truths"
         )
     if len(pred_rgb_list) == 0:
         raise ValueError("evaluate_images: no images to evaluate")
