@@ -21,13 +21,13 @@ from bttf.errors import BadInputError, OutputExistsError
 from bttf.models import list_models, register_model
 from bttf.training import data as D
 from bttf.training.evaluate import EvalConfig, evaluate
+from bttf.training.loop import TrainConfig, TrainEvent, encoder_parameter_names, lr_factor, train
 from bttf.training.losses import (
     BinCrossEntropy,
     GanObjective,
     build_loss,
     normalized_weights,
 )
-from bttf.training.loop import TrainConfig, TrainEvent, encoder_parameter_names, lr_factor, train
 
 TINY_AB = "test-tiny-ab"
 

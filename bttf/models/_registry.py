@@ -14,8 +14,9 @@ where (h, w) may be smaller than (H, W): `Colorizer` upsamples.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 from torch import nn
 

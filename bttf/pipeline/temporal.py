@@ -128,7 +128,7 @@ class Stabilizer:
             weakref.finalize(self, self._pool.shutdown, wait=False)
         return self._pool
 
-    def plan(self, gray: np.ndarray, size: tuple[int, int]) -> "_Plan":
+    def plan(self, gray: np.ndarray, size: tuple[int, int]) -> _Plan:
         """Detect the cuts in the next batch `gray` and start its flow work on the helper
         thread, so that it runs while the model predicts that batch; hand the result to the
         call that fuses that batch. Batches must be planned in order. `size` is the (h', w')
@@ -137,7 +137,7 @@ class Stabilizer:
         return _Plan(gray, tuple(size), self._plan(gray, tuple(size)))
 
     def __call__(self, gray: np.ndarray, out: torch.Tensor, output_kind: str,
-                 plan: "_Plan | None" = None,
+                 plan: _Plan | None = None,
                  temperature: float | None = None) -> torch.Tensor:  # fmt: skip
         """Fuse the batch `gray` (planned now, or by `plan()`) and return it (see the class
         doc). With a plan, this call only touches the fused state, so it may run on another

@@ -183,7 +183,7 @@ class GanObjective:
         self.l1 = AbRegression("l1")
 
     @staticmethod
-    def for_model(model: nn.Module, lambda_l1: float = 100.0) -> "GanObjective":
+    def for_model(model: nn.Module, lambda_l1: float = 100.0) -> GanObjective:
         make = getattr(model, "make_discriminator", None)
         return GanObjective(make() if callable(make) else PatchDiscriminator(), lambda_l1)
 
