@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,18 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared is not present")
     return SHARED
+
+
+def stray_threads(timeout: float = 10.0) -> list[str]:
+    """The engine's threads (named "bttf-...") still alive after waiting up to `timeout` s:
+    a thread whose executor was shut down without waiting exits a moment later, so a fixed
+    sleep before looking would make the check depend on how busy the machine is."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [t.name for t in threading.enumerate() if t.name.startswith("bttf-")]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.01)
 
 
 # --- tiny media for the pipeline and `bttf colorize` tests ------------------------------------

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -13,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import make_video
+from conftest import make_video, stray_threads
 from torch import nn
 
 import bttf
@@ -311,8 +309,7 @@ def test_failure_mid_way_leaves_no_output(tiny_video: Path, tmp_path: Path, cons
     with pytest.raises(type(error)):
         bttf.colorize_video(tiny_video, out, ColorizeConfig(**FAST, temporal=False))
     assert not out.exists() and no_partials(tmp_path)
-    time.sleep(0.05)
-    assert not [t for t in threading.enumerate() if t.name.startswith("bttf-")]
+    assert stray_threads() == []
 
 
 def test_out_of_memory_halves_the_batch(tiny_video: Path, tmp_path: Path, const_model) -> None:

@@ -18,7 +18,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import make_video
+from conftest import make_video, stray_threads
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -469,8 +469,5 @@ def test_fuzz_mutated_mp4(edits: list[tuple[float, int]], cut: float | None) -> 
 
 
 def test_no_stray_threads_after_the_fuzz() -> None:
-    import time
-
-    time.sleep(0.2)
-    assert not [t for t in threading.enumerate() if t.name.startswith("bttf-")]
+    assert stray_threads() == []
 
