@@ -305,6 +305,7 @@ VARIANTS = {
     "inline-io": "decode + encode on the model's thread",
     "chroma-inline": "chroma planes on the model's thread",
     "stabilizer-inline": "stabilizer on the model's thread",
+    "compile": "torch.compile'd model (inductor; needs a C++ compiler on the CPU)",
 }
 
 
@@ -349,6 +350,18 @@ def apply_variants(variants: list[str]) -> None:
         engine._Colourer.__init__ = init_inline
     if "stabilizer-inline" in variants:
         engine.ASYNC_FUSION = False
+    if "compile" in variants:  # an option we measured and did not adopt (benchmarks/README.md)
+        build_plain = engine.build_colorizer
+        built: dict = {}  # the warm-up compiles; the timed run reuses the compiled model
+
+        def build_compiled(config, device):
+            key = (config.model, str(device))
+            if key not in built:
+                built[key] = build_plain(config, device)
+                built[key].model = torch.compile(built[key].model, dynamic=False)
+            return built[key]
+
+        engine.build_colorizer = build_compiled
     if "inline-io" in variants:
         engine.Producer = _InlineProducer  # type: ignore[misc,assignment]
         engine.Consumer = _InlineConsumer  # type: ignore[misc,assignment]
@@ -513,6 +526,7 @@ def levers_bench(args: argparse.Namespace, tmp: Path) -> dict:
     rows.append(("temporal on", f"threads={cores}", "bttf", {"threads": cores}))
     for t in sorted({1, cores}):
         rows.append(("model alone", f"threads={t}", "model", {"threads": t}))
+    rows.append(("model alone, 1 thread", "compile", "model", {"threads": 1, "variant": "compile"}))
     # per-core efficiency of the model (one thread, as the engine runs it on 2 cores)
     one = {"threads": 1}
     rows.append(("model alone, 1 thread", "fp32", "model", {**one, "variant": "fp32"}))

@@ -64,10 +64,11 @@ def _fused_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, conv:
     Measured on one CPU thread (benchmarks/README.md): torch sends a 1x1 convolution of fewer
     than 16 images to its slow im2col path, with channels_last <-> NCHW copies around it, and
     runs ReLU as a pass of its own; this oneDNN primitive (the one torch.compile fuses to) does
-    neither: fastcolor runs about 1.5x faster.
+    neither: fastcolor runs about 1.5x faster. Under `torch.compile` the compiler does this
+    fusion itself (it cannot trace this op's channels_last output).
     """
     if not (_FUSED[0] and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and not torch.is_grad_enabled()):  # fmt: skip
+            and not torch.is_grad_enabled() and not torch.compiler.is_compiling()):  # fmt: skip
         return None
     try:
         return torch.ops.mkldnn._convolution_pointwise(
