@@ -114,6 +114,11 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _page_faults() -> int:
+    """Minor page faults so far: each is a fresh page of memory touched for the first time."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _set_torch_threads(n: int | None) -> int:
     import torch
 
@@ -398,13 +403,14 @@ def worker(args: argparse.Namespace) -> None:
         raise SystemExit(f"unknown worker mode {mode}")
     if not args.no_warmup:
         go(True)
-    cpu0 = _cpu_s()
+    cpu0, faults0 = _cpu_s(), _page_faults()
     t0 = time.perf_counter()
     res = go(False)
-    cpu = _cpu_s() - cpu0
+    cpu, faults = _cpu_s() - cpu0, _page_faults() - faults0
     seconds = res.pop("seconds_timed", None) or (time.perf_counter() - t0)
     res.update(mode=mode, seconds=round(seconds, 3), fps=round(res["frames"] / seconds, 2),
                cpu_ms_per_frame=round(1000 * cpu / res["frames"], 2),
+               page_faults_per_frame=round(faults / res["frames"]),
                peak_mib=round(_maxrss_mib(), 1))
     if threads is not None:
         res["torch_threads"] = threads
