@@ -17,6 +17,7 @@ costs (oneDNN kernel choice, lazy imports) are not counted; model loading is.
     python benchmarks/pipeline.py --size 720p --frames 120 --json
     python benchmarks/pipeline.py --memory                 # (d) peak memory, 100 vs 1000 frames
     python benchmarks/pipeline.py --levers                 # what each design choice is worth
+    python benchmarks/pipeline.py --preset veryfast --render-size 160   # a faster setting
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ import numpy as np
 SIZES = {"360p": (640, 360), "480p": (640, 480), "720p": (1280, 720), "1080p": (1920, 1080)}
 RATE = 24
 WARMUP_FRAMES = 16
-# The engine's defaults (ColorizeConfig): what (a) and (c) encode with too.
+# The engine's defaults (ColorizeConfig): what (a) and (c) encode with too. PRESET and RENDER
+# (None: the model's render size) follow --preset and --render-size in every mode.
 CODEC, CRF, PRESET, PIX_FMT = "libx264", 18, "medium", "yuv420p"
+RENDER: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,7 +161,7 @@ def _render_hw(clip: Path, model: str | None) -> tuple[int, int]:
 
     info = probe_video(clip)
     spec = get_spec(model or "default")
-    return render_dims(info.height, info.width, spec.render_size, spec.stride)
+    return render_dims(info.height, info.width, RENDER or spec.render_size, spec.stride)
 
 
 def _colorizer(model: str | None):
@@ -295,7 +298,8 @@ def run_bttf(clip: Path, out: Path, model: str | None, device: str, temporal: bo
 
     logging.getLogger("bttf.models").setLevel(logging.ERROR)
     cfg = engine.ColorizeConfig(model=model, device=device, temporal=temporal, batch_size=batch,
-                                threads=threads, overwrite=True, duration=duration)
+                                threads=threads, overwrite=True, duration=duration,
+                                preset=PRESET, render_size=RENDER)
     st = engine.colorize_video(clip, out, cfg)
     return {"frames": st.frames, "stats_seconds": st.seconds, "decode_s": st.decode_s,
             "model_s": st.model_s, "stabilize_s": st.stabilize_s, "encode_s": st.encode_s,
@@ -374,6 +378,8 @@ def apply_variants(variants: list[str]) -> None:
 
 def worker(args: argparse.Namespace) -> None:
     """Run one mode (after a warm-up) and print one JSON line: frames, seconds, fps, peak MiB."""
+    global PRESET, RENDER
+    PRESET, RENDER = args.preset, args.render_size
     clip = Path(args.clip)
     out = Path(args.tmp) / f"out-{args.worker}-{os.getpid()}.mp4"
     warm_out = Path(args.tmp) / f"warm-{args.worker}-{os.getpid()}.mp4"
@@ -427,7 +433,9 @@ def spawn(mode: str, clip: Path, tmp: Path, args: argparse.Namespace, **extra) -
     """Run `--worker mode` in a fresh interpreter; its last stdout line is the result."""
     cmd = [sys.executable, __file__, "--worker", mode, "--clip", str(clip), "--tmp", str(tmp),
            "--device", args.device, "--frames", str(args.frames),
-           "--batch", str(extra.get("batch", args.batch))]
+           "--batch", str(extra.get("batch", args.batch)), "--preset", args.preset]
+    if args.render_size:
+        cmd += ["--render-size", str(args.render_size)]
     if args.model:
         cmd += ["--model", args.model]
     threads = extra.get("threads", args.threads)
@@ -493,7 +501,8 @@ def main_bench(args: argparse.Namespace, tmp: Path) -> dict:
         targets = {"d >= 0.9 x serial bound": d >= 0.9 * bound, "d >= 1.3 x c": d >= 1.3 * c,
                    "d >= 24 fps": d >= 24.0}
     return {"size": args.size, "frames": args.frames, "device": args.device,
-            "model": args.model or "default", "batch": args.batch, "serial_bound_fps":
+            "model": args.model or "default", "batch": args.batch, "preset": args.preset,
+            "render_size": args.render_size or "model's", "serial_bound_fps":
             round(bound, 2), "results": res, "ratios": ratios, "targets": targets}
 
 
@@ -633,7 +642,8 @@ def colour_paths(width: int, height: int, model: str | None, reps: int = 20) -> 
 def print_main(r: dict, cond: dict) -> None:
     res = r["results"]
     print(f"bttf pipeline benchmark — {r['size']}, {r['frames']} frames, model {r['model']}, "
-          f"device {r['device']}, batch {r['batch']}")
+          f"device {r['device']}, batch {r['batch']}, x264 {r['preset']}, render size "
+          f"{r['render_size']}")
     print(f"machine: {cond['cpu']}, {cond['cores']} cores; load avg {cond['load_avg']}; "
           f"other training running: {cond['other_training_running']}")
     names = {"transcode": "(a) transcode only", "model": "(b) model alone",
@@ -664,6 +674,9 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="registered model (default: `default`)")
     parser.add_argument("--frames", type=int, default=240, help="frames in the clip")
     parser.add_argument("--batch", type=int, default=8, help="batch size of (b) and (d)")
+    parser.add_argument("--preset", default=PRESET, help="x264 preset of every mode")
+    parser.add_argument("--render-size", type=int, default=None,
+                        help="short side the model runs at (default: the model's own)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads ((b), (c): all cores; (d): the engine's default)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
