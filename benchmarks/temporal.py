@@ -324,6 +324,7 @@ def measure_quality(source: str, seqs: dict[str, np.ndarray], args, work: Path) 
         "crf": 0,
         "preset": "ultrafast",
         "batch_size": 8,
+        "render_size": args.render_size,
     }
     results: dict[str, dict] = {}
     for name, truth in seqs.items():
@@ -346,7 +347,7 @@ def measure_quality(source: str, seqs: dict[str, np.ndarray], args, work: Path) 
         results.setdefault("truth", {})[name] = ref
         for k, setting in enumerate(settings_for(args)):
             if source.startswith("proxy"):
-                rh, rw = engine.render_dims(truth.shape[1], truth.shape[2], 256, 4)
+                rh, rw = engine.render_dims(truth.shape[1], truth.shape[2], args.render_size or 256, 4)
                 ProxyColorizer.start(truth, (rh, rw))
             dst = work / f"{name}_{source}_{k}.mkv"
             t = time.perf_counter()
@@ -388,6 +389,7 @@ def two_shot_check(source: str, clips: dict[str, np.ndarray], args, work: Path) 
         "pix_fmt": "yuv444p",
         "crf": 0,
         "preset": "ultrafast",
+        "render_size": args.render_size,
     }
     both_src, b_src = work / "two_shot_gray.mkv", work / "shot_b_gray.mkv"
     write_gray_video(both_src, np.concatenate([a, b]))
@@ -395,7 +397,7 @@ def two_shot_check(source: str, clips: dict[str, np.ndarray], args, work: Path) 
     outs = {}
     for label, src, truth in (("both", both_src, np.concatenate([a, b])), ("b", b_src, b)):
         if source.startswith("proxy"):
-            rh, rw = engine.render_dims(truth.shape[1], truth.shape[2], 256, 4)
+            rh, rw = engine.render_dims(truth.shape[1], truth.shape[2], args.render_size or 256, 4)
             ProxyColorizer.start(truth, (rh, rw))
         dst = work / f"two_shot_{label}.mkv"
         colorize(src, dst, Setting("default", True), base)
@@ -480,7 +482,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-frames", type=int, default=None, help="frames per DAVIS clip")
     ap.add_argument("--pans", type=int, default=4, help="number of synthetic pans")
     ap.add_argument("--pan-frames", type=int, default=40)
-    ap.add_argument("--strengths", type=float, nargs="+", default=[0.7, 0.8, 0.9])
+    ap.add_argument("--strengths", type=float, nargs="*", default=[0.7, 0.8, 0.9],
+                    help="strengths swept besides off and the default (none: only those two)")
+    ap.add_argument("--render-size", type=int, default=None,
+                    help="short side the model runs at (default: the model's own)")
     ap.add_argument("--cost-frames", type=int, default=120)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads for the cost run")
