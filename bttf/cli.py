@@ -778,10 +778,13 @@ def train_cmd(data: tuple[str, ...], model: str, out: str, model_args: tuple[str
 @click.option("--device", default="auto", show_default=True)
 @click.option("--temperature", type=float, default=0.38, show_default=True,
               help="Annealed-mean temperature of bin models.")
+@click.option("--render-size", type=click.IntRange(16, 4096), default=None,
+              help="Run the models at this short side, as `bttf colorize --render-size` does "
+                   "(colours brought back to the image's size).  [default: the image's size]")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def eval_cmd(data: tuple[str, ...], models: tuple[str, ...], weights: tuple[str, ...],
              split: str, size: int, limit: int | None, batch_size: int, device: str,
-             temperature: float, as_json: bool) -> None:
+             temperature: float, render_size: int | None, as_json: bool) -> None:
     """Score models on DATA (images or a cache) against the gray baseline: PSNR, SSIM,
     colorfulness, AuC of the ab error (raw and class-rebalanced)."""
     import json
@@ -805,7 +808,8 @@ def eval_cmd(data: tuple[str, ...], models: tuple[str, ...], weights: tuple[str,
         raise click.BadParameter("must be > 0", param_hint="--temperature")
     cfg = EvalConfig(inputs=tuple(Path(d) for d in data), models=models,
                      weights=tuple(Path(w) for w in weights), split=split, size=size,
-                     limit=limit, batch_size=batch_size, device=device, temperature=temperature)
+                     limit=limit, batch_size=batch_size, device=device, temperature=temperature,
+                     render_size=render_size)
     with console.status("evaluating") as status:
         report = evaluate(cfg, lambda name, k, n: status.update(f"evaluating: {name} ({k}/{n})"))
     if as_json:
@@ -815,7 +819,8 @@ def eval_cmd(data: tuple[str, ...], models: tuple[str, ...], weights: tuple[str,
     def f(v: float, fmt: str) -> str:
         return "inf" if math.isinf(v) else ("-" if math.isnan(v) else format(v, fmt))
 
-    table = Table(title=f"{report.images} images, {report.size}x{report.size} "
+    at = f", models at short side {report.render_size}" if report.render_size else ""
+    table = Table(title=f"{report.images} images, {report.size}x{report.size}{at} "
                         f"(truth colorfulness {f(report.colorfulness_truth, '.1f')})")
     for col in ("model", "weights", "PSNR", "SSIM", "colorf.", "AuC", "AuC reb."):
         table.add_column(col, justify="left" if col in ("model", "weights") else "right")

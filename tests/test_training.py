@@ -344,6 +344,14 @@ def test_eval_on_known_inputs(tmp_path: Path) -> None:
     assert 0 < gray.metrics["auc_rebal"] < gray.metrics["auc"] + 0.2
     assert report.colorfulness_truth > gray.metrics["colorfulness"]
     assert all(math.isfinite(model.metrics[k]) for k in ("psnr", "ssim", "auc", "auc_rebal"))
+    # the model at a render size, as `bttf colorize --render-size` runs it: the image's own size
+    # changes nothing, a smaller one changes the colours (not the gray baseline)
+    same = evaluate(EvalConfig(inputs=(tmp_path / "col",), weights=(ckpt,), size=32,
+                               render_size=32))
+    assert same.rows[1].metrics == model.metrics and same.to_dict()["render_size"] == 32
+    small = evaluate(EvalConfig(inputs=(tmp_path / "col",), weights=(ckpt,), size=32,
+                                render_size=16))
+    assert small.rows[0].metrics == gray.metrics and small.rows[1].metrics != model.metrics
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo over localhost")

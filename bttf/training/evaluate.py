@@ -91,6 +91,9 @@ class EvalConfig:
     device: str = "auto"
     temperature: float = 0.38
     gray_baseline: bool = True
+    # the short side the model sees (as `bttf colorize --render-size`): L resized to it, ab
+    # brought back to the image's size; None = the image's own size
+    render_size: int | None = None
 
 
 @dataclass
@@ -110,9 +113,10 @@ class EvalReport:
     size: int
     rows: list[EvalRow]
     colorfulness_truth: float
+    render_size: int | None = None
 
     def to_dict(self) -> dict:
-        return {"images": self.images, "size": self.size,
+        return {"images": self.images, "size": self.size, "render_size": self.render_size,
                 "colorfulness_truth": _json_float(self.colorfulness_truth),
                 "results": [r.to_dict() for r in self.rows]}
 
@@ -182,14 +186,19 @@ def _score(predict: Callable[[torch.Tensor], torch.Tensor], L_u8: torch.Tensor,
     return acc.result()
 
 
-def _model_predictor(colorizer, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+def _model_predictor(colorizer, device: torch.device,
+                     render_size: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    from bttf.pipeline.colorize import render_dims
+
     stride = colorizer.stride
 
     def predict(L: torch.Tensor) -> torch.Tensor:
         h, w = L.shape[-2:]
-        hs, ws = max(stride, round(h / stride) * stride), max(stride, round(w / stride) * stride)
+        hs, ws = render_dims(h, w, render_size or min(h, w), stride)
         x = L.to(device)
-        if (hs, ws) != (h, w):
+        if hs < h and ws < w:  # down, as the engine does (area)
+            x = F.interpolate(x, size=(hs, ws), mode="area")
+        elif (hs, ws) != (h, w):
             x = F.interpolate(x, size=(hs, ws), mode="bilinear", align_corners=False)
         ab = colorizer.decode(colorizer.predict(x), (hs, ws))
         if (hs, ws) != (h, w):
@@ -239,7 +248,8 @@ def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:
         model, spec, meta = build()
         col = Colorizer(model.to(device).eval(), spec, temperature=cfg.temperature)
         name = spec.name
-        m = _score(_model_predictor(col, device), L_u8, ab_u8, image_prior, cfg.batch_size)
+        m = _score(_model_predictor(col, device, cfg.render_size), L_u8, ab_u8, image_prior,
+                   cfg.batch_size)
         rows.append(EvalRow(name, source, m))
         k += 1
         if progress:
@@ -247,4 +257,5 @@ def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:
     truth = rows[0].metrics.get("colorfulness_truth", math.nan) if rows else math.nan
     for r in rows:
         r.metrics.pop("colorfulness_truth", None)
-    return EvalReport(images=n, size=int(L_u8.shape[-1]), rows=rows, colorfulness_truth=truth)
+    return EvalReport(images=n, size=int(L_u8.shape[-1]), rows=rows, colorfulness_truth=truth,
+                      render_size=cfg.render_size)
