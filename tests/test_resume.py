@@ -151,8 +151,8 @@ _SLOW = textwrap.dedent("""
     import sys, time
     from bttf.pipeline import colorize as engine
     real = engine._ModelStage.__call__
-    def slow(self, *a, **k):
-        time.sleep(0.25)
+    def slow(self, *a, **k):  # 2 s a segment: ample time to kill it between segments
+        time.sleep(1.0)
         return real(self, *a, **k)
     engine._ModelStage.__call__ = slow
     from bttf.cli import main
