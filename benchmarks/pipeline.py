@@ -314,6 +314,7 @@ VARIANTS = {
     "inline-io": "decode + encode on the model's thread",
     "chroma-inline": "chroma planes on the model's thread",
     "stabilizer-inline": "stabilizer on the model's thread",
+    "cv2-serial": "OpenCV without its own worker threads (cv2.setNumThreads(1))",
     "compile": "torch.compile'd model (inductor; needs a C++ compiler on the CPU)",
 }
 
@@ -359,6 +360,10 @@ def apply_variants(variants: list[str]) -> None:
         engine._Colourer.__init__ = init_inline
     if "stabilizer-inline" in variants:
         engine.ASYNC_FUSION = False
+    if "cv2-serial" in variants:
+        import cv2
+
+        cv2.setNumThreads(1)
     if "compile" in variants:  # an option we measured and did not adopt (benchmarks/README.md)
         build_plain = engine.build_colorizer
         built: dict = {}  # the warm-up compiles; the timed run reuses the compiled model
