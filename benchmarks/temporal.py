@@ -347,7 +347,8 @@ def measure_quality(source: str, seqs: dict[str, np.ndarray], args, work: Path) 
         results.setdefault("truth", {})[name] = ref
         for k, setting in enumerate(settings_for(args)):
             if source.startswith("proxy"):
-                rh, rw = engine.render_dims(truth.shape[1], truth.shape[2], args.render_size or 256, 4)
+                short = args.render_size or 256
+                rh, rw = engine.render_dims(truth.shape[1], truth.shape[2], short, 4)
                 ProxyColorizer.start(truth, (rh, rw))
             dst = work / f"{name}_{source}_{k}.mkv"
             t = time.perf_counter()
@@ -397,7 +398,8 @@ def two_shot_check(source: str, clips: dict[str, np.ndarray], args, work: Path) 
     outs = {}
     for label, src, truth in (("both", both_src, np.concatenate([a, b])), ("b", b_src, b)):
         if source.startswith("proxy"):
-            rh, rw = engine.render_dims(truth.shape[1], truth.shape[2], args.render_size or 256, 4)
+            short = args.render_size or 256
+            rh, rw = engine.render_dims(truth.shape[1], truth.shape[2], short, 4)
             ProxyColorizer.start(truth, (rh, rw))
         dst = work / f"two_shot_{label}.mkv"
         colorize(src, dst, Setting("default", True), base)

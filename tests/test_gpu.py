@@ -79,10 +79,14 @@ def test_stabilizer_on_cuda_matches_cpu() -> None:
                  for i in range(0, 20, 4)]  # fmt: skip
         got[device] = torch.cat(parts).cpu()
         assert st.cuts == []
-    assert torch.allclose(got["cpu"], got["cuda"], atol=1e-2), (got["cpu"] - got["cuda"]).abs().max()
+    gap = (got["cpu"] - got["cuda"]).abs().max()
+    assert gap < 1e-2, gap
 
 
-@pytest.mark.parametrize("name", [m for m in list_models() if not m.startswith(("test-", "bench-"))])
+ZOO = [m for m in list_models() if not m.startswith(("test-", "bench-"))]
+
+
+@pytest.mark.parametrize("name", ZOO)
 def test_every_model_runs_under_the_engines_autocast(name: str) -> None:
     """Random weights: each architecture's forward and decode under the engine's CUDA autocast
     give finite ab of the right shape (dtype mistakes show here, not on the CPU)."""
@@ -99,7 +103,7 @@ def test_every_model_runs_under_the_engines_autocast(name: str) -> None:
     assert ab.shape == (2, 2, s, 2 * s) and ab.dtype == torch.float32 and torch.isfinite(ab).all()
 
 
-def test_training_steps_on_cuda_with_amp(cache: Path, tmp_path: Path) -> None:
+def test_training_steps_on_cuda_with_amp(cache: Path, tmp_path: Path) -> None:  # noqa: F811
     result = train(cfg_for(cache, tmp_path / "run", device="cuda", amp=True))
     assert result.steps == 4 and Path(result.last).is_file()
     model, _, _ = load_model(result.last)
