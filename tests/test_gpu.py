@@ -60,7 +60,9 @@ def test_colorize_video_on_cuda_matches_cpu(tiny_video: Path, tmp_path: Path,
     (y_cpu, c_cpu, t_cpu), (y_gpu, c_gpu, t_gpu) = outs[0], outs[1]
     assert np.array_equal(y_cpu, y_gpu) and t_cpu == t_gpu  # the source's luma and timing
     diff = np.abs(c_cpu - c_gpu)
-    assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 8, (diff.mean(), diff.max())
+    # bf16 logits move the annealed mean by a level or two; a wrong matrix, range or channel
+    # order on the device moves it by tens
+    assert diff.mean() < 2.0 and np.percentile(diff, 99) <= 12, (diff.mean(), diff.max())
 
 
 def test_auto_device_picks_the_gpu(tiny_video: Path, tmp_path: Path) -> None:
