@@ -926,7 +926,13 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         if debug:
             raise
-        e.show()
+        if isinstance(e, click.UsageError) and type(e).__name__ != "NoArgsIsHelpError":
+            # one line, like every other error; click's own form is usage + hint + message
+            where = e.ctx.command_path if e.ctx else "bttf"
+            click.echo(f"bttf: error: {e.format_message().rstrip('.')}; see '{where} --help'",
+                       err=True)
+        else:
+            e.show()
         sys.exit(e.exit_code)
     except BttfError as e:
         if debug:

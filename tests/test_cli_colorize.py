@@ -137,6 +137,20 @@ def test_bad_option_through_main(tiny_video: Path, tmp_path: Path,
     assert code == 2 and "--device" in err
 
 
+@pytest.mark.parametrize("args, words", [
+    (["colorize", "IN", "--temperature", "0"], ["--temperature", "bttf colorize --help"]),
+    (["colorize"], ["Missing argument 'INPUT'"]),
+    (["eval", "IN", "--render-size", "8"], ["--render-size", "bttf eval --help"]),
+    (["nosuchcommand"], ["nosuchcommand", "bttf --help"]),
+])  # fmt: skip
+def test_usage_errors_are_one_line(tiny_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                   args: list[str], words: list[str]) -> None:  # fmt: skip
+    args = [str(tiny_video) if a == "IN" else a for a in args]
+    code, err = run_main(args, capsys)
+    assert code == 2 and err.startswith("bttf: error: ") and err.count("\n") == 1, err
+    assert all(w in err for w in words) and not list(tmp_path.iterdir())
+
+
 def test_interrupt_exits_130_and_cleans_up(tiny_video: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture) -> None:  # fmt: skip
