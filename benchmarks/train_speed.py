@@ -12,6 +12,7 @@ The data pipeline is not the bottleneck when loop / compute is close to 1.
 
     python benchmarks/train_speed.py                       # fastcolor, batch 16 at 128 px
     python benchmarks/train_speed.py --model fastcolor-l2 --batch-size 32 --json
+    python benchmarks/train_speed.py --device cuda --batch-size 64 --image-size 256
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def loop_speed(cache: Path, out: Path, args: argparse.Namespace) -> dict:
     cfg = TrainConfig(data=(cache,), model=args.model, out=out, steps=total,
                       batch_size=args.batch_size, image_size=args.image_size,
                       threads=args.threads, workers=args.workers, val_every=10**9,
-                      val_images=0, sample_images=0, overwrite=True)
+                      val_images=0, sample_images=0, overwrite=True, device=args.device)
     train(cfg, progress)
     a, b = args.warmup, args.warmup + args.steps  # the last step also saves: left out
     ips = args.steps * args.batch_size / (times[b] - times[a])
@@ -86,19 +87,22 @@ def compute_speed(args: argparse.Namespace, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
     spec = get_spec(args.model)
-    model = create_model(args.model, pretrained=False).train()
+    model = create_model(args.model, pretrained=False).train().to(dev)
     model.to(memory_format=torch.channels_last)  # as the loop (channels_last=True)
     kind = resolve_loss(getattr(model, "default_loss", "auto"), spec.output)
     prior = torch.full((Q,), 1.0 / Q) if spec.output == "bins" else None
-    criterion = build_loss(kind, spec.output, prior)
+    criterion = build_loss(kind, spec.output, prior).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     B, s = args.batch_size, args.image_size
-    L = (torch.rand(B, 1, s, s) * 100).contiguous(memory_format=torch.channels_last)
-    ab = torch.randn(B, 2, s, s) * 30
+    L = (torch.rand(B, 1, s, s, device=dev) * 100).contiguous(memory_format=torch.channels_last)
+    ab = torch.randn(B, 2, s, s, device=dev) * 30
 
     def step(with_opt: bool) -> None:
-        loss = criterion(model(L), ab)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):  # as the loop's amp
+            loss = criterion(model(L), ab)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if with_opt:
@@ -109,9 +113,13 @@ def compute_speed(args: argparse.Namespace, threads: int) -> dict:
     for name, with_opt in (("fwd_bwd", False), ("fwd_bwd_step", True)):
         for _ in range(args.warmup):
             step(with_opt)
+        if cuda:
+            torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
         for _ in range(args.steps):
             step(with_opt)
+        if cuda:
+            torch.cuda.synchronize(dev)
         out[f"{name}_images_per_s"] = round(args.steps * B / (time.perf_counter() - t0), 2)
     out["loss"] = kind
     return out
@@ -120,6 +128,7 @@ def compute_speed(args: argparse.Namespace, threads: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="fastcolor")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--images", type=int, default=96, help="images in the generated cache")
@@ -143,7 +152,7 @@ def main() -> None:
     training = subprocess.run(["pgrep", "-f", "bttf train"], capture_output=True, text=True,
                               check=False)
     r = {
-        "model": args.model, "batch_size": args.batch_size, "image_size": args.image_size,
+        "model": args.model, "device": args.device, "batch_size": args.batch_size, "image_size": args.image_size,
         "torch_threads": threads, "workers": args.workers, **loop, **compute,
         "loop_over_fwd_bwd": round(loop["images_per_s"] / compute["fwd_bwd_images_per_s"], 3),
         "loop_over_fwd_bwd_step": round(
