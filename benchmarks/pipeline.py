@@ -204,9 +204,11 @@ def run_model(clip: Path, model: str | None, device: str, frames: int, batch: in
             "autocast": str(stage.amp).replace("torch.", "") if stage.amp else "float32"}
 
 
-def run_naive(clip: Path, out: Path, model: str | None, frames: int | None) -> dict:
+def run_naive(clip: Path, out: Path, model: str | None, frames: int | None,
+              device: str = "cpu") -> dict:  # fmt: skip
     """(c) decode one frame, RGB -> Lab, model at render size, Lab -> RGB at full size, encode;
-    batch 1, everything on one Python thread (FFmpeg's own codec threads as PyAV sets them)."""
+    batch 1, everything on one Python thread (FFmpeg's own codec threads as PyAV sets them);
+    the colour conversions and the model on `device`, float32, no autocast."""
     import av
     import torch
     import torch.nn.functional as F
@@ -214,7 +216,8 @@ def run_naive(clip: Path, out: Path, model: str | None, frames: int | None) -> d
     from bttf.color import lab_to_rgb, rgb_to_lab
 
     rh, rw = _render_hw(clip, model)
-    colorizer = _colorizer(model)
+    dev = torch.device(device)
+    colorizer = _colorizer(model).to(dev)
     n = 0
     with av.open(str(clip)) as inp, av.open(str(out), "w") as dst, torch.inference_mode():
         vs = inp.streams.video[0]
@@ -225,13 +228,13 @@ def run_naive(clip: Path, out: Path, model: str | None, frames: int | None) -> d
         for f in inp.decode(vs):
             if frames is not None and n >= frames:
                 break
-            rgb = torch.from_numpy(f.to_ndarray(format="rgb24")).permute(2, 0, 1)[None]
+            rgb = torch.from_numpy(f.to_ndarray(format="rgb24")).permute(2, 0, 1)[None].to(dev)
             lab = rgb_to_lab(rgb.float() / 255.0)
             L = lab[:, :1]
             small = F.interpolate(L, size=(rh, rw), mode="area")
             ab = colorizer.decode(colorizer.predict(small), L.shape[-2:])
             rgb_out = lab_to_rgb(torch.cat([L, ab], dim=1))[0]
-            arr = (rgb_out * 255.0).round_().to(torch.uint8).permute(1, 2, 0).contiguous()
+            arr = (rgb_out * 255.0).round_().to(torch.uint8).permute(1, 2, 0).contiguous().cpu()
             frame = av.VideoFrame.from_ndarray(arr.numpy(), format="rgb24")
             frame.pts, frame.time_base = f.pts, f.time_base
             for p in s.encode(frame):  # PyAV converts rgb24 -> yuv420p (swscale)
@@ -405,7 +408,7 @@ def worker(args: argparse.Namespace) -> None:
     elif mode == "naive":
         def go(w: bool) -> dict:
             return run_naive(clip, warm_out if w else out, args.model,
-                             WARMUP_FRAMES if w else None)
+                             WARMUP_FRAMES if w else None, args.device)
     elif mode in ("bttf", "bttf-notemporal"):
         def go(w: bool) -> dict:
             return run_bttf(clip, warm_out if w else out, args.model, args.device,
