@@ -152,7 +152,8 @@ def main() -> None:
     training = subprocess.run(["pgrep", "-f", "bttf train"], capture_output=True, text=True,
                               check=False)
     r = {
-        "model": args.model, "device": args.device, "batch_size": args.batch_size, "image_size": args.image_size,
+        "model": args.model, "device": args.device, "batch_size": args.batch_size,
+        "image_size": args.image_size,
         "torch_threads": threads, "workers": args.workers, **loop, **compute,
         "loop_over_fwd_bwd": round(loop["images_per_s"] / compute["fwd_bwd_images_per_s"], 3),
         "loop_over_fwd_bwd_step": round(
