@@ -903,6 +903,10 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise _Terminated
 
 
+# click >= 8.2 raises this (a UsageError) to print the help for a bare `bttf`: keep its form
+_HELP_ERRORS = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors, exit codes 0 / 1 / 2 / 130 (Ctrl-C) / 143 (SIGTERM);
     BTTF_DEBUG=1 re-raises."""
@@ -926,7 +930,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         if debug:
             raise
-        if isinstance(e, click.UsageError) and type(e).__name__ != "NoArgsIsHelpError":
+        if isinstance(e, click.UsageError) and not isinstance(e, _HELP_ERRORS):
             # one line, like every other error; click's own form is usage + hint + message
             where = e.ctx.command_path if e.ctx else "bttf"
             click.echo(f"bttf: error: {e.format_message().rstrip('.')}; see '{where} --help'",

@@ -151,6 +151,11 @@ def test_usage_errors_are_one_line(tiny_video: Path, tmp_path: Path, capsys: pyt
     assert all(w in err for w in words) and not list(tmp_path.iterdir())
 
 
+def test_bare_bttf_prints_the_help(capsys: pytest.CaptureFixture) -> None:
+    _, err = run_main([], capsys)
+    assert "Usage: bttf" in err and "colorize" in err and "bttf: error" not in err
+
+
 def test_interrupt_exits_130_and_cleans_up(tiny_video: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture) -> None:  # fmt: skip
