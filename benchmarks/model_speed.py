@@ -25,15 +25,19 @@ import time
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-m", "--models", nargs="*", default=None,
-                        help="models to time (default: all registered)")
+    parser.add_argument(
+        "-m", "--models", nargs="*", default=None, help="models to time (default: all registered)"
+    )
     parser.add_argument("-s", "--size", type=int, default=256, help="square frame side")
     parser.add_argument("-b", "--batch", type=int, default=8)
     parser.add_argument("-t", "--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=5)
-    parser.add_argument("--cpu-time", action="store_true",
-                        help="estimate idle-machine frames/s from CPU time (shared machines)")
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="estimate idle-machine frames/s from CPU time (shared machines)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON list")
     args = parser.parse_args()
     if args.cpu_time:
@@ -51,11 +55,15 @@ def main() -> None:
         print(json.dumps(rows, indent=2))
         return
     clock = "CPU-time estimate" if args.cpu_time else "wall clock, median"
-    print(f"{'model':<14}{'params':>12}{'GFLOPs':>9}{'fps fwd':>10}{'fps fwd+dec':>13}"
-          f"   ({args.size}x{args.size}, batch {args.batch}, {args.threads} threads, {clock})")
+    print(
+        f"{'model':<14}{'params':>12}{'GFLOPs':>9}{'fps fwd':>10}{'fps fwd+dec':>13}"
+        f"   ({args.size}x{args.size}, batch {args.batch}, {args.threads} threads, {clock})"
+    )
     for r in rows:
-        print(f"{r['model']:<14}{r['params']:>12,}{r['gflops_per_frame']:>9.2f}"
-              f"{r['fps_predict']:>10.1f}{r['fps_predict_decode']:>13.1f}")
+        print(
+            f"{r['model']:<14}{r['params']:>12,}{r['gflops_per_frame']:>9.2f}"
+            f"{r['fps_predict']:>10.1f}{r['fps_predict_decode']:>13.1f}"
+        )
 
 
 def bench(name: str, args: argparse.Namespace) -> dict:

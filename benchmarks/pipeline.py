@@ -138,8 +138,7 @@ def run_transcode(clip: Path, out: Path, frames: int | None) -> dict:
     with av.open(str(clip)) as inp, av.open(str(out), "w") as dst:
         vs = inp.streams.video[0]
         vs.thread_type = "AUTO"  # as the engine's decoder
-        s = dst.add_stream(CODEC, rate=vs.average_rate, options={"crf": str(CRF),
-                                                                 "preset": PRESET})
+        s = dst.add_stream(CODEC, rate=vs.average_rate, options={"crf": str(CRF), "preset": PRESET})
         s.width, s.height, s.pix_fmt = vs.width, vs.height, PIX_FMT
         s.time_base = vs.time_base
         for f in inp.decode(vs):
@@ -173,8 +172,14 @@ def _colorizer(model: str | None):
     return Colorizer.create(name=model).eval()
 
 
-def run_model(clip: Path, model: str | None, device: str, frames: int, batch: int,
-              render_hw: tuple[int, int] | None = None) -> dict:  # fmt: skip
+def run_model(
+    clip: Path,
+    model: str | None,
+    device: str,
+    frames: int,
+    batch: int,
+    render_hw: tuple[int, int] | None = None,
+) -> dict:
     """(b) predict + decode on random L of render size, `batch` frames a call, run the way the
     engine runs it (its model build, memory layout and autocast: `_ModelStage._predict`)."""
     import torch
@@ -200,12 +205,18 @@ def run_model(clip: Path, model: str | None, device: str, frames: int, batch: in
         for _ in range(calls):
             step()
         dt = time.perf_counter() - t0
-    return {"frames": calls * batch, "seconds_timed": dt, "render_hw": [rh, rw], "batch": batch,
-            "autocast": str(stage.amp).replace("torch.", "") if stage.amp else "float32"}
+    return {
+        "frames": calls * batch,
+        "seconds_timed": dt,
+        "render_hw": [rh, rw],
+        "batch": batch,
+        "autocast": str(stage.amp).replace("torch.", "") if stage.amp else "float32",
+    }
 
 
-def run_naive(clip: Path, out: Path, model: str | None, frames: int | None,
-              device: str = "cpu") -> dict:  # fmt: skip
+def run_naive(
+    clip: Path, out: Path, model: str | None, frames: int | None, device: str = "cpu"
+) -> dict:
     """(c) decode one frame, RGB -> Lab, model at render size, Lab -> RGB at full size, encode;
     batch 1, everything on one Python thread (FFmpeg's own codec threads as PyAV sets them);
     the colour conversions and the model on `device`, float32, no autocast."""
@@ -221,8 +232,7 @@ def run_naive(clip: Path, out: Path, model: str | None, frames: int | None,
     n = 0
     with av.open(str(clip)) as inp, av.open(str(out), "w") as dst, torch.inference_mode():
         vs = inp.streams.video[0]
-        s = dst.add_stream(CODEC, rate=vs.average_rate, options={"crf": str(CRF),
-                                                                 "preset": PRESET})
+        s = dst.add_stream(CODEC, rate=vs.average_rate, options={"crf": str(CRF), "preset": PRESET})
         s.width, s.height, s.pix_fmt = vs.width, vs.height, PIX_FMT
         s.time_base = vs.time_base
         for f in inp.decode(vs):
@@ -292,21 +302,44 @@ class _InlineConsumer:
         pass
 
 
-def run_bttf(clip: Path, out: Path, model: str | None, device: str, temporal: bool,
-             batch: int, threads: int | None, duration: float | None) -> dict:
+def run_bttf(
+    clip: Path,
+    out: Path,
+    model: str | None,
+    device: str,
+    temporal: bool,
+    batch: int,
+    threads: int | None,
+    duration: float | None,
+) -> dict:
     """(d) bttf.colorize_video, the engine behind `bttf colorize`."""
     import logging
 
     from bttf.pipeline import colorize as engine
 
     logging.getLogger("bttf.models").setLevel(logging.ERROR)
-    cfg = engine.ColorizeConfig(model=model, device=device, temporal=temporal, batch_size=batch,
-                                threads=threads, overwrite=True, duration=duration,
-                                preset=PRESET, render_size=RENDER)
+    cfg = engine.ColorizeConfig(
+        model=model,
+        device=device,
+        temporal=temporal,
+        batch_size=batch,
+        threads=threads,
+        overwrite=True,
+        duration=duration,
+        preset=PRESET,
+        render_size=RENDER,
+    )
     st = engine.colorize_video(clip, out, cfg)
-    return {"frames": st.frames, "stats_seconds": st.seconds, "decode_s": st.decode_s,
-            "model_s": st.model_s, "stabilize_s": st.stabilize_s, "encode_s": st.encode_s,
-            "render_hw": list(st.render_size), "batch": st.batch_size}
+    return {
+        "frames": st.frames,
+        "stats_seconds": st.seconds,
+        "decode_s": st.decode_s,
+        "model_s": st.model_s,
+        "stabilize_s": st.stabilize_s,
+        "encode_s": st.encode_s,
+        "render_hw": list(st.render_size),
+        "batch": st.batch_size,
+    }
 
 
 #: The engine as it was before each speed change, for the levers table (`--variant`).
@@ -397,22 +430,35 @@ def worker(args: argparse.Namespace) -> None:
     variants = [v for v in (args.variant or "").split(",") if v]
     apply_variants(variants)
     if mode == "transcode":
+
         def go(w: bool) -> dict:
             return run_transcode(clip, warm_out if w else out, WARMUP_FRAMES if w else None)
     elif mode == "model":
         hw = tuple(int(v) for v in args.render_hw.split("x")) if args.render_hw else None
 
         def go(w: bool) -> dict:
-            return run_model(clip, args.model, args.device, WARMUP_FRAMES if w else args.frames,
-                             args.batch, hw)  # fmt: skip
+            return run_model(
+                clip, args.model, args.device, WARMUP_FRAMES if w else args.frames, args.batch, hw
+            )
     elif mode == "naive":
+
         def go(w: bool) -> dict:
-            return run_naive(clip, warm_out if w else out, args.model,
-                             WARMUP_FRAMES if w else None, args.device)
+            return run_naive(
+                clip, warm_out if w else out, args.model, WARMUP_FRAMES if w else None, args.device
+            )
     elif mode in ("bttf", "bttf-notemporal"):
+
         def go(w: bool) -> dict:
-            return run_bttf(clip, warm_out if w else out, args.model, args.device,
-                            mode == "bttf", args.batch, args.threads, warm_s if w else None)
+            return run_bttf(
+                clip,
+                warm_out if w else out,
+                args.model,
+                args.device,
+                mode == "bttf",
+                args.batch,
+                args.threads,
+                warm_s if w else None,
+            )
     else:
         raise SystemExit(f"unknown worker mode {mode}")
     if not args.no_warmup:
@@ -422,10 +468,14 @@ def worker(args: argparse.Namespace) -> None:
     res = go(False)
     cpu, faults = _cpu_s() - cpu0, _page_faults() - faults0
     seconds = res.pop("seconds_timed", None) or (time.perf_counter() - t0)
-    res.update(mode=mode, seconds=round(seconds, 3), fps=round(res["frames"] / seconds, 2),
-               cpu_ms_per_frame=round(1000 * cpu / res["frames"], 2),
-               page_faults_per_frame=round(faults / res["frames"]),
-               peak_mib=round(_maxrss_mib(), 1))
+    res.update(
+        mode=mode,
+        seconds=round(seconds, 3),
+        fps=round(res["frames"] / seconds, 2),
+        cpu_ms_per_frame=round(1000 * cpu / res["frames"], 2),
+        page_faults_per_frame=round(faults / res["frames"]),
+        peak_mib=round(_maxrss_mib(), 1),
+    )
     if threads is not None:
         res["torch_threads"] = threads
     if variants:
@@ -439,9 +489,24 @@ def worker(args: argparse.Namespace) -> None:
 
 def spawn(mode: str, clip: Path, tmp: Path, args: argparse.Namespace, **extra) -> dict:
     """Run `--worker mode` in a fresh interpreter; its last stdout line is the result."""
-    cmd = [sys.executable, __file__, "--worker", mode, "--clip", str(clip), "--tmp", str(tmp),
-           "--device", args.device, "--frames", str(args.frames),
-           "--batch", str(extra.get("batch", args.batch)), "--preset", args.preset]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        mode,
+        "--clip",
+        str(clip),
+        "--tmp",
+        str(tmp),
+        "--device",
+        args.device,
+        "--frames",
+        str(args.frames),
+        "--batch",
+        str(extra.get("batch", args.batch)),
+        "--preset",
+        args.preset,
+    ]
     if args.render_size:
         cmd += ["--render-size", str(args.render_size)]
     if args.model:
@@ -474,12 +539,14 @@ def conditions() -> dict:
                 break
     except OSError:
         pass
-    training = subprocess.run(["pgrep", "-f", "bttf train"], capture_output=True, text=True,
-                              check=False)
+    training = subprocess.run(
+        ["pgrep", "-f", "bttf train"], capture_output=True, text=True, check=False
+    )
     return {
         "cpu": cpu,
-        "cores": (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                  else os.cpu_count()),
+        "cores": (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        ),
         "load_avg": [round(x, 2) for x in os.getloadavg()],
         "other_training_running": bool(training.stdout.strip()),
         "python": platform.python_version(),
@@ -502,19 +569,34 @@ def main_bench(args: argparse.Namespace, tmp: Path) -> dict:
     ratios = {}
     for m in ("bttf", "bttf-notemporal"):
         d = res[m]["fps"]
-        ratios[m] = {"d/a": round(d / a, 3), "d/c": round(d / c, 3),
-                     "d/serial_bound": round(d / bound, 3)}
+        ratios[m] = {
+            "d/a": round(d / a, 3),
+            "d/c": round(d / c, 3),
+            "d/serial_bound": round(d / bound, 3),
+        }
     d = res["bttf"]["fps"]
     targets = {}
     if args.device == "cpu":
-        targets = {"d >= 0.9 x serial bound": d >= 0.9 * bound, "d >= 1.3 x c": d >= 1.3 * c,
-                   "d >= 24 fps": d >= 24.0}
+        targets = {
+            "d >= 0.9 x serial bound": d >= 0.9 * bound,
+            "d >= 1.3 x c": d >= 1.3 * c,
+            "d >= 24 fps": d >= 24.0,
+        }
     else:  # the colorizer hidden behind the codec; DeOldify: ~8.8 fps on an RTX 2070
         targets = {"d >= 0.8 x a": d >= 0.8 * a}
-    return {"size": args.size, "frames": args.frames, "device": args.device,
-            "model": args.model or "default", "batch": args.batch, "preset": args.preset,
-            "render_size": args.render_size or "model's", "serial_bound_fps":
-            round(bound, 2), "results": res, "ratios": ratios, "targets": targets}
+    return {
+        "size": args.size,
+        "frames": args.frames,
+        "device": args.device,
+        "model": args.model or "default",
+        "batch": args.batch,
+        "preset": args.preset,
+        "render_size": args.render_size or "model's",
+        "serial_bound_fps": round(bound, 2),
+        "results": res,
+        "ratios": ratios,
+        "targets": targets,
+    }
 
 
 def memory_bench(args: argparse.Namespace, tmp: Path) -> dict:
@@ -525,9 +607,16 @@ def memory_bench(args: argparse.Namespace, tmp: Path) -> dict:
         make_clip(clip, w, h, n)
         out[n] = spawn("bttf", clip, tmp, args, no_warmup=True)
     ratio = out[1000]["peak_mib"] / out[100]["peak_mib"]
-    return {"size": args.size, "device": args.device, "model": args.model or "default",
-            "peak_mib_100": out[100]["peak_mib"], "peak_mib_1000": out[1000]["peak_mib"],
-            "ratio": round(ratio, 4), "within_5pct": ratio <= 1.05, "runs": out}
+    return {
+        "size": args.size,
+        "device": args.device,
+        "model": args.model or "default",
+        "peak_mib_100": out[100]["peak_mib"],
+        "peak_mib_1000": out[1000]["peak_mib"],
+        "ratio": round(ratio, 4),
+        "within_5pct": ratio <= 1.05,
+        "runs": out,
+    }
 
 
 def levers_bench(args: argparse.Namespace, tmp: Path) -> dict:
@@ -542,8 +631,9 @@ def levers_bench(args: argparse.Namespace, tmp: Path) -> dict:
     rows.append(("engine as it is", "default", d, {}))
     for v, what in VARIANTS.items():
         rows.append((what, v, d, {"variant": v}))
-    rows.append(("old CPU model path", "fp32,nchw,whole-decode", d,
-                 {"variant": "fp32,nchw,whole-decode"}))
+    rows.append(
+        ("old CPU model path", "fp32,nchw,whole-decode", d, {"variant": "fp32,nchw,whole-decode"})
+    )
     for t in sorted({1, cores}):
         rows.append(("torch threads", f"threads={t}", d, {"threads": t}))
     for bs in (1, 2, 4, 16):
@@ -568,10 +658,17 @@ def levers_bench(args: argparse.Namespace, tmp: Path) -> dict:
         r.update(lever=lever, variant_label=variant)
         runs.append(r)
         if not args.json:
-            print(f"{lever:42}{variant:24}{mode:16}{r['fps']:8.1f} fps{r['cpu_ms_per_frame']:8.1f}"
-                  f" CPU ms/frame{r['peak_mib']:7.0f} MiB", flush=True)
-    return {"size": args.size, "frames": args.frames, "runs": runs,
-            "colour_paths_ms": colour_paths(w, h, args.model)}
+            print(
+                f"{lever:42}{variant:24}{mode:16}{r['fps']:8.1f} fps{r['cpu_ms_per_frame']:8.1f}"
+                f" CPU ms/frame{r['peak_mib']:7.0f} MiB",
+                flush=True,
+            )
+    return {
+        "size": args.size,
+        "frames": args.frames,
+        "runs": runs,
+        "colour_paths_ms": colour_paths(w, h, args.model),
+    }
 
 
 def colour_paths(width: int, height: int, model: str | None, reps: int = 20) -> dict:
@@ -641,40 +738,59 @@ def colour_paths(width: int, height: int, model: str | None, reps: int = 20) -> 
     def chroma_frames():  # the same, frame by frame (what the engine does on CPU)
         with torch.inference_mode():
             for k in range(8):
-                chroma_planes(Lc[k : k + 1], colorizer.decode(logits[k : k + 1], (ch, cw)), 6,
-                              False, 8)  # fmt: skip
+                chroma_planes(
+                    Lc[k : k + 1], colorizer.decode(logits[k : k + 1], (ch, cw)), 6, False, 8
+                )
 
-    return {"L_lut_render_size": t(l_lut), "L_via_rgb_full_size": t(l_rgb),
-            "out_chroma_planes_yuv420p": t(out_planes), "out_via_rgb_full_size": t(out_rgb),
-            "chroma_stage_per_frame": round(t(chroma_frames) / 8, 3),
-            "chroma_stage_batch_of_8": round(t(chroma_batch) / 8, 3)}
+    return {
+        "L_lut_render_size": t(l_lut),
+        "L_via_rgb_full_size": t(l_rgb),
+        "out_chroma_planes_yuv420p": t(out_planes),
+        "out_via_rgb_full_size": t(out_rgb),
+        "chroma_stage_per_frame": round(t(chroma_frames) / 8, 3),
+        "chroma_stage_batch_of_8": round(t(chroma_batch) / 8, 3),
+    }
 
 
 def print_main(r: dict, cond: dict) -> None:
     res = r["results"]
-    print(f"bttf pipeline benchmark — {r['size']}, {r['frames']} frames, model {r['model']}, "
-          f"device {r['device']}, batch {r['batch']}, x264 {r['preset']}, render size "
-          f"{r['render_size']}")
-    print(f"machine: {cond['cpu']}, {cond['cores']} cores; load avg {cond['load_avg']}; "
-          f"other training running: {cond['other_training_running']}"
-          + (f"; GPU: {cond['gpu']}" if cond.get("gpu") else ""))
-    names = {"transcode": "(a) transcode only", "model": "(b) model alone",
-             "naive": "(c) naive per-frame loop", "bttf": "(d) bttf colorize (temporal)",
-             "bttf-notemporal": "(d) bttf colorize --no-temporal"}
+    print(
+        f"bttf pipeline benchmark — {r['size']}, {r['frames']} frames, model {r['model']}, "
+        f"device {r['device']}, batch {r['batch']}, x264 {r['preset']}, render size "
+        f"{r['render_size']}"
+    )
+    print(
+        f"machine: {cond['cpu']}, {cond['cores']} cores; load avg {cond['load_avg']}; "
+        f"other training running: {cond['other_training_running']}"
+        + (f"; GPU: {cond['gpu']}" if cond.get("gpu") else "")
+    )
+    names = {
+        "transcode": "(a) transcode only",
+        "model": "(b) model alone",
+        "naive": "(c) naive per-frame loop",
+        "bttf": "(d) bttf colorize (temporal)",
+        "bttf-notemporal": "(d) bttf colorize --no-temporal",
+    }
     print(f"{'':36}{'fps':>8}{'CPU ms/frame':>14}{'peak MiB':>10}")
     for m, label in names.items():
-        print(f"{label:36}{res[m]['fps']:>8.1f}{res[m]['cpu_ms_per_frame']:>14.1f}"
-              f"{res[m]['peak_mib']:>10.0f}")
+        print(
+            f"{label:36}{res[m]['fps']:>8.1f}{res[m]['cpu_ms_per_frame']:>14.1f}"
+            f"{res[m]['peak_mib']:>10.0f}"
+        )
     print(f"{'serial bound 1/(1/a+1/b)':36}{r['serial_bound_fps']:>8.1f}")
     for m in ("bttf", "bttf-notemporal"):
         q = r["ratios"][m]
-        print(f"{names[m]}: d/a {q['d/a']:.2f}, d/c {q['d/c']:.2f}, "
-              f"d/serial bound {q['d/serial_bound']:.2f}")
+        print(
+            f"{names[m]}: d/a {q['d/a']:.2f}, d/c {q['d/c']:.2f}, "
+            f"d/serial bound {q['d/serial_bound']:.2f}"
+        )
     for m in ("bttf", "bttf-notemporal"):
         s = res[m]
-        print(f"  {m} stage busy time: decode {s['decode_s']:.2f} s, model {s['model_s']:.2f} s "
-              f"(stabilizer {s['stabilize_s']:.2f} s), encode {s['encode_s']:.2f} s, "
-              f"wall {s['seconds']:.2f} s")
+        print(
+            f"  {m} stage busy time: decode {s['decode_s']:.2f} s, model {s['model_s']:.2f} s "
+            f"(stabilizer {s['stabilize_s']:.2f} s), encode {s['encode_s']:.2f} s, "
+            f"wall {s['seconds']:.2f} s"
+        )
     for k, ok in r["targets"].items():
         print(f"target {k}: {'met' if ok else 'MISSED'}")
 
@@ -687,15 +803,25 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=240, help="frames in the clip")
     parser.add_argument("--batch", type=int, default=8, help="batch size of (b) and (d)")
     parser.add_argument("--preset", default=PRESET, help="x264 preset of every mode")
-    parser.add_argument("--render-size", type=int, default=None,
-                        help="short side the model runs at (default: the model's own)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads ((b), (c): all cores; (d): the engine's default)")
+    parser.add_argument(
+        "--render-size",
+        type=int,
+        default=None,
+        help="short side the model runs at (default: the model's own)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads ((b), (c): all cores; (d): the engine's default)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--memory", action="store_true",
-                        help="peak memory of (d) for 100 and 1000 frames")
-    parser.add_argument("--levers", action="store_true",
-                        help="(d) with one design choice changed at a time")
+    parser.add_argument(
+        "--memory", action="store_true", help="peak memory of (d) for 100 and 1000 frames"
+    )
+    parser.add_argument(
+        "--levers", action="store_true", help="(d) with one design choice changed at a time"
+    )
     # internal: one mode in a subprocess
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--clip", help=argparse.SUPPRESS)
@@ -728,9 +854,11 @@ def main() -> None:
     if args.json:
         print(json.dumps(r, indent=2))
     elif args.memory:
-        print(f"peak memory of (d), {r['size']}: 100 frames {r['peak_mib_100']:.0f} MiB, "
-              f"1000 frames {r['peak_mib_1000']:.0f} MiB, ratio {r['ratio']:.3f} "
-              f"({'within' if r['within_5pct'] else 'NOT within'} 5%)")
+        print(
+            f"peak memory of (d), {r['size']}: 100 frames {r['peak_mib_100']:.0f} MiB, "
+            f"1000 frames {r['peak_mib_1000']:.0f} MiB, ratio {r['ratio']:.3f} "
+            f"({'within' if r['within_5pct'] else 'NOT within'} 5%)"
+        )
         print(f"conditions: {cond}")
     elif args.levers:
         print("per-frame CPU ms (one core):", r["colour_paths_ms"])

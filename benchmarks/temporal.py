@@ -484,10 +484,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-frames", type=int, default=None, help="frames per DAVIS clip")
     ap.add_argument("--pans", type=int, default=4, help="number of synthetic pans")
     ap.add_argument("--pan-frames", type=int, default=40)
-    ap.add_argument("--strengths", type=float, nargs="*", default=[0.7, 0.8, 0.9],
-                    help="strengths swept besides off and the default (none: only those two)")
-    ap.add_argument("--render-size", type=int, default=None,
-                    help="short side the model runs at (default: the model's own)")
+    ap.add_argument(
+        "--strengths",
+        type=float,
+        nargs="*",
+        default=[0.7, 0.8, 0.9],
+        help="strengths swept besides off and the default (none: only those two)",
+    )
+    ap.add_argument(
+        "--render-size",
+        type=int,
+        default=None,
+        help="short side the model runs at (default: the model's own)",
+    )
     ap.add_argument("--cost-frames", type=int, default=120)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads for the cost run")

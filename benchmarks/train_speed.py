@@ -39,8 +39,13 @@ def make_images(folder: Path, n: int, size: int, seed: int = 0) -> None:
         small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
         img = cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC).astype(np.float32)
         img += rng.normal(0, 8, img.shape).astype(np.float32)
-        cv2.circle(img, tuple(int(v) for v in rng.integers(0, size, 2)), size // 6,
-                   tuple(float(v) for v in rng.integers(0, 256, 3)), -1)
+        cv2.circle(
+            img,
+            tuple(int(v) for v in rng.integers(0, size, 2)),
+            size // 6,
+            tuple(float(v) for v in rng.integers(0, 256, 3)),
+            -1,
+        )
         cv2.imwrite(str(folder / f"img_{i:04d}.png"), np.clip(img, 0, 255).astype(np.uint8))
 
 
@@ -66,15 +71,29 @@ def loop_speed(cache: Path, out: Path, args: argparse.Namespace) -> dict:
             ema.append(e.images_per_s)
 
     total = args.warmup + args.steps + 1
-    cfg = TrainConfig(data=(cache,), model=args.model, out=out, steps=total,
-                      batch_size=args.batch_size, image_size=args.image_size,
-                      threads=args.threads, workers=args.workers, val_every=10**9,
-                      val_images=0, sample_images=0, overwrite=True, device=args.device)
+    cfg = TrainConfig(
+        data=(cache,),
+        model=args.model,
+        out=out,
+        steps=total,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        threads=args.threads,
+        workers=args.workers,
+        val_every=10**9,
+        val_images=0,
+        sample_images=0,
+        overwrite=True,
+        device=args.device,
+    )
     train(cfg, progress)
     a, b = args.warmup, args.warmup + args.steps  # the last step also saves: left out
     ips = args.steps * args.batch_size / (times[b] - times[a])
-    return {"images_per_s": round(ips, 2), "loop_reported_ema": round(ema[-2], 2),
-            "steps_timed": args.steps}
+    return {
+        "images_per_s": round(ips, 2),
+        "loop_reported_ema": round(ema[-2], 2),
+        "steps_timed": args.steps,
+    }
 
 
 def compute_speed(args: argparse.Namespace, threads: int) -> dict:
@@ -135,8 +154,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed steps")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--workers", type=int, default=1, help="the loop's batch threads")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: the loop's own, all cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: the loop's own, all cores)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -149,29 +172,45 @@ def main() -> None:
         cache = make_cache(tmp, args.images, 256)
         loop = loop_speed(cache, tmp / "run", args)
     compute = compute_speed(args, threads)
-    training = subprocess.run(["pgrep", "-f", "bttf train"], capture_output=True, text=True,
-                              check=False)
+    training = subprocess.run(
+        ["pgrep", "-f", "bttf train"], capture_output=True, text=True, check=False
+    )
     r = {
-        "model": args.model, "device": args.device, "batch_size": args.batch_size,
+        "model": args.model,
+        "device": args.device,
+        "batch_size": args.batch_size,
         "image_size": args.image_size,
-        "torch_threads": threads, "workers": args.workers, **loop, **compute,
+        "torch_threads": threads,
+        "workers": args.workers,
+        **loop,
+        **compute,
         "loop_over_fwd_bwd": round(loop["images_per_s"] / compute["fwd_bwd_images_per_s"], 3),
         "loop_over_fwd_bwd_step": round(
-            loop["images_per_s"] / compute["fwd_bwd_step_images_per_s"], 3),
-        "conditions": {"cores": cores, "load_avg_before": [round(x, 2) for x in load_before],
-                       "load_avg_after": [round(x, 2) for x in os.getloadavg()],
-                       "other_training_running": bool(training.stdout.strip())},
+            loop["images_per_s"] / compute["fwd_bwd_step_images_per_s"], 3
+        ),
+        "conditions": {
+            "cores": cores,
+            "load_avg_before": [round(x, 2) for x in load_before],
+            "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+            "other_training_running": bool(training.stdout.strip()),
+        },
     }
     if args.json:
         print(json.dumps(r, indent=2))
         return
-    print(f"{args.model}, batch {args.batch_size} at {args.image_size} px, {threads} torch "
-          f"threads, {args.workers} data thread(s); {args.steps} steps timed")
+    print(
+        f"{args.model}, batch {args.batch_size} at {args.image_size} px, {threads} torch "
+        f"threads, {args.workers} data thread(s); {args.steps} steps timed"
+    )
     print(f"  train() loop              {r['images_per_s']:8.1f} images/s")
-    print(f"  forward+backward alone    {r['fwd_bwd_images_per_s']:8.1f} images/s "
-          f"(loop / this = {r['loop_over_fwd_bwd']:.2f})")
-    print(f"  ... + AdamW step          {r['fwd_bwd_step_images_per_s']:8.1f} images/s "
-          f"(loop / this = {r['loop_over_fwd_bwd_step']:.2f})")
+    print(
+        f"  forward+backward alone    {r['fwd_bwd_images_per_s']:8.1f} images/s "
+        f"(loop / this = {r['loop_over_fwd_bwd']:.2f})"
+    )
+    print(
+        f"  ... + AdamW step          {r['fwd_bwd_step_images_per_s']:8.1f} images/s "
+        f"(loop / this = {r['loop_over_fwd_bwd_step']:.2f})"
+    )
     print(f"  conditions: {r['conditions']}")
 
 

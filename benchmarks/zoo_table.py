@@ -21,8 +21,16 @@ from bttf.models import get_spec
 
 # eccv16 and siggraph17 (32-34 M parameters) take hours on a 2-core CPU:
 # add them with --models on a GPU
-MODELS = ("mean-chroma", "cnn-ae", "unet-ae", "resnet18", "resnet18-bins", "pix2pix", "fastcolor",
-          "fastcolor-l2")
+MODELS = (
+    "mean-chroma",
+    "cnn-ae",
+    "unet-ae",
+    "resnet18",
+    "resnet18-bins",
+    "pix2pix",
+    "fastcolor",
+    "fastcolor-l2",
+)
 
 
 def main() -> None:
@@ -41,27 +49,58 @@ def main() -> None:
         stride = get_spec(name).stride  # crops must be a multiple of it (pix2pix: 64)
         size = -(-args.image_size // stride) * stride
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "bttf", "train", args.cache, "--model", name,
-                        "--out", str(run), "--steps", str(args.steps), "--batch-size",
-                        str(args.batch_size), "--image-size", str(size),
-                        "--val-every", str(args.steps), "--val-images", "16", "--seed", "0",
-                        "--overwrite"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bttf",
+                "train",
+                args.cache,
+                "--model",
+                name,
+                "--out",
+                str(run),
+                "--steps",
+                str(args.steps),
+                "--batch-size",
+                str(args.batch_size),
+                "--image-size",
+                str(size),
+                "--val-every",
+                str(args.steps),
+                "--val-images",
+                "16",
+                "--seed",
+                "0",
+                "--overwrite",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         seconds[name] = time.perf_counter() - t0
         weights += ["--weights", str(run / "last.safetensors")]
         print(f"{name}: trained in {seconds[name]:.0f} s", file=sys.stderr, flush=True)
-    report = subprocess.run([sys.executable, "-m", "bttf", "eval", args.cache, *weights, "--json"],
-                            check=True, capture_output=True, text=True)
+    report = subprocess.run(
+        [sys.executable, "-m", "bttf", "eval", args.cache, *weights, "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     data = json.loads(report.stdout)
-    print(f"{data['images']} validation images at {data['size']} px; truth colorfulness "
-          f"{data['colorfulness_truth']:.1f}; {args.steps} steps x {args.batch_size} images of "
-          f"{args.image_size} px each\n")
+    print(
+        f"{data['images']} validation images at {data['size']} px; truth colorfulness "
+        f"{data['colorfulness_truth']:.1f}; {args.steps} steps x {args.batch_size} images of "
+        f"{args.image_size} px each\n"
+    )
     print("| model | train s | PSNR | SSIM | colorfulness | AuC | AuC rebal |")
     print("|---|---|---|---|---|---|---|")
     for r in data["results"]:
         s = seconds.get(r["name"])
-        print(f"| {r['name']} | {'' if s is None else f'{s:.0f}'} | {float(r['psnr']):.2f} | "
-              f"{r['ssim']:.3f} | {r['colorfulness']:.1f} | {r['auc']:.4f} | "
-              f"{r['auc_rebal']:.4f} |")
+        print(
+            f"| {r['name']} | {'' if s is None else f'{s:.0f}'} | {float(r['psnr']):.2f} | "
+            f"{r['ssim']:.3f} | {r['colorfulness']:.1f} | {r['auc']:.4f} | "
+            f"{r['auc_rebal']:.4f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -44,10 +44,16 @@ def models_cmd(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title="bttf colorizers",
-                  caption="weights: yes shipped / missing / no: use --weights FILE")
-    for column, justify in (("model", "left"), ("output", "left"), ("params", "right"),
-                            ("render size", "right"), ("weights", "left")):
+    table = Table(
+        title="bttf colorizers", caption="weights: yes shipped / missing / no: use --weights FILE"
+    )
+    for column, justify in (
+        ("model", "left"),
+        ("output", "left"),
+        ("params", "right"),
+        ("render size", "right"),
+        ("weights", "left"),
+    ):
         table.add_column(column, justify=justify, no_wrap=column == "model")
     for r in rows:
         name = r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else "")
@@ -66,12 +72,27 @@ def _timecode(seconds: float) -> str:
 @cli.command("cuts")
 @click.argument("input", type=click.Path(dir_okay=True, file_okay=True))
 @click.option("--json", "as_json", is_flag=True, help="Print the cuts as a JSON list.")
-@click.option("--fps", type=float, default=24.0, show_default=True,
-              help="Frame rate of a folder of frames (a video file's own timing is used).")
-@click.option("--min-scene-len", type=int, default=8, show_default=True,
-              help="Shortest shot in frames; no cut closer than this to the previous one.")
-@click.option("--threshold", type=float, default=3.0, show_default=True,
-              help="How many times the recent median frame difference a cut must reach.")
+@click.option(
+    "--fps",
+    type=float,
+    default=24.0,
+    show_default=True,
+    help="Frame rate of a folder of frames (a video file's own timing is used).",
+)
+@click.option(
+    "--min-scene-len",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Shortest shot in frames; no cut closer than this to the previous one.",
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=3.0,
+    show_default=True,
+    help="How many times the recent median frame difference a cut must reach.",
+)
 def cuts_cmd(input: str, as_json: bool, fps: float, min_scene_len: int, threshold: float) -> None:
     """Print the hard scene cuts of INPUT (a video file or a folder of frames).
 
@@ -100,12 +121,16 @@ def cuts_cmd(input: str, as_json: bool, fps: float, min_scene_len: int, threshol
 
 @cli.command("eval-video")
 @click.argument("output", type=click.Path(dir_okay=True, file_okay=True))
-@click.option("--truth", type=click.Path(dir_okay=True, file_okay=True), default=None,
-              help="The colour original (video or folder of frames): adds PSNR, SSIM, "
-                   "colourfulness.")
+@click.option(
+    "--truth",
+    type=click.Path(dir_okay=True, file_okay=True),
+    default=None,
+    help="The colour original (video or folder of frames): adds PSNR, SSIM, colourfulness.",
+)
 @click.option("--max-frames", type=int, default=None, help="Evaluate only the first N frames.")
-@click.option("--fps", type=float, default=24.0, show_default=True,
-              help="Frame rate of a folder of frames.")
+@click.option(
+    "--fps", type=float, default=24.0, show_default=True, help="Frame rate of a folder of frames."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def eval_video_cmd(
     output: str, truth: str | None, max_frames: int | None, fps: float, as_json: bool
@@ -129,12 +154,17 @@ def eval_video_cmd(
     if as_json:
         click.echo(json.dumps(m.to_dict(), indent=2))
         return
-    rows = [("frames", f"{m.frames}", None),
-            ("warping error", f"{m.warping_error:.6f}", m.truth_warping_error),
-            ("CDC", f"{m.cdc:.6f}", m.truth_cdc)]
+    rows = [
+        ("frames", f"{m.frames}", None),
+        ("warping error", f"{m.warping_error:.6f}", m.truth_warping_error),
+        ("CDC", f"{m.cdc:.6f}", m.truth_cdc),
+    ]
     if m.psnr is not None:
-        rows += [("PSNR (dB)", f"{m.psnr:.2f}", None), ("SSIM", f"{m.ssim:.4f}", None),
-                 ("colourfulness", f"{m.colorfulness:.2f}", m.truth_colorfulness)]
+        rows += [
+            ("PSNR (dB)", f"{m.psnr:.2f}", None),
+            ("SSIM", f"{m.ssim:.4f}", None),
+            ("colourfulness", f"{m.colorfulness:.2f}", m.truth_colorfulness),
+        ]
     for name, value, ref in rows:
         extra = f"   (truth: {ref:.6g})" if ref is not None else ""
         click.echo(f"{name:<15}{value}{extra}")
@@ -165,8 +195,9 @@ class _TimeParam(click.ParamType):
                 for p in parts:
                     seconds = seconds * 60.0 + p
             except ValueError:
-                self.fail(f"{value!r} is not a time; use seconds (12.5) or [HH:]MM:SS[.ms]",
-                          param, ctx)  # fmt: skip
+                self.fail(
+                    f"{value!r} is not a time; use seconds (12.5) or [HH:]MM:SS[.ms]", param, ctx
+                )
         if not seconds >= 0 or seconds == float("inf"):
             self.fail(f"{value!r} must be a time >= 0", param, ctx)
         return seconds
@@ -182,28 +213,64 @@ def _default_output(src: str) -> str:
 
 
 _COLORIZER_OPTIONS = [
-    click.option("--model", default=None,
-                 help="Colorizer name (see `bttf models`). [default: default]"),
-    click.option("--weights", type=click.Path(dir_okay=False), default=None,
-                 help="Weights file; a bttf .safetensors names its model, so it is enough alone."),
-    click.option("--device", default="auto", show_default=True,
-                 help="auto, cpu, cuda, cuda:N or mps."),
-    click.option("--render-size", type=click.IntRange(16, 4096), default=None,
-                 help="Short side (pixels) the model works at; smaller is faster (160 with "
-                      "--preset veryfast: 360p in real time on 2 CPU cores). [default: the "
-                      "model's, 256]"),
-    click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-                 help="Frames per model call (halved automatically on CUDA out-of-memory)."),
-    click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.38,
-                 show_default=True, help="Annealed-mean temperature; lower is more saturated."),
-    click.option("--top-k", type=click.IntRange(1, 313), default=None,
-                 help="Decode colours from the k most likely bins only."),
-    click.option("--temporal/--no-temporal", default=True, show_default=True,
-                 help="Stabilize colours across frames (flow-guided fusion)."),
-    click.option("--temporal-strength", type=click.FloatRange(0.0, 1.0), default=None,
-                 help="How much of the past frames the stabilizer keeps, 0..1. [default: 0.9]"),
-    click.option("--threads", type=click.IntRange(min=1), default=None,
-                 help="CPU threads for the model. [default: all cores but one]"),
+    click.option(
+        "--model", default=None, help="Colorizer name (see `bttf models`). [default: default]"
+    ),
+    click.option(
+        "--weights",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Weights file; a bttf .safetensors names its model, so it is enough alone.",
+    ),
+    click.option(
+        "--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."
+    ),
+    click.option(
+        "--render-size",
+        type=click.IntRange(16, 4096),
+        default=None,
+        help="Short side (pixels) the model works at; smaller is faster (160 with "
+        "--preset veryfast: 360p in real time on 2 CPU cores). [default: the "
+        "model's, 256]",
+    ),
+    click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=8,
+        show_default=True,
+        help="Frames per model call (halved automatically on CUDA out-of-memory).",
+    ),
+    click.option(
+        "--temperature",
+        type=click.FloatRange(min=0, min_open=True),
+        default=0.38,
+        show_default=True,
+        help="Annealed-mean temperature; lower is more saturated.",
+    ),
+    click.option(
+        "--top-k",
+        type=click.IntRange(1, 313),
+        default=None,
+        help="Decode colours from the k most likely bins only.",
+    ),
+    click.option(
+        "--temporal/--no-temporal",
+        default=True,
+        show_default=True,
+        help="Stabilize colours across frames (flow-guided fusion).",
+    ),
+    click.option(
+        "--temporal-strength",
+        type=click.FloatRange(0.0, 1.0),
+        default=None,
+        help="How much of the past frames the stabilizer keeps, 0..1. [default: 0.9]",
+    ),
+    click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=None,
+        help="CPU threads for the model. [default: all cores but one]",
+    ),
 ]
 
 
@@ -235,9 +302,17 @@ def _film_progress(label: str = "colorizing") -> Iterator[Callable[[int, int | N
             text = f"{speed:5.1f} fps" if speed else "  ... fps"
             return Text(text, style="progress.data.speed")
 
-    bar = Progress(TextColumn(f"[bold]{label}[/]", markup=True), BarColumn(),
-                   MofNCompleteColumn(), _Fps(), TimeElapsedColumn(), TextColumn("ETA"),
-                   TimeRemainingColumn(), console=console, transient=True)  # fmt: skip
+    bar = Progress(
+        TextColumn(f"[bold]{label}[/]", markup=True),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Fps(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
     task = bar.add_task("colorize", total=None, start=False)
 
     def progress(done: int, total: int | None) -> None:
@@ -288,58 +363,103 @@ def _colorize_folder(src: str, out: str | None, config, quiet: bool) -> None:
             console.print(f"  note: {escape(n)}", highlight=False)
 
     try:
-        result = colorize_folder(src, out_dir, config, on_start=on_start, on_done=on_done,
-                                 progress_for=progress_for)  # fmt: skip
+        result = colorize_folder(
+            src, out_dir, config, on_start=on_start, on_done=on_done, progress_for=progress_for
+        )
     finally:
         while bars:
             bars.pop().__exit__(None, None, None)
     if not quiet:
         shard = f" (rank {rank} of {world}: {len(result.items)} of {result.total} films)"
         table = Table(title=f"{src} -> {out_dir}{shard if world > 1 else ''}")
-        for col, justify in (("film", "left"), ("status", "left"), ("frames", "right"),
-                             ("time", "right"), ("note", "left")):  # fmt: skip
+        for col, justify in (
+            ("film", "left"),
+            ("status", "left"),
+            ("frames", "right"),
+            ("time", "right"),
+            ("note", "left"),
+        ):
             table.add_column(col, justify=justify, overflow="fold")
         style = {DONE: "green", SKIPPED: "yellow", FAILED: "red"}
         for it in result.items:
-            table.add_row(escape(it.src.name), f"[{style[it.status]}]{it.status}[/]",
-                          str(it.frames) if it.frames else "",
-                          f"{it.seconds:.1f} s" if it.status != SKIPPED else "",
-                          escape(it.reason))  # fmt: skip
+            table.add_row(
+                escape(it.src.name),
+                f"[{style[it.status]}]{it.status}[/]",
+                str(it.frames) if it.frames else "",
+                f"{it.seconds:.1f} s" if it.status != SKIPPED else "",
+                escape(it.reason),
+            )
         console.print(table)
-        console.print(f"{tag}{result.count(DONE)} done, {result.count(SKIPPED)} skipped, "
-                      f"{result.count(FAILED)} failed", highlight=False)  # fmt: skip
+        console.print(
+            f"{tag}{result.count(DONE)} done, {result.count(SKIPPED)} skipped, "
+            f"{result.count(FAILED)} failed",
+            highlight=False,
+        )
     if not result.ok:
         raise click.exceptions.Exit(1)
 
 
 @cli.command("colorize")
 @click.argument("input", type=click.Path(dir_okay=True))
-@click.option("-o", "--output", type=click.Path(dir_okay=True), default=None,
-              help="Output file; its suffix picks the format. [default: INPUT_color.mp4, or "
-                   "the image's own suffix] For a folder INPUT: the folder to write "
-                   "NAME.mp4 files in. [default: INPUT_color]")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=True),
+    default=None,
+    help="Output file; its suffix picks the format. [default: INPUT_color.mp4, or "
+    "the image's own suffix] For a folder INPUT: the folder to write "
+    "NAME.mp4 files in. [default: INPUT_color]",
+)
 @_colorizer_options
 @click.option("--codec", default="libx264", show_default=True, help="Video encoder.")
-@click.option("--crf", type=click.IntRange(0, 63), default=18, show_default=True,
-              help="Encoder quality (lower is better and bigger).")
+@click.option(
+    "--crf",
+    type=click.IntRange(0, 63),
+    default=18,
+    show_default=True,
+    help="Encoder quality (lower is better and bigger).",
+)
 @click.option("--preset", default="medium", show_default=True, help="Encoder speed preset.")
-@click.option("--pix-fmt", default="yuv420p", show_default=True,
-              help="Output pixel format: yuv420p, yuv422p, yuv444p or their 10-bit p10le forms.")
-@click.option("--start", type=_TimeParam(), default=None,
-              help="Start at this time (seconds or [HH:]MM:SS[.ms]), like ffmpeg -ss.")
-@click.option("--duration", type=_TimeParam(), default=None,
-              help="Colorize this much (seconds or [HH:]MM:SS[.ms]), like ffmpeg -t.")
+@click.option(
+    "--pix-fmt",
+    default="yuv420p",
+    show_default=True,
+    help="Output pixel format: yuv420p, yuv422p, yuv444p or their 10-bit p10le forms.",
+)
+@click.option(
+    "--start",
+    type=_TimeParam(),
+    default=None,
+    help="Start at this time (seconds or [HH:]MM:SS[.ms]), like ffmpeg -ss.",
+)
+@click.option(
+    "--duration",
+    type=_TimeParam(),
+    default=None,
+    help="Colorize this much (seconds or [HH:]MM:SS[.ms]), like ffmpeg -t.",
+)
 @click.option("--no-audio", is_flag=True, help="Leave the audio out.")
-@click.option("--on-decode-error", type=click.Choice(["repeat", "skip", "fail"]),
-              default="repeat", show_default=True,
-              help="A damaged frame: show the last good one in its place, leave it out (the "
-                   "previous frame lasts longer), or stop with an error.")
-@click.option("--segment-frames", type=click.IntRange(min=0), default=None,
-              help="Write films longer than this many frames in closed segments beside OUTPUT, "
-                   "so an interrupted run can --resume; 0: never. [default: 2000]")
-@click.option("--resume", is_flag=True,
-              help="Continue the interrupted run of OUTPUT (same options); starts afresh when "
-                   "there is nothing to continue.")
+@click.option(
+    "--on-decode-error",
+    type=click.Choice(["repeat", "skip", "fail"]),
+    default="repeat",
+    show_default=True,
+    help="A damaged frame: show the last good one in its place, leave it out (the "
+    "previous frame lasts longer), or stop with an error.",
+)
+@click.option(
+    "--segment-frames",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Write films longer than this many frames in closed segments beside OUTPUT, "
+    "so an interrupted run can --resume; 0: never. [default: 2000]",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the interrupted run of OUTPUT (same options); starts afresh when "
+    "there is nothing to continue.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def colorize_cmd(
@@ -387,25 +507,43 @@ def colorize_cmd(
     from bttf.pipeline.media import is_image_path
 
     if not re.match(_DEVICE_RE, device.strip().lower()):
-        raise click.BadParameter(f"{device!r}; use auto, cpu, cuda, cuda:N or mps",
-                                 param_hint="--device")  # fmt: skip
+        raise click.BadParameter(
+            f"{device!r}; use auto, cpu, cuda, cuda:N or mps", param_hint="--device"
+        )
     if pix_fmt not in OUTPUT_PIX_FMTS:
-        raise click.BadParameter(f"{pix_fmt!r}; choose one of {', '.join(OUTPUT_PIX_FMTS)}",
-                                 param_hint="--pix-fmt")  # fmt: skip
+        raise click.BadParameter(
+            f"{pix_fmt!r}; choose one of {', '.join(OUTPUT_PIX_FMTS)}", param_hint="--pix-fmt"
+        )
     if duration is not None and duration <= 0:
         raise click.BadParameter("must be more than 0", param_hint="--duration")
     if resume and segment_frames == 0:
-        raise click.BadParameter("--resume needs segments; drop --segment-frames 0",
-                                 param_hint="--segment-frames")  # fmt: skip
+        raise click.BadParameter(
+            "--resume needs segments; drop --segment-frames 0", param_hint="--segment-frames"
+        )
     extra = {} if segment_frames is None else {"segment_frames": segment_frames}
     config = ColorizeConfig(
-        model=model, weights=weights, device=device, render_size=render_size,
-        batch_size=batch_size, temperature=temperature, top_k=top_k, temporal=temporal,
-        temporal_strength=temporal_strength, codec=codec, crf=crf, preset=preset,
-        pix_fmt=pix_fmt, start=start, duration=duration, audio=not no_audio,
-        overwrite=overwrite, threads=threads, on_decode_error=on_decode_error, resume=resume,
+        model=model,
+        weights=weights,
+        device=device,
+        render_size=render_size,
+        batch_size=batch_size,
+        temperature=temperature,
+        top_k=top_k,
+        temporal=temporal,
+        temporal_strength=temporal_strength,
+        codec=codec,
+        crf=crf,
+        preset=preset,
+        pix_fmt=pix_fmt,
+        start=start,
+        duration=duration,
+        audio=not no_audio,
+        overwrite=overwrite,
+        threads=threads,
+        on_decode_error=on_decode_error,
+        resume=resume,
         **extra,
-    )  # fmt: skip
+    )
     if os.path.isdir(input):
         _colorize_folder(input, output, config, quiet)
         return
@@ -422,8 +560,12 @@ def colorize_cmd(
         with _film_progress() as progress:
             stats = colorize_video(input, output, config, progress=progress)
     if not quiet:
-        console.print(f"wrote {stats.output}: {stats.summary()}", highlight=False, markup=False,
-                      soft_wrap=True)
+        console.print(
+            f"wrote {stats.output}: {stats.summary()}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 # --- gif --------------------------------------------------------------------------------------
@@ -447,27 +589,65 @@ class _SizeParam(click.ParamType):
 
 @cli.command("gif")
 @click.argument("input", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="The GIF to write. [default: INPUT_preview.gif]")
-@click.option("--start", type=_TimeParam(), default=0.0,
-              help="Start at this time (seconds or [HH:]MM:SS[.ms]).  [default: 0]")
-@click.option("--duration", type=_TimeParam(), default=4.0, show_default=True,
-              help="Length of the preview (seconds or [HH:]MM:SS[.ms]).")
-@click.option("--fps", type=click.FloatRange(0, 50, min_open=True), default=12.0,
-              show_default=True, help="GIF frame rate (never above the film's).")
-@click.option("--width", type=click.IntRange(16, 4096), default=480, show_default=True,
-              help="GIF width in pixels, per panel with --side-by-side (never above the film's).")
-@click.option("--side-by-side", is_flag=True,
-              help='Black-and-white original left, colour right, labelled "original" and '
-                   '"bttf MODEL".')
-@click.option("--colorized", type=click.Path(dir_okay=False), default=None,
-              help="An already colorized version of INPUT (same timeline, e.g. from `bttf "
-                   "colorize`): only make the GIF.")
-@click.option("--max-size", type=_SizeParam(), default=None,
-              help="Size budget such as 5MB, 800KB or 2.5M: lowers fps, then width, until it fits.")
-@click.option("--dither", type=click.Choice(["bayer", "sierra2_4a", "floyd_steinberg", "none"]),
-              default="bayer", show_default=True,
-              help="Palette dithering: bayer compresses best; sierra2_4a looks finer on stills.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The GIF to write. [default: INPUT_preview.gif]",
+)
+@click.option(
+    "--start",
+    type=_TimeParam(),
+    default=0.0,
+    help="Start at this time (seconds or [HH:]MM:SS[.ms]).  [default: 0]",
+)
+@click.option(
+    "--duration",
+    type=_TimeParam(),
+    default=4.0,
+    show_default=True,
+    help="Length of the preview (seconds or [HH:]MM:SS[.ms]).",
+)
+@click.option(
+    "--fps",
+    type=click.FloatRange(0, 50, min_open=True),
+    default=12.0,
+    show_default=True,
+    help="GIF frame rate (never above the film's).",
+)
+@click.option(
+    "--width",
+    type=click.IntRange(16, 4096),
+    default=480,
+    show_default=True,
+    help="GIF width in pixels, per panel with --side-by-side (never above the film's).",
+)
+@click.option(
+    "--side-by-side",
+    is_flag=True,
+    help='Black-and-white original left, colour right, labelled "original" and "bttf MODEL".',
+)
+@click.option(
+    "--colorized",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="An already colorized version of INPUT (same timeline, e.g. from `bttf "
+    "colorize`): only make the GIF.",
+)
+@click.option(
+    "--max-size",
+    type=_SizeParam(),
+    default=None,
+    help="Size budget such as 5MB, 800KB or 2.5M: lowers fps, then width, until it fits.",
+)
+@click.option(
+    "--dither",
+    type=click.Choice(["bayer", "sierra2_4a", "floyd_steinberg", "none"]),
+    default="bayer",
+    show_default=True,
+    help="Palette dithering: bayer compresses best; sierra2_4a looks finer on stills.",
+)
 @click.option("--label", default=None, help='Right-hand label. [default: "bttf MODEL"]')
 @_colorizer_options
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
@@ -509,22 +689,39 @@ def gif_cmd(
     from bttf.pipeline.gif import GifConfig, format_size, make_gif
 
     if not re.match(_DEVICE_RE, device.strip().lower()):
-        raise click.BadParameter(f"{device!r}; use auto, cpu, cuda, cuda:N or mps",
-                                 param_hint="--device")  # fmt: skip
+        raise click.BadParameter(
+            f"{device!r}; use auto, cpu, cuda, cuda:N or mps", param_hint="--device"
+        )
     if duration <= 0:
         raise click.BadParameter("must be more than 0", param_hint="--duration")
     colorize = None
     if colorized is None:
         colorize = ColorizeConfig(
-            model=model, weights=weights, device=device, render_size=render_size,
-            batch_size=batch_size, temperature=temperature, top_k=top_k, temporal=temporal,
-            temporal_strength=temporal_strength, threads=threads, audio=False,
-        )  # fmt: skip
+            model=model,
+            weights=weights,
+            device=device,
+            render_size=render_size,
+            batch_size=batch_size,
+            temperature=temperature,
+            top_k=top_k,
+            temporal=temporal,
+            temporal_strength=temporal_strength,
+            threads=threads,
+            audio=False,
+        )
     config = GifConfig(
-        start=start, duration=duration, fps=fps, width=width, side_by_side=side_by_side,
-        colorized=Path(colorized) if colorized else None, max_size=max_size, dither=dither,
-        overwrite=overwrite, label=label, colorize=colorize,
-    )  # fmt: skip
+        start=start,
+        duration=duration,
+        fps=fps,
+        width=width,
+        side_by_side=side_by_side,
+        colorized=Path(colorized) if colorized else None,
+        max_size=max_size,
+        dither=dither,
+        overwrite=overwrite,
+        label=label,
+        colorize=colorize,
+    )
     p = Path(input)
     output = output or str(p.with_name(f"{p.stem}_preview.gif"))
     if quiet:
@@ -540,13 +737,19 @@ def gif_cmd(
         return
     if result.fps != fps or result.width != width:
         why = f"to fit --max-size {format_size(max_size)}" if result.reduced else "the film's own"
-        console.print(f"chose {result.fps:g} fps, {result.width} px wide ({why}; asked for "
-                      f"{fps:g} fps, {width} px)", highlight=False, markup=False)  # fmt: skip
+        console.print(
+            f"chose {result.fps:g} fps, {result.width} px wide ({why}; asked for "
+            f"{fps:g} fps, {width} px)",
+            highlight=False,
+            markup=False,
+        )
     console.print(
         f"wrote {result.path}: {result.frames} frames, {result.total_width}x{result.height} at "
         f"{result.fps:g} fps, {format_size(result.size_bytes)}",
-        highlight=False, markup=False, soft_wrap=True,
-    )  # fmt: skip
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -554,33 +757,68 @@ def gif_cmd(
 
 
 def _val_every(value: str) -> tuple[int, str]:
-    """"500" -> every 500 steps; "2ep" (or "2e", "2epochs") -> every 2 epochs; "0": each epoch."""
+    """ "500" -> every 500 steps; "2ep" (or "2e", "2epochs") -> every 2 epochs; "0": each epoch."""
     import re
 
     m = re.fullmatch(r"\s*(\d+)\s*(ep|e|epoch|epochs|s|steps?)?\s*", value or "")
     if not m:
-        raise click.BadParameter("give N (steps) or Nep (epochs), e.g. 500 or 1ep",
-                                 param_hint="--val-every")
+        raise click.BadParameter(
+            "give N (steps) or Nep (epochs), e.g. 500 or 1ep", param_hint="--val-every"
+        )
     unit = "epochs" if (m.group(2) or "").startswith("e") else "steps"
     return int(m.group(1)), unit
 
 
 @cli.command("prepare")
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False),
-              help="Cache folder to write (L.npy, ab.npy, index.json).")
-@click.option("--size", type=int, default=256, show_default=True,
-              help="Working size: short side resized to this, centre-cropped square.")
-@click.option("--val-fraction", type=float, default=0.05, show_default=True,
-              help="Share of source files held out for validation (stable: by file hash).")
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Cache folder to write (L.npy, ab.npy, index.json).",
+)
+@click.option(
+    "--size",
+    type=int,
+    default=256,
+    show_default=True,
+    help="Working size: short side resized to this, centre-cropped square.",
+)
+@click.option(
+    "--val-fraction",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="Share of source files held out for validation (stable: by file hash).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
-@click.option("--frame-step", type=int, default=30, show_default=True,
-              help="Videos: keep every N-th frame (near-duplicates are skipped too).")
-@click.option("--workers", type=int, default=0, show_default=True,
-              help="Decoding threads (0: one per core, at most 4).")
+@click.option(
+    "--frame-step",
+    type=int,
+    default=30,
+    show_default=True,
+    help="Videos: keep every N-th frame (near-duplicates are skipped too).",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Decoding threads (0: one per core, at most 4).",
+)
 @click.option("--overwrite", is_flag=True, help="Rebuild an existing cache.")
-def prepare_cmd(data: tuple[str, ...], out: str, size: int, val_fraction: float, seed: int,
-                frame_step: int, workers: int, overwrite: bool) -> None:
+def prepare_cmd(
+    data: tuple[str, ...],
+    out: str,
+    size: int,
+    val_fraction: float,
+    seed: int,
+    frame_step: int,
+    workers: int,
+    overwrite: bool,
+) -> None:
     """Build a training cache (Lab, uint8, memory-mapped) from images and colour videos in DATA."""
     from pathlib import Path
 
@@ -596,82 +834,204 @@ def prepare_cmd(data: tuple[str, ...], out: str, size: int, val_fraction: float,
         raise click.BadParameter("must be at least 1", param_hint="--frame-step")
     if workers < 0:
         raise click.BadParameter("must be 0 or more", param_hint="--workers")
-    cfg = PrepareConfig(inputs=tuple(Path(d) for d in data), out=Path(out), size=size,
-                        val_fraction=val_fraction, seed=seed, frame_step=frame_step,
-                        workers=workers, overwrite=overwrite)
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=console, transient=True) as bar:
+    cfg = PrepareConfig(
+        inputs=tuple(Path(d) for d in data),
+        out=Path(out),
+        size=size,
+        val_fraction=val_fraction,
+        seed=seed,
+        frame_step=frame_step,
+        workers=workers,
+        overwrite=overwrite,
+    )
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         task = bar.add_task("preparing", total=None)
-        s = prepare(cfg, lambda _stage, done, total: bar.update(task, completed=done,
-                                                                total=total))
+        s = prepare(cfg, lambda _stage, done, total: bar.update(task, completed=done, total=total))
     console.print(
         f"{out}: {s.train} train + {s.val} val images ({s.size}x{s.size}) from {s.files} files "
         f"and {s.videos} videos; skipped {s.unreadable} unreadable, {s.grayscale} grayscale, "
-        f"{s.duplicate_frames} duplicate frames", highlight=False)
+        f"{s.duplicate_frames} duplicate frames",
+        highlight=False,
+    )
 
 
 @cli.command("train")
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("-m", "--model", default="fastcolor", show_default=True,
-              help="Registered model to train (`bttf models`).")
-@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False),
-              help="Run folder: checkpoints, metrics.csv, loss.png, samples/.")
-@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
-              help="Architecture option (value read as JSON, else text), e.g. variant=dropout.")
+@click.option(
+    "-m",
+    "--model",
+    default="fastcolor",
+    show_default=True,
+    help="Registered model to train (`bttf models`).",
+)
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Run folder: checkpoints, metrics.csv, loss.png, samples/.",
+)
+@click.option(
+    "--model-arg",
+    "model_args",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Architecture option (value read as JSON, else text), e.g. variant=dropout.",
+)
 @click.option("--epochs", type=int, default=None, help="Length of the run in epochs.")
 @click.option("--steps", type=int, default=None, help="Length of the run in steps (wins).")
-@click.option("--batch-size", type=int, default=16, show_default=True,
-              help="Images per step (per process under torchrun).")
-@click.option("--image-size", type=int, default=176, show_default=True,
-              help="Training crop size (a multiple of the model's stride).")
+@click.option(
+    "--batch-size",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Images per step (per process under torchrun).",
+)
+@click.option(
+    "--image-size",
+    type=int,
+    default=176,
+    show_default=True,
+    help="Training crop size (a multiple of the model's stride).",
+)
 @click.option("--lr", type=float, default=3e-4, show_default=True, help="Peak learning rate.")
 @click.option("--weight-decay", type=float, default=0.01, show_default=True)
-@click.option("--warmup-steps", type=int, default=None,
-              help="Linear warm-up (default: 3% of the run, at most 500), then cosine decay.")
-@click.option("--loss", type=click.Choice(["auto", "rebalanced", "ce", "normalized", "huber",
-                                           "l2", "l1", "gan"]), default="auto", show_default=True,
-              help="Objective; auto: rebalanced for bin models, huber for ab models.")
+@click.option(
+    "--warmup-steps",
+    type=int,
+    default=None,
+    help="Linear warm-up (default: 3% of the run, at most 500), then cosine decay.",
+)
+@click.option(
+    "--loss",
+    type=click.Choice(["auto", "rebalanced", "ce", "normalized", "huber", "l2", "l1", "gan"]),
+    default="auto",
+    show_default=True,
+    help="Objective; auto: rebalanced for bin models, huber for ab models.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workers", type=int, default=1, show_default=True,
-              help="Background threads preparing batches (0: none).")
+@click.option(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Background threads preparing batches (0: none).",
+)
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: all cores).")
-@click.option("--init", default=None,
-              help="Start from a weights file, or 'pretrained' for the official weights.")
+@click.option(
+    "--init",
+    default=None,
+    help="Start from a weights file, or 'pretrained' for the official weights.",
+)
 @click.option("--freeze-encoder", is_flag=True, help="Train the decoder only at first.")
-@click.option("--unfreeze-at", type=int, default=None,
-              help="Epoch (0-based) at which a frozen encoder joins training.")
-@click.option("--encoder-lr-mult", type=float, default=None,
-              help="Encoder LR = lr x this (default 0.1 with --init, else 1).")
-@click.option("--val-every", default="0", show_default=True,
-              help="Validate every N steps, or every Nep epochs; 0: each epoch.")
-@click.option("--save-every", type=int, default=0, show_default=True,
-              help="Also checkpoint every N steps (0: at each validation).")
-@click.option("--val-images", type=int, default=64, show_default=True,
-              help="Validation images used (a fixed subset).")
-@click.option("--best-metric", type=click.Choice(["auc_rebal", "auc", "loss", "psnr", "ssim"]),
-              default="auc_rebal", show_default=True, help="What best.safetensors maximises.")
+@click.option(
+    "--unfreeze-at",
+    type=int,
+    default=None,
+    help="Epoch (0-based) at which a frozen encoder joins training.",
+)
+@click.option(
+    "--encoder-lr-mult",
+    type=float,
+    default=None,
+    help="Encoder LR = lr x this (default 0.1 with --init, else 1).",
+)
+@click.option(
+    "--val-every",
+    default="0",
+    show_default=True,
+    help="Validate every N steps, or every Nep epochs; 0: each epoch.",
+)
+@click.option(
+    "--save-every",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Also checkpoint every N steps (0: at each validation).",
+)
+@click.option(
+    "--val-images",
+    type=int,
+    default=64,
+    show_default=True,
+    help="Validation images used (a fixed subset).",
+)
+@click.option(
+    "--best-metric",
+    type=click.Choice(["auc_rebal", "auc", "loss", "psnr", "ssim"]),
+    default="auc_rebal",
+    show_default=True,
+    help="What best.safetensors maximises.",
+)
 @click.option("--grad-clip", type=float, default=1.0, show_default=True)
-@click.option("--ema", type=float, default=0.0, show_default=True,
-              help="Validate and save a moving average of the weights with this decay, e.g. "
-                   "0.998 (0: off).")
+@click.option(
+    "--ema",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Validate and save a moving average of the weights with this decay, e.g. 0.998 (0: off).",
+)
 @click.option("--no-augment", is_flag=True, help="No flips, crops or jitter.")
 @click.option("--no-amp", is_flag=True, help="No bf16 autocast on CUDA.")
-@click.option("--cache-size", type=int, default=256, show_default=True,
-              help="Raw DATA is prepared into RUN/cache at this size.")
-@click.option("--val-fraction", type=float, default=0.05, show_default=True,
-              help="Raw DATA: validation share.")
+@click.option(
+    "--cache-size",
+    type=int,
+    default=256,
+    show_default=True,
+    help="Raw DATA is prepared into RUN/cache at this size.",
+)
+@click.option(
+    "--val-fraction",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="Raw DATA: validation share.",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped.")
 @click.option("--overwrite", is_flag=True, help="Start again in an existing run folder.")
-def train_cmd(data: tuple[str, ...], model: str, out: str, model_args: tuple[str, ...],
-              epochs: int | None,
-              steps: int | None, batch_size: int, image_size: int, lr: float,
-              weight_decay: float, warmup_steps: int | None, loss: str, device: str, seed: int,
-              workers: int, threads: int | None, init: str | None, freeze_encoder: bool,
-              unfreeze_at: int | None, encoder_lr_mult: float | None, val_every: str,
-              save_every: int, val_images: int, best_metric: str, grad_clip: float,
-              ema: float, no_augment: bool, no_amp: bool, cache_size: int, val_fraction: float,
-              resume: bool, overwrite: bool) -> None:
+def train_cmd(
+    data: tuple[str, ...],
+    model: str,
+    out: str,
+    model_args: tuple[str, ...],
+    epochs: int | None,
+    steps: int | None,
+    batch_size: int,
+    image_size: int,
+    lr: float,
+    weight_decay: float,
+    warmup_steps: int | None,
+    loss: str,
+    device: str,
+    seed: int,
+    workers: int,
+    threads: int | None,
+    init: str | None,
+    freeze_encoder: bool,
+    unfreeze_at: int | None,
+    encoder_lr_mult: float | None,
+    val_every: str,
+    save_every: int,
+    val_images: int,
+    best_metric: str,
+    grad_clip: float,
+    ema: float,
+    no_augment: bool,
+    no_amp: bool,
+    cache_size: int,
+    val_fraction: float,
+    resume: bool,
+    overwrite: bool,
+) -> None:
     """Train MODEL on DATA (a cache from `bttf prepare`, or image/video folders).
 
     Multi-GPU: torchrun --nproc_per_node=N -m bttf train ... (DDP; rank 0 writes).
@@ -682,8 +1042,14 @@ def train_cmd(data: tuple[str, ...], model: str, out: str, model_args: tuple[str
     import json
     from pathlib import Path
 
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from bttf.models import get_spec
     from bttf.training.loop import TrainConfig, TrainEvent, train
@@ -695,8 +1061,9 @@ def train_cmd(data: tuple[str, ...], model: str, out: str, model_args: tuple[str
         if value is not None and value < 1:
             raise click.BadParameter("must be at least 1", param_hint=hint)
     if image_size < spec.stride or image_size % spec.stride:
-        raise click.BadParameter(f"must be a multiple of {spec.stride} for {spec.name}",
-                                 param_hint="--image-size")
+        raise click.BadParameter(
+            f"must be a multiple of {spec.stride} for {spec.name}", param_hint="--image-size"
+        )
     if lr <= 0:
         raise click.BadParameter("must be > 0", param_hint="--lr")
     if workers < 0:
@@ -704,8 +1071,9 @@ def train_cmd(data: tuple[str, ...], model: str, out: str, model_args: tuple[str
     if unfreeze_at is not None and not freeze_encoder:
         raise click.BadParameter("needs --freeze-encoder", param_hint="--unfreeze-at")
     if resume and overwrite:
-        raise click.BadParameter("--resume and --overwrite exclude each other",
-                                 param_hint="--resume")
+        raise click.BadParameter(
+            "--resume and --overwrite exclude each other", param_hint="--resume"
+        )
     every, unit = _val_every(val_every)
     kwargs = []
     for arg in model_args:
@@ -717,22 +1085,52 @@ def train_cmd(data: tuple[str, ...], model: str, out: str, model_args: tuple[str
         except ValueError:
             kwargs.append((key.strip(), value))
     cfg = TrainConfig(
-        data=tuple(Path(d) for d in data), model=model, out=Path(out), epochs=epochs, steps=steps,
+        data=tuple(Path(d) for d in data),
+        model=model,
+        out=Path(out),
+        epochs=epochs,
+        steps=steps,
         model_kwargs=tuple(kwargs),
-        batch_size=batch_size, image_size=image_size, lr=lr, weight_decay=weight_decay,
-        warmup_steps=warmup_steps, loss=loss, device=device, amp=not no_amp, seed=seed,
-        workers=workers, threads=threads, init=init, freeze_encoder=freeze_encoder,
-        unfreeze_at=unfreeze_at, encoder_lr_mult=encoder_lr_mult, val_every=every,
-        val_unit=unit, save_every=save_every, val_images=val_images, best_metric=best_metric,
-        grad_clip=grad_clip, ema=ema, augment=not no_augment, cache_size=cache_size,
-        val_fraction=val_fraction, resume=resume, overwrite=overwrite,
+        batch_size=batch_size,
+        image_size=image_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_steps,
+        loss=loss,
+        device=device,
+        amp=not no_amp,
+        seed=seed,
+        workers=workers,
+        threads=threads,
+        init=init,
+        freeze_encoder=freeze_encoder,
+        unfreeze_at=unfreeze_at,
+        encoder_lr_mult=encoder_lr_mult,
+        val_every=every,
+        val_unit=unit,
+        save_every=save_every,
+        val_images=val_images,
+        best_metric=best_metric,
+        grad_clip=grad_clip,
+        ema=ema,
+        augment=not no_augment,
+        cache_size=cache_size,
+        val_fraction=val_fraction,
+        resume=resume,
+        overwrite=overwrite,
     )
     if os.environ.get("RANK", "0") != "0":
         train(cfg)
         return
-    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(),
-               MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-               TextColumn("ETA"), TimeRemainingColumn())
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console) as bar:
         prep = None
         task = None
@@ -747,8 +1145,9 @@ def train_cmd(data: tuple[str, ...], model: str, out: str, model_args: tuple[str
                 console.print(f"{spec.name}: {e.message}", highlight=False)
                 task = bar.add_task("training", total=e.total_steps, completed=e.step, info="")
             elif e.kind in ("step", "val") and task is not None:
-                info = (f"epoch {e.epoch + 1}/{e.epochs}  loss {e.loss:.4f}  "
-                        f"{e.images_per_s:.1f} img/s")
+                info = (
+                    f"epoch {e.epoch + 1}/{e.epochs}  loss {e.loss:.4f}  {e.images_per_s:.1f} img/s"
+                )
                 bar.update(task, completed=e.step, info=info)
                 if e.kind == "val":
                     m = e.metrics
@@ -758,35 +1157,77 @@ def train_cmd(data: tuple[str, ...], model: str, out: str, model_args: tuple[str
                         f"AuC {m.get('auc', float('nan')):.3f}  "
                         f"AuC rebal {m.get('auc_rebal', float('nan')):.3f}  "
                         f"colorfulness {m.get('colorfulness', float('nan')):.1f}",
-                        highlight=False)
+                        highlight=False,
+                    )
 
         result = train(cfg, on_event)
-    console.print(f"done: {result.steps} steps; best {result.best}, last {result.last}",
-                  highlight=False)
+    console.print(
+        f"done: {result.steps} steps; best {result.best}, last {result.last}", highlight=False
+    )
 
 
 @cli.command("eval")
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("-m", "--model", "models", multiple=True,
-              help="Registered model with its shipped/official weights (repeatable).")
-@click.option("-w", "--weights", "weights", multiple=True, type=click.Path(exists=True,
-              dir_okay=False), help="A checkpoint (.safetensors names its model; repeatable).")
-@click.option("--split", type=click.Choice(["val", "train", "all"]), default="val",
-              show_default=True, help="Which images of a cache.")
-@click.option("--size", type=int, default=256, show_default=True,
-              help="Raw images: short side resized to this, centre-cropped.")
+@click.option(
+    "-m",
+    "--model",
+    "models",
+    multiple=True,
+    help="Registered model with its shipped/official weights (repeatable).",
+)
+@click.option(
+    "-w",
+    "--weights",
+    "weights",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A checkpoint (.safetensors names its model; repeatable).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["val", "train", "all"]),
+    default="val",
+    show_default=True,
+    help="Which images of a cache.",
+)
+@click.option(
+    "--size",
+    type=int,
+    default=256,
+    show_default=True,
+    help="Raw images: short side resized to this, centre-cropped.",
+)
 @click.option("--limit", type=int, default=None, help="Score at most N images.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--temperature", type=float, default=0.38, show_default=True,
-              help="Annealed-mean temperature of bin models.")
-@click.option("--render-size", type=click.IntRange(16, 4096), default=None,
-              help="Run the models at this short side, as `bttf colorize --render-size` does "
-                   "(colours brought back to the image's size).  [default: the image's size]")
+@click.option(
+    "--temperature",
+    type=float,
+    default=0.38,
+    show_default=True,
+    help="Annealed-mean temperature of bin models.",
+)
+@click.option(
+    "--render-size",
+    type=click.IntRange(16, 4096),
+    default=None,
+    help="Run the models at this short side, as `bttf colorize --render-size` does "
+    "(colours brought back to the image's size).  [default: the image's size]",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def eval_cmd(data: tuple[str, ...], models: tuple[str, ...], weights: tuple[str, ...],
-             split: str, size: int, limit: int | None, batch_size: int, device: str,
-             temperature: float, render_size: int | None, as_json: bool) -> None:
+def eval_cmd(
+    data: tuple[str, ...],
+    models: tuple[str, ...],
+    weights: tuple[str, ...],
+    split: str,
+    size: int,
+    limit: int | None,
+    batch_size: int,
+    device: str,
+    temperature: float,
+    render_size: int | None,
+    as_json: bool,
+) -> None:
     """Score models on DATA (images or a cache) against the gray baseline: PSNR, SSIM,
     colorfulness, AuC of the ab error (raw and class-rebalanced)."""
     import json
@@ -808,10 +1249,18 @@ def eval_cmd(data: tuple[str, ...], models: tuple[str, ...], weights: tuple[str,
         raise click.BadParameter("must be at least 1", param_hint="--batch-size")
     if not (temperature > 0):
         raise click.BadParameter("must be > 0", param_hint="--temperature")
-    cfg = EvalConfig(inputs=tuple(Path(d) for d in data), models=models,
-                     weights=tuple(Path(w) for w in weights), split=split, size=size,
-                     limit=limit, batch_size=batch_size, device=device, temperature=temperature,
-                     render_size=render_size)
+    cfg = EvalConfig(
+        inputs=tuple(Path(d) for d in data),
+        models=models,
+        weights=tuple(Path(w) for w in weights),
+        split=split,
+        size=size,
+        limit=limit,
+        batch_size=batch_size,
+        device=device,
+        temperature=temperature,
+        render_size=render_size,
+    )
     with console.status("evaluating") as status:
         report = evaluate(cfg, lambda name, k, n: status.update(f"evaluating: {name} ({k}/{n})"))
     if as_json:
@@ -822,42 +1271,98 @@ def eval_cmd(data: tuple[str, ...], models: tuple[str, ...], weights: tuple[str,
         return "inf" if math.isinf(v) else ("-" if math.isnan(v) else format(v, fmt))
 
     at = f", models at short side {report.render_size}" if report.render_size else ""
-    table = Table(title=f"{report.images} images, {report.size}x{report.size}{at} "
-                        f"(truth colorfulness {f(report.colorfulness_truth, '.1f')})")
+    table = Table(
+        title=f"{report.images} images, {report.size}x{report.size}{at} "
+        f"(truth colorfulness {f(report.colorfulness_truth, '.1f')})"
+    )
     for col in ("model", "weights", "PSNR", "SSIM", "colorf.", "AuC", "AuC reb."):
         table.add_column(col, justify="left" if col in ("model", "weights") else "right")
     for r in report.rows:
         m = r.metrics
-        table.add_row(r.name, r.source, f(m["psnr"], ".2f"), f(m["ssim"], ".4f"),
-                      f(m["colorfulness"], ".1f"), f(m["auc"], ".4f"), f(m["auc_rebal"], ".4f"))
+        table.add_row(
+            r.name,
+            r.source,
+            f(m["psnr"], ".2f"),
+            f(m["ssim"], ".4f"),
+            f(m["colorfulness"], ".1f"),
+            f(m["auc"], ".4f"),
+            f(m["auc_rebal"], ".4f"),
+        )
     Console().print(table)
-    console.print("PSNR in dB; AuC of the ab error over thresholds 0-150 (Zhang et al. 2016), "
-                  "'reb.' rebalanced by these images' own bin prior", highlight=False)
+    console.print(
+        "PSNR in dB; AuC of the ab error over thresholds 0-150 (Zhang et al. 2016), "
+        "'reb.' rebalanced by these images' own bin prior",
+        highlight=False,
+    )
 
 
 @cli.command("compare")
 @click.argument("input", type=click.Path(exists=True, dir_okay=False))
-@click.option("-m", "--models", "models", multiple=True,
-              help="Models to compare, comma-separated or repeated (`bttf models`); each uses "
-                   "its shipped weights, or runs untrained (its caption says so).")
-@click.option("-w", "--weights", "weights", multiple=True,
-              type=click.Path(exists=True, dir_okay=False),
-              help="A checkpoint, one more column (a .safetensors names its model; repeatable).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="The sheet (.png, .jpg ...). [default: INPUT_compare.png]")
-@click.option("--frames", type=click.IntRange(1, 64), default=4, show_default=True,
-              help="A film: this many evenly spaced frames, one row each.")
-@click.option("--height", "tile_height", type=click.IntRange(16, 2048), default=256,
-              show_default=True, help="Height of each tile in pixels (a 36 px caption is added).")
-@click.option("--render-size", type=click.IntRange(16, 4096), default=None,
-              help="Short side the models work at. [default: each model's own]")
+@click.option(
+    "-m",
+    "--models",
+    "models",
+    multiple=True,
+    help="Models to compare, comma-separated or repeated (`bttf models`); each uses "
+    "its shipped weights, or runs untrained (its caption says so).",
+)
+@click.option(
+    "-w",
+    "--weights",
+    "weights",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A checkpoint, one more column (a .safetensors names its model; repeatable).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The sheet (.png, .jpg ...). [default: INPUT_compare.png]",
+)
+@click.option(
+    "--frames",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="A film: this many evenly spaced frames, one row each.",
+)
+@click.option(
+    "--height",
+    "tile_height",
+    type=click.IntRange(16, 2048),
+    default=256,
+    show_default=True,
+    help="Height of each tile in pixels (a 36 px caption is added).",
+)
+@click.option(
+    "--render-size",
+    type=click.IntRange(16, 4096),
+    default=None,
+    help="Short side the models work at. [default: each model's own]",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.38,
-              show_default=True, help="Annealed-mean temperature of bin models.")
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.38,
+    show_default=True,
+    help="Annealed-mean temperature of bin models.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-def compare_cmd(input: str, models: tuple[str, ...], weights: tuple[str, ...], output: str | None,
-                frames: int, tile_height: int, render_size: int | None, device: str,
-                temperature: float, overwrite: bool) -> None:
+def compare_cmd(
+    input: str,
+    models: tuple[str, ...],
+    weights: tuple[str, ...],
+    output: str | None,
+    frames: int,
+    tile_height: int,
+    render_size: int | None,
+    device: str,
+    temperature: float,
+    overwrite: bool,
+) -> None:
     """Colorize INPUT (image or film) with several models into one side-by-side sheet:
     gray | each model | truth (when INPUT is in colour, it is turned gray first), captioned
     with PSNR, AuC and colourfulness against the truth. The sheet is
@@ -875,18 +1380,29 @@ def compare_cmd(input: str, models: tuple[str, ...], weights: tuple[str, ...], o
         names = ("default",)
     src = Path(input)
     out = Path(output) if output else src.with_name(f"{src.stem}_compare.png")
-    cfg = CompareConfig(input=src, output=out, models=names,
-                        weights=tuple(Path(w) for w in weights), frames=frames,
-                        tile_height=tile_height, device=device, temperature=temperature,
-                        render_size=render_size, overwrite=overwrite)
+    cfg = CompareConfig(
+        input=src,
+        output=out,
+        models=names,
+        weights=tuple(Path(w) for w in weights),
+        frames=frames,
+        tile_height=tile_height,
+        device=device,
+        temperature=temperature,
+        render_size=render_size,
+        overwrite=overwrite,
+    )
     with console.status("comparing") as status:
         result = compare(cfg, lambda k, n: status.update(f"comparing: {k}/{n} tiles"))
 
     def f(v: float, fmt: str) -> str:
         return "inf" if math.isinf(v) else ("-" if math.isnan(v) else format(v, fmt))
 
-    console.print(f"wrote {result.output} ({result.width}x{result.height}, {result.rows} "
-                  f"row{'s' if result.rows > 1 else ''})", highlight=False)
+    console.print(
+        f"wrote {result.output} ({result.width}x{result.height}, {result.rows} "
+        f"row{'s' if result.rows > 1 else ''})",
+        highlight=False,
+    )
     for col in result.columns:
         line = f"  {col.label:<28} colourfulness {f(col.mean('colorfulness'), '.1f')}"
         if result.has_truth and col.kind != "truth":
@@ -933,8 +1449,9 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(e, click.UsageError) and not isinstance(e, _HELP_ERRORS):
             # one line, like every other error; click's own form is usage + hint + message
             where = e.ctx.command_path if e.ctx else "bttf"
-            click.echo(f"bttf: error: {e.format_message().rstrip('.')}; see '{where} --help'",
-                       err=True)
+            click.echo(
+                f"bttf: error: {e.format_message().rstrip('.')}; see '{where} --help'", err=True
+            )
         else:
             e.show()
         sys.exit(e.exit_code)
@@ -947,8 +1464,9 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        click.echo(f"bttf: error: {type(e).__name__}: {first} (set BTTF_DEBUG=1 for details)",
-                   err=True)  # fmt: skip
+        click.echo(
+            f"bttf: error: {type(e).__name__}: {first} (set BTTF_DEBUG=1 for details)", err=True
+        )
         sys.exit(1)
     finally:
         if old_term is not None:

@@ -42,8 +42,9 @@ def _camera(img: np.ndarray, frame: int, n: int, start: tuple, end: tuple) -> np
     y0 = float(np.clip(cy * h - ch / 2, 0, h - ch))
     # Sub-pixel crop by an affine warp, so the motion is smooth.
     m = np.array([[cw / W, 0, x0], [0, ch / H, y0]], dtype=np.float64)
-    return cv2.warpAffine(img, m, (W, H), flags=cv2.WARP_INVERSE_MAP | cv2.INTER_AREA,
-                          borderMode=cv2.BORDER_REFLECT)  # fmt: skip
+    return cv2.warpAffine(
+        img, m, (W, H), flags=cv2.WARP_INVERSE_MAP | cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT
+    )
 
 
 def frames(rng: np.random.Generator):

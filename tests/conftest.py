@@ -145,15 +145,15 @@ def vfr_video(media_dir: Path) -> Path:
     pts = [0]
     for s in steps:
         pts.append(pts[-1] + s)
-    return make_video(media_dir / "vfr.mp4", frames=len(pts), pts=pts,
-                      time_base=Fraction(1, 1000))  # fmt: skip
+    return make_video(media_dir / "vfr.mp4", frames=len(pts), pts=pts, time_base=Fraction(1, 1000))
 
 
 @pytest.fixture(scope="session")
 def odd_video(media_dir: Path) -> Path:
     """65×49 (odd), lossless FFV1 in Matroska, no audio."""
-    return make_video(media_dir / "odd.mkv", width=65, height=49, frames=12, codec="ffv1",
-                      audio=None)  # fmt: skip
+    return make_video(
+        media_dir / "odd.mkv", width=65, height=49, frames=12, codec="ffv1", audio=None
+    )
 
 
 @pytest.fixture(scope="session")
@@ -164,8 +164,9 @@ def audio_only(media_dir: Path) -> Path:
         aus = out.add_stream("aac", rate=48000)
         aus.layout = "mono"
         for s in range(0, 48000, 1024):
-            af = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
-                                            layout="mono")  # fmt: skip
+            af = av.AudioFrame.from_ndarray(
+                np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
+            )
             af.sample_rate, af.pts = 48000, s
             out.mux(aus.encode(af))
         out.mux(aus.encode(None))

@@ -17,8 +17,19 @@ from bttf.cli import cli
 from bttf.errors import BadInputError
 from bttf.pipeline.batch import dist_env, find_videos, output_names, shard
 
-FAST = ["--render-size", "32", "--batch-size", "4", "--preset", "ultrafast", "--device", "cpu",
-        "--threads", "1", "--no-temporal"]  # fmt: skip
+FAST = [
+    "--render-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--preset",
+    "ultrafast",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--no-temporal",
+]
 
 
 def frame_count(path: Path) -> int:
@@ -85,7 +96,10 @@ def test_default_outdir_and_refusals(library: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["colorize", str(library), "-q", *FAST])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "reels_color").iterdir()) == [
-        "a.mp4", "b.mp4", "c.mp4"]  # fmt: skip
+        "a.mp4",
+        "b.mp4",
+        "c.mp4",
+    ]
     result = CliRunner().invoke(cli, ["colorize", str(library), "-o", str(library), *FAST])
     assert result.exit_code != 0 and "input folder" in str(result.exception)
     empty = tmp_path / "empty"
@@ -103,10 +117,15 @@ def test_two_processes_share_the_library(tmp_path: Path, tiny_video: Path) -> No
     procs = []
     for rank in range(2):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank)}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "bttf", "colorize", str(lib), "-o", str(out), *FAST],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "bttf", "colorize", str(lib), "-o", str(out), *FAST],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     logs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     assert sorted(p.name for p in out.iterdir()) == ["r0.mp4", "r1.mp4", "r2.mp4"]

@@ -14,8 +14,18 @@ from click.testing import CliRunner
 from bttf import cli as cli_mod
 from bttf.cli import cli, main
 
-FAST = ["--render-size", "32", "--batch-size", "4", "--preset", "ultrafast", "--device", "cpu",
-        "--threads", "1"]  # fmt: skip
+FAST = [
+    "--render-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--preset",
+    "ultrafast",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+]
 
 
 def frame_count(path: Path) -> int:
@@ -84,8 +94,9 @@ def test_colorize_an_image(gray_png: Path, tmp_path: Path) -> None:
         (["--temperature", "0"], "--temperature"),
     ],
 )
-def test_bad_options_are_usage_errors(tiny_video: Path, tmp_path: Path, extra: list[str],
-                                      hint: str) -> None:  # fmt: skip
+def test_bad_options_are_usage_errors(
+    tiny_video: Path, tmp_path: Path, extra: list[str], hint: str
+) -> None:
     args = ["colorize", str(tiny_video), "-o", str(tmp_path / "o.mp4"), *extra]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2 and hint in result.output
@@ -96,8 +107,9 @@ def test_bad_options_are_usage_errors(tiny_video: Path, tmp_path: Path, extra: l
 
 
 def test_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code, err = run_main(["colorize", str(tmp_path / "nope.mp4"), "-o", str(tmp_path / "o.mp4")],
-                         capsys)  # fmt: skip
+    code, err = run_main(
+        ["colorize", str(tmp_path / "nope.mp4"), "-o", str(tmp_path / "o.mp4")], capsys
+    )
     assert code == 2 and err.startswith("bttf: error: ") and "does not exist" in err
     assert err.count("\n") == 1
 
@@ -116,13 +128,15 @@ def test_audio_only_input(audio_only: Path, tmp_path: Path, capsys: pytest.Captu
 
 
 def test_unknown_model(tiny_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code, err = run_main(["colorize", str(tiny_video), "-o", str(tmp_path / "o.mp4"),
-                          "--model", "nosuch"], capsys)  # fmt: skip
+    code, err = run_main(
+        ["colorize", str(tiny_video), "-o", str(tmp_path / "o.mp4"), "--model", "nosuch"], capsys
+    )
     assert code == 2 and "unknown model 'nosuch'" in err and "fastcolor" in err
 
 
-def test_existing_output_untouched(tiny_video: Path, tmp_path: Path,
-                                   capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+def test_existing_output_untouched(
+    tiny_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "keep.mp4"
     out.write_bytes(b"mine")
     code, err = run_main(["colorize", str(tiny_video), "-o", str(out), *FAST], capsys)
@@ -130,21 +144,31 @@ def test_existing_output_untouched(tiny_video: Path, tmp_path: Path,
     assert out.read_bytes() == b"mine"
 
 
-def test_bad_option_through_main(tiny_video: Path, tmp_path: Path,
-                                 capsys: pytest.CaptureFixture) -> None:  # fmt: skip
-    code, err = run_main(["colorize", str(tiny_video), "-o", str(tmp_path / "o.mp4"),
-                          "--device", "tpu"], capsys)  # fmt: skip
+def test_bad_option_through_main(
+    tiny_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code, err = run_main(
+        ["colorize", str(tiny_video), "-o", str(tmp_path / "o.mp4"), "--device", "tpu"], capsys
+    )
     assert code == 2 and "--device" in err
 
 
-@pytest.mark.parametrize("args, words", [
-    (["colorize", "IN", "--temperature", "0"], ["--temperature", "bttf colorize --help"]),
-    (["colorize"], ["Missing argument 'INPUT'"]),
-    (["eval", "IN", "--render-size", "8"], ["--render-size", "bttf eval --help"]),
-    (["nosuchcommand"], ["nosuchcommand", "bttf --help"]),
-])  # fmt: skip
-def test_usage_errors_are_one_line(tiny_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                   args: list[str], words: list[str]) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["colorize", "IN", "--temperature", "0"], ["--temperature", "bttf colorize --help"]),
+        (["colorize"], ["Missing argument 'INPUT'"]),
+        (["eval", "IN", "--render-size", "8"], ["--render-size", "bttf eval --help"]),
+        (["nosuchcommand"], ["nosuchcommand", "bttf --help"]),
+    ],
+)
+def test_usage_errors_are_one_line(
+    tiny_video: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    args: list[str],
+    words: list[str],
+) -> None:
     args = [str(tiny_video) if a == "IN" else a for a in args]
     code, err = run_main(args, capsys)
     assert code == 2 and err.startswith("bttf: error: ") and err.count("\n") == 1, err
@@ -156,9 +180,9 @@ def test_bare_bttf_prints_the_help(capsys: pytest.CaptureFixture) -> None:
     assert "Usage: bttf" in err and "colorize" in err and "bttf: error" not in err
 
 
-def test_interrupt_exits_130_and_cleans_up(tiny_video: Path, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch,
-                                           capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+def test_interrupt_exits_130_and_cleans_up(
+    tiny_video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     from bttf.pipeline import colorize as engine
 
     real = engine._ModelStage.__call__
@@ -188,8 +212,22 @@ def test_debug_shows_the_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_help_lists_the_options() -> None:
     result = CliRunner().invoke(cli, ["colorize", "--help"])
     assert result.exit_code == 0
-    for opt in ("--model", "--weights", "--device", "--render-size", "--batch-size",
-                "--temperature", "--top-k", "--codec", "--crf", "--preset", "--pix-fmt",
-                "--start", "--duration", "--overwrite", "--quiet"):  # fmt: skip
+    for opt in (
+        "--model",
+        "--weights",
+        "--device",
+        "--render-size",
+        "--batch-size",
+        "--temperature",
+        "--top-k",
+        "--codec",
+        "--crf",
+        "--preset",
+        "--pix-fmt",
+        "--start",
+        "--duration",
+        "--overwrite",
+        "--quiet",
+    ):
         assert opt in result.output
     assert cli_mod.colorize_cmd.name == "colorize"

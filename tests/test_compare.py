@@ -49,15 +49,20 @@ def colour_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def small_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = create_model("cnn-ae", variant="deep", widths=[4, 8, 8, 8, 8])
-    return save_weights(tmp_path_factory.mktemp("cmp") / "cnn_deep.safetensors", model,
-                        "cnn-ae", model.bttf_config)
+    return save_weights(
+        tmp_path_factory.mktemp("cmp") / "cnn_deep.safetensors", model, "cnn-ae", model.bttf_config
+    )
 
 
-def test_image_sheet_has_gray_models_and_truth(colour_png: Path, small_weights: Path,
-                                               tmp_path: Path) -> None:
+def test_image_sheet_has_gray_models_and_truth(
+    colour_png: Path, small_weights: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "sheet.png"
-    r = compare(CompareConfig(colour_png, out, models=MODELS, weights=(small_weights,),
-                              tile_height=48, device="cpu"))
+    r = compare(
+        CompareConfig(
+            colour_png, out, models=MODELS, weights=(small_weights,), tile_height=48, device="cpu"
+        )
+    )
     assert r.has_truth and r.rows == 1 and r.tile == (64, 48)
     labels = [c.label for c in r.columns]
     assert labels[0] == "gray input" and labels[-1] == "truth"
@@ -76,16 +81,25 @@ def test_image_sheet_has_gray_models_and_truth(colour_png: Path, small_weights: 
 
 
 def test_gray_input_has_no_truth_column(gray_png: Path, tmp_path: Path) -> None:
-    r = compare(CompareConfig(gray_png, tmp_path / "sheet.jpg", models=MODELS, tile_height=24,
-                              device="cpu"))
+    r = compare(
+        CompareConfig(gray_png, tmp_path / "sheet.jpg", models=MODELS, tile_height=24, device="cpu")
+    )
     assert not r.has_truth and [c.kind for c in r.columns] == ["gray", "model", "model"]
     assert "psnr" not in r.columns[1].metrics[0]
     assert cv2.imread(str(r.output)).shape == (24 + CAPTION_HEIGHT, 3 * 32, 3)
 
 
 def test_video_sheet_is_one_row_per_frame(colour_clip: Path, tmp_path: Path) -> None:
-    r = compare(CompareConfig(colour_clip, tmp_path / "strip.png", models=("mean-chroma",),
-                              frames=3, tile_height=48, device="cpu"))
+    r = compare(
+        CompareConfig(
+            colour_clip,
+            tmp_path / "strip.png",
+            models=("mean-chroma",),
+            frames=3,
+            tile_height=48,
+            device="cpu",
+        )
+    )
     assert r.rows == 3 and r.has_truth
     assert r.frame_times == sorted(r.frame_times) and len(set(r.frame_times)) == 3
     # the middles of three equal parts of 1 s: about 1/6, 1/2 and 5/6 s
@@ -94,16 +108,38 @@ def test_video_sheet_is_one_row_per_frame(colour_clip: Path, tmp_path: Path) -> 
 
 
 def test_more_frames_than_the_film_has(colour_clip: Path, tmp_path: Path) -> None:
-    r = compare(CompareConfig(colour_clip, tmp_path / "all.png", models=("mean-chroma",),
-                              frames=40, tile_height=16, device="cpu"))
+    r = compare(
+        CompareConfig(
+            colour_clip,
+            tmp_path / "all.png",
+            models=("mean-chroma",),
+            frames=40,
+            tile_height=16,
+            device="cpu",
+        )
+    )
     assert r.rows == 24
     assert len(set(r.frame_times)) == 24
 
 
 def test_cli_compare(colour_clip: Path, tmp_path: Path) -> None:
     out = tmp_path / "sheet.png"
-    args = ["compare", str(colour_clip), "-m", "mean-chroma", "--models", "unet-ae", "-o",
-            str(out), "--frames", "2", "--height", "32", "--device", "cpu"]
+    args = [
+        "compare",
+        str(colour_clip),
+        "-m",
+        "mean-chroma",
+        "--models",
+        "unet-ae",
+        "-o",
+        str(out),
+        "--frames",
+        "2",
+        "--height",
+        "32",
+        "--device",
+        "cpu",
+    ]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     # 32 px tall tiles of a 4:3 film are round(64 * 32 / 48) = 43 px wide; 4 columns, 2 rows.
@@ -118,6 +154,7 @@ def test_compare_errors(colour_png: Path, tmp_path: Path) -> None:
         compare(CompareConfig(colour_png, tmp_path / "sheet.mp4", models=MODELS))
     with pytest.raises(BadInputError, match="nothing to compare"):
         compare(CompareConfig(colour_png, tmp_path / "sheet.png"))
-    res = CliRunner().invoke(cli, ["compare", str(colour_png), "-m", "mean-chroma,nope",
-                                   "-o", str(tmp_path / "s.png")])
+    res = CliRunner().invoke(
+        cli, ["compare", str(colour_png), "-m", "mean-chroma,nope", "-o", str(tmp_path / "s.png")]
+    )
     assert isinstance(res.exception, UnknownModelError)

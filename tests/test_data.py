@@ -13,8 +13,9 @@ from bttf.errors import BadInputError, OutputExistsError
 from bttf.training import data as D
 
 
-def make_images(folder: Path, n: int, size: tuple[int, int] = (48, 64),
-                seed: int = 0) -> list[Path]:
+def make_images(
+    folder: Path, n: int, size: tuple[int, int] = (48, 64), seed: int = 0
+) -> list[Path]:
     """`n` colourful PNGs (gradients between two random colours plus a disc) in `folder`."""
     import cv2
 
@@ -51,8 +52,11 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 24) -> None:
 def test_prepare_writes_a_compact_cache(tmp_path: Path) -> None:
     make_images(tmp_path / "photos", 6)
     make_images(tmp_path / "photos" / "sub", 4, seed=1)
-    s = D.prepare(D.PrepareConfig(inputs=(tmp_path / "photos",), out=tmp_path / "cache", size=32,
-                                  val_fraction=0.3))
+    s = D.prepare(
+        D.PrepareConfig(
+            inputs=(tmp_path / "photos",), out=tmp_path / "cache", size=32, val_fraction=0.3
+        )
+    )
     assert (s.train + s.val, s.files, s.unreadable, s.grayscale) == (10, 10, 0, 0)
     assert s.val >= 1
     cache = D.LabCache(tmp_path / "cache")
@@ -83,8 +87,9 @@ def test_cache_values_match_rgb_to_lab(tmp_path: Path) -> None:
 
 def test_split_is_seeded_and_stable_when_files_are_added(tmp_path: Path) -> None:
     make_images(tmp_path / "a", 20)
-    cfg = D.PrepareConfig(inputs=(tmp_path / "a",), out=tmp_path / "c1", size=16,
-                          val_fraction=0.3, seed=3)
+    cfg = D.PrepareConfig(
+        inputs=(tmp_path / "a",), out=tmp_path / "c1", size=16, val_fraction=0.3, seed=3
+    )
     D.prepare(cfg)
     D.prepare(D.PrepareConfig(**{**cfg.__dict__, "out": tmp_path / "c2"}))
     split1 = {it["name"]: it["split"] for it in D.LabCache(tmp_path / "c1").items}
@@ -150,8 +155,11 @@ def test_video_frames_are_sampled_and_duplicates_skipped(tmp_path: Path) -> None
     write_video(tmp_path / "v" / "moving.mp4", moving)
     still = [np.broadcast_to(rng.integers(0, 256, (1, 1, 3)), (48, 64, 3)).astype(np.uint8)] * 24
     write_video(tmp_path / "v" / "still.mp4", still)
-    s = D.prepare(D.PrepareConfig(inputs=(tmp_path / "v",), out=tmp_path / "c", size=32,
-                                  frame_step=4, val_fraction=0.5))
+    s = D.prepare(
+        D.PrepareConfig(
+            inputs=(tmp_path / "v",), out=tmp_path / "c", size=32, frame_step=4, val_fraction=0.5
+        )
+    )
     assert s.videos == 2 and s.unreadable == 0
     cache = D.LabCache(tmp_path / "c")
     frames = {}

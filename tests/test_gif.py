@@ -54,8 +54,15 @@ def _cfg(colorized: Path, **kw) -> GifConfig:
 
 @pytest.mark.parametrize(
     "text, n",
-    [("5MB", 5_000_000), ("800KB", 800_000), ("2.5M", 2_500_000), ("1MiB", 1 << 20),
-     ("300000", 300_000), ("64 kb", 64_000), ("1.5g", 1_500_000_000)],
+    [
+        ("5MB", 5_000_000),
+        ("800KB", 800_000),
+        ("2.5M", 2_500_000),
+        ("1MiB", 1 << 20),
+        ("300000", 300_000),
+        ("64 kb", 64_000),
+        ("1.5g", 1_500_000_000),
+    ],
 )
 def test_parse_size(text, n):
     assert parse_size(text) == n
@@ -193,9 +200,27 @@ def test_cli_colorizes_only_the_range_side_by_side(tiny_video, tmp_path, capsys,
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     out = tmp_path / "out" / "p.gif"
     out.parent.mkdir()
-    code, err = _main(capsys, str(tiny_video), "-o", str(out), "--start", "0.25", "--duration",
-                      "0.5", "--width", "48", "--side-by-side", "--model", "fastcolor",
-                      "--device", "cpu", "--render-size", "32", "--threads", "1")  # fmt: skip
+    code, err = _main(
+        capsys,
+        str(tiny_video),
+        "-o",
+        str(out),
+        "--start",
+        "0.25",
+        "--duration",
+        "0.5",
+        "--width",
+        "48",
+        "--side-by-side",
+        "--model",
+        "fastcolor",
+        "--device",
+        "cpu",
+        "--render-size",
+        "32",
+        "--threads",
+        "1",
+    )
     assert code == 0, err
     (w, h), frames, loop = _gif_info(out)
     assert (w, h) == (96, 36) and loop == 0 and abs(frames - 6) <= 1
@@ -209,8 +234,20 @@ def test_cli_max_size_says_what_it_chose(clips, tmp_path, capsys):
     full = make_gif(bw, tmp_path / "full.gif", _cfg(color, width=160))
     out = tmp_path / "p.gif"
     budget = f"{full.size_bytes * 0.45 / 1000:.1f}KB"
-    code, err = _main(capsys, str(bw), "--colorized", str(color), "-o", str(out), "--width",
-                      "160", "--duration", "1", "--max-size", budget)  # fmt: skip
+    code, err = _main(
+        capsys,
+        str(bw),
+        "--colorized",
+        str(color),
+        "-o",
+        str(out),
+        "--width",
+        "160",
+        "--duration",
+        "1",
+        "--max-size",
+        budget,
+    )
     assert code == 0, err
     assert "chose" in err and "max-size" in err
     assert out.stat().st_size <= full.size_bytes * 0.45
@@ -218,8 +255,16 @@ def test_cli_max_size_says_what_it_chose(clips, tmp_path, capsys):
 
 def test_cli_max_size_unreachable(clips, tmp_path, capsys):
     bw, color = clips
-    code, err = _main(capsys, str(bw), "--colorized", str(color), "-o", str(tmp_path / "p.gif"),
-                      "--max-size", "1KB")  # fmt: skip
+    code, err = _main(
+        capsys,
+        str(bw),
+        "--colorized",
+        str(color),
+        "-o",
+        str(tmp_path / "p.gif"),
+        "--max-size",
+        "1KB",
+    )
     assert code == 1
     assert err.count("\n") == 1 and err.startswith("bttf: error:") and "max-size" in err
 
@@ -237,15 +282,22 @@ def test_cli_overwrite_refusal(clips, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("bad", ["junk", "missing", "audio", "image", "past_end"])
-def test_cli_bad_input_exit_2_one_line(bad, clips, tiny_video, audio_only, gray_png, tmp_path,
-                                       capsys):  # fmt: skip
-    src = {"junk": tmp_path / "junk.mp4", "missing": tmp_path / "nope.mp4", "audio": audio_only,
-           "image": gray_png, "past_end": tiny_video}[bad]  # fmt: skip
+def test_cli_bad_input_exit_2_one_line(
+    bad, clips, tiny_video, audio_only, gray_png, tmp_path, capsys
+):
+    src = {
+        "junk": tmp_path / "junk.mp4",
+        "missing": tmp_path / "nope.mp4",
+        "audio": audio_only,
+        "image": gray_png,
+        "past_end": tiny_video,
+    }[bad]
     if bad == "junk":
         src.write_bytes(b"\x00" * 100)
     extra = ["--start", "10"] if bad == "past_end" else []
-    code, err = _main(capsys, str(src), "-o", str(tmp_path / "p.gif"), "--colorized",
-                      str(clips[1]), *extra)  # fmt: skip
+    code, err = _main(
+        capsys, str(src), "-o", str(tmp_path / "p.gif"), "--colorized", str(clips[1]), *extra
+    )
     assert code == 2, err
     assert err.count("\n") == 1 and err.startswith("bttf: error:"), err
     assert not (tmp_path / "p.gif").exists()

@@ -39,8 +39,10 @@ def planes(path: Path) -> tuple[np.ndarray, np.ndarray, list[float]]:
     ys, cs, times = [], [], []
     with av.open(str(path)) as c:
         for f in c.decode(video=0):
-            p = [np.frombuffer(q, np.uint8).reshape(q.height, q.line_size)[:, : q.width]
-                 for q in f.planes]  # fmt: skip
+            p = [
+                np.frombuffer(q, np.uint8).reshape(q.height, q.line_size)[:, : q.width]
+                for q in f.planes
+            ]
             ys.append(p[0].astype(np.int16))
             cs.append(np.stack(p[1:]).astype(np.int16))
             times.append(float(f.time))
@@ -48,13 +50,15 @@ def planes(path: Path) -> tuple[np.ndarray, np.ndarray, list[float]]:
 
 
 @pytest.mark.parametrize("temporal", [False, True])
-def test_colorize_video_on_cuda_matches_cpu(tiny_video: Path, tmp_path: Path,
-                                            temporal: bool) -> None:  # fmt: skip
+def test_colorize_video_on_cuda_matches_cpu(
+    tiny_video: Path, tmp_path: Path, temporal: bool
+) -> None:
     outs = {}
     for k, device in enumerate(("cpu", "cuda")):
         dst = tmp_path / f"{k}-{device}.mp4"
-        st = bttf.colorize_video(tiny_video, dst, ColorizeConfig(device=device, temporal=temporal,
-                                                                 **LOSSLESS))  # fmt: skip
+        st = bttf.colorize_video(
+            tiny_video, dst, ColorizeConfig(device=device, temporal=temporal, **LOSSLESS)
+        )
         assert st.device.startswith(device) and st.frames == 24
         outs[k] = planes(dst)
     (y_cpu, c_cpu, t_cpu), (y_gpu, c_gpu, t_gpu) = outs[0], outs[1]
@@ -72,13 +76,16 @@ def test_auto_device_picks_the_gpu(tiny_video: Path, tmp_path: Path) -> None:
 
 def test_stabilizer_on_cuda_matches_cpu() -> None:
     frames = np.stack(pan(texture(3), 20, 1.5))
-    logits = content_logits(list(frames)) + torch.randn(20, 313, 12, 16,
-                                                        generator=torch.Generator().manual_seed(0))
+    logits = content_logits(list(frames)) + torch.randn(
+        20, 313, 12, 16, generator=torch.Generator().manual_seed(0)
+    )
     got = {}
     for device in ("cpu", "cuda"):
         st = Stabilizer()
-        parts = [st(frames[i : i + 4], logits[i : i + 4].to(device), "bins", temperature=0.38)
-                 for i in range(0, 20, 4)]  # fmt: skip
+        parts = [
+            st(frames[i : i + 4], logits[i : i + 4].to(device), "bins", temperature=0.38)
+            for i in range(0, 20, 4)
+        ]
         got[device] = torch.cat(parts).cpu()
         assert st.cuts == []
     gap = (got["cpu"] - got["cuda"]).abs().max()

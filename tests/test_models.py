@@ -51,7 +51,8 @@ def eccv16_model() -> torch.nn.Module:
 
 def _official_state(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
     return {
-        k: torch.zeros(s, dtype=torch.int64) if k.endswith("num_batches_tracked")
+        k: torch.zeros(s, dtype=torch.int64)
+        if k.endswith("num_batches_tracked")
         else torch.randn(s) * 0.01
         for k, s in shapes.items()
     }

@@ -61,13 +61,22 @@ def read_film(path: Path) -> Film:
             times.append(f.pts * f.time_base)
             durs.append(f.duration * f.time_base)
         film = Film(
-            planes=planes, times=times, durations=durs, time_base=v.time_base,
-            rate=v.average_rate, duration=v.duration * v.time_base if v.duration else None,
-            size=(first.width, first.height), pix_fmt=first.format.name,
-            color_range=first.color_range, colorspace=first.colorspace, rotation=first.rotation,
-            audio=[(a.codec_context.name, a.duration * a.time_base if a.duration else None, [])
-                   for a in c.streams.audio],
-        )  # fmt: skip
+            planes=planes,
+            times=times,
+            durations=durs,
+            time_base=v.time_base,
+            rate=v.average_rate,
+            duration=v.duration * v.time_base if v.duration else None,
+            size=(first.width, first.height),
+            pix_fmt=first.format.name,
+            color_range=first.color_range,
+            colorspace=first.colorspace,
+            rotation=first.rotation,
+            audio=[
+                (a.codec_context.name, a.duration * a.time_base if a.duration else None, [])
+                for a in c.streams.audio
+            ],
+        )
     with av.open(str(path)) as c:  # afresh: every audio packet from the start
         for p in c.demux(*c.streams.audio) if c.streams.audio else ():
             if p.size:
@@ -151,8 +160,9 @@ def test_chroma_comes_from_the_model(tiny_video: Path, tmp_path: Path, const_mod
     assert film.colorspace == SPACE_SMPTE170M and film.color_range == 1  # SD: BT.601, limited
 
 
-def test_neutral_ab_gives_exactly_neutral_chroma(tiny_video: Path, tmp_path: Path,
-                                                 const_model) -> None:  # fmt: skip
+def test_neutral_ab_gives_exactly_neutral_chroma(
+    tiny_video: Path, tmp_path: Path, const_model
+) -> None:
     const_model(0.0, 0.0)
     out = tmp_path / "gray.mp4"
     bttf.colorize_video(tiny_video, out, ColorizeConfig(**FAST, crf=0, temporal=False))
@@ -232,8 +242,9 @@ def test_full_range_source_stays_full_range(tmp_path: Path) -> None:
 
 
 def test_ten_bit_source(tmp_path: Path) -> None:
-    src = make_video(tmp_path / "ten.mkv", frames=6, codec="ffv1", pix_fmt="yuv420p10le",
-                     audio=None)  # fmt: skip
+    src = make_video(
+        tmp_path / "ten.mkv", frames=6, codec="ffv1", pix_fmt="yuv420p10le", audio=None
+    )
     s = read_film(src)
     out8, out10 = tmp_path / "eight.mkv", tmp_path / "ten_out.mkv"
     bttf.colorize_video(src, out8, ColorizeConfig(**FAST, codec="ffv1"))
@@ -287,14 +298,16 @@ def test_output_cannot_be_the_input(tmp_path: Path) -> None:
     src = make_video(tmp_path / "same.mp4", frames=4, audio=None)
     before = src.read_bytes()
     with pytest.raises(BadInputError, match="INPUT itself"):
-        bttf.colorize_video(src, tmp_path / "." / "same.mp4",
-                            ColorizeConfig(**FAST, overwrite=True))  # fmt: skip
+        bttf.colorize_video(
+            src, tmp_path / "." / "same.mp4", ColorizeConfig(**FAST, overwrite=True)
+        )
     assert src.read_bytes() == before
 
 
 @pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()])
-def test_failure_mid_way_leaves_no_output(tiny_video: Path, tmp_path: Path, const_model,
-                                          error: BaseException) -> None:  # fmt: skip
+def test_failure_mid_way_leaves_no_output(
+    tiny_video: Path, tmp_path: Path, const_model, error: BaseException
+) -> None:
     model = const_model()
     calls = []
 
@@ -329,8 +342,9 @@ def test_out_of_memory_halves_the_batch(tiny_video: Path, tmp_path: Path, const_
     assert len(read_film(out).planes) == 24  # every frame, all coloured
 
 
-def test_out_of_memory_at_one_frame_fails_cleanly(tiny_video: Path, tmp_path: Path,
-                                                  const_model) -> None:  # fmt: skip
+def test_out_of_memory_at_one_frame_fails_cleanly(
+    tiny_video: Path, tmp_path: Path, const_model
+) -> None:
     model = const_model()
 
     def oom(L: torch.Tensor) -> torch.Tensor:
@@ -357,8 +371,9 @@ def test_bad_inputs(tmp_path: Path, audio_only: Path) -> None:
 
 
 @pytest.mark.parametrize("suffix,tolerance", [(".png", 0.6), (".jpg", 2.5), (".tif", 0.6)])
-def test_image_keeps_lightness(gray_png: Path, tmp_path: Path, const_model, suffix: str,
-                               tolerance: float) -> None:  # fmt: skip
+def test_image_keeps_lightness(
+    gray_png: Path, tmp_path: Path, const_model, suffix: str, tolerance: float
+) -> None:
     from bttf.color import luma_to_l, rgb_to_lab
 
     const_model(15.0, 30.0)

@@ -31,8 +31,19 @@ from bttf.pipeline.colorize import ColorizeConfig
 from bttf.pipeline.decode import MAX_SIDE, probe_video, read_frames
 
 FAST = {"render_size": 32, "batch_size": 4, "preset": "ultrafast", "device": "cpu", "threads": 1}
-FAST_ARGS = ["--render-size", "32", "--batch-size", "4", "--preset", "ultrafast", "--device",
-             "cpu", "--threads", "1", "-q"]  # fmt: skip
+FAST_ARGS = [
+    "--render-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--preset",
+    "ultrafast",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "-q",
+]
 
 
 def run_main(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
@@ -97,19 +108,23 @@ def _y4m(w: int, h: int):
 
 REFUSED = [
     ("zero.mp4", lambda p, t: p.write_bytes(b""), "is empty"),
-    ("random.mp4", lambda p, t: p.write_bytes(np.random.default_rng(1).bytes(6000)),
-     "not a video or image"),
+    (
+        "random.mp4",
+        lambda p, t: p.write_bytes(np.random.default_rng(1).bytes(6000)),
+        "not a video or image",
+    ),
     ("half.mp4", _truncated, "not a video or image"),
     ("noframes.mp4", lambda p, t: _zero_frames_mp4(p), "no video stream"),
     ("noframes.mkv", lambda p, t: _zero_frames_mkv(p), "before its first frame"),
     ("huge.y4m", lambda p, t: _y4m(16000, 16000)(p), "declares a 16000x16000 picture"),
     ("absurd.y4m", lambda p, t: _y4m(100000, 100000)(p), "not a video or image"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("name,build,message", REFUSED, ids=[r[0] for r in REFUSED])
-def test_unusable_input_is_one_line_exit_2(tmp_path: Path, tiny_video: Path, capsys, name: str,
-                                           build, message: str) -> None:  # fmt: skip
+def test_unusable_input_is_one_line_exit_2(
+    tmp_path: Path, tiny_video: Path, capsys, name: str, build, message: str
+) -> None:
     src = tmp_path / "in" / name
     src.parent.mkdir()
     build(src, tiny_video)
@@ -155,8 +170,9 @@ def _several_streams(path: Path, subtitle: str) -> Path:
         for a in tracks:
             r = a.codec_context.sample_rate
             for s in range(0, r // 2, 1024):
-                af = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
-                                                layout="mono")  # fmt: skip
+                af = av.AudioFrame.from_ndarray(
+                    np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
+                )
                 af.sample_rate, af.pts, af.time_base = r, s, Fraction(1, r)
                 out.mux(a.encode(af))
             out.mux(a.encode(None))
@@ -169,17 +185,20 @@ def _several_streams(path: Path, subtitle: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind", ["321x241", "h264-10bit", "gray10", "yuv444p", "streams-mkv",
-                                  "streams-mp4"])  # fmt: skip
+@pytest.mark.parametrize(
+    "kind", ["321x241", "h264-10bit", "gray10", "yuv444p", "streams-mkv", "streams-mp4"]
+)
 def test_unusual_valid_inputs(tmp_path: Path, kind: str) -> None:
     if kind == "321x241":  # odd in both directions, 4:2:0 (FFV1 holds it)
-        src = make_video(tmp_path / "odd.mkv", width=321, height=241, frames=6, codec="ffv1",
-                         audio=None)  # fmt: skip
+        src = make_video(
+            tmp_path / "odd.mkv", width=321, height=241, frames=6, codec="ffv1", audio=None
+        )
     elif kind == "h264-10bit":
         src = make_video(tmp_path / "ten.mp4", frames=6, pix_fmt="yuv420p10le")
     elif kind == "gray10":
-        src = make_video(tmp_path / "g10.mkv", frames=6, codec="ffv1", pix_fmt="gray10le",
-                         audio=None)  # fmt: skip
+        src = make_video(
+            tmp_path / "g10.mkv", frames=6, codec="ffv1", pix_fmt="gray10le", audio=None
+        )
     elif kind == "yuv444p":
         src = make_video(tmp_path / "444.mp4", frames=6, pix_fmt="yuv444p")
     else:
@@ -238,8 +257,9 @@ def test_repeat_keeps_every_timestamp(damaged, tmp_path: Path) -> None:
 def test_skip_drops_and_stretches_the_previous_frame(damaged, tmp_path: Path) -> None:
     clean, bad, _ = damaged
     out = tmp_path / "skip.mkv"
-    stats = bttf.colorize_video(bad, out,
-                                ColorizeConfig(**FAST, temporal=False, on_decode_error="skip"))
+    stats = bttf.colorize_video(
+        bad, out, ColorizeConfig(**FAST, temporal=False, on_decode_error="skip")
+    )
     src, got = frames_of(clean), frames_of(out)
     assert stats.dropped == 2 and stats.frames == len(got) == 22
     assert [f.time for f in got] == [f.time for i, f in enumerate(src) if i not in (10, 11)]
@@ -250,15 +270,15 @@ def test_skip_drops_and_stretches_the_previous_frame(damaged, tmp_path: Path) ->
 def test_fail_stops_with_exit_2(damaged, tmp_path: Path, capsys) -> None:
     _, bad, _ = damaged
     out = tmp_path / "fail.mp4"
-    code, err = run_main(["colorize", str(bad), "-o", str(out), "--on-decode-error", "fail",
-                          *FAST_ARGS], capsys)  # fmt: skip
+    code, err = run_main(
+        ["colorize", str(bad), "-o", str(out), "--on-decode-error", "fail", *FAST_ARGS], capsys
+    )
     assert code == 2 and err.count("\n") == 1 and "--on-decode-error" in err
     assert leftovers(tmp_path, set()) == []
 
 
 def test_damaged_first_frame_is_filled_by_the_next_good_one(tmp_path: Path) -> None:
-    clean = make_video(tmp_path / "c.mkv", frames=8, codec="mjpeg", pix_fmt="yuvj420p",
-                       audio=None)  # fmt: skip
+    clean = make_video(tmp_path / "c.mkv", frames=8, codec="mjpeg", pix_fmt="yuvj420p", audio=None)
     bad = tmp_path / "b.mkv"
     corrupt_packets(clean, bad, [0])
     info = probe_video(bad)  # the first frame that decodes describes the film
@@ -284,8 +304,9 @@ def test_h264_damage_found_through_frame_threads(tmp_path: Path) -> None:
 def test_output_under_a_file(tiny_video: Path, tmp_path: Path, capsys) -> None:
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
-    code, err = run_main(["colorize", str(tiny_video), "-o", str(blocker / "o.mp4"), *FAST_ARGS],
-                         capsys)  # fmt: skip
+    code, err = run_main(
+        ["colorize", str(tiny_video), "-o", str(blocker / "o.mp4"), *FAST_ARGS], capsys
+    )
     assert code == 2 and err.count("\n") == 1 and "is a file" in err
 
 
@@ -295,29 +316,33 @@ def test_unwritable_folder(tiny_video: Path, tmp_path: Path, capsys) -> None:
     locked.mkdir()
     locked.chmod(0o555)
     try:
-        code, err = run_main(["colorize", str(tiny_video), "-o", str(locked / "o.mp4"),
-                              *FAST_ARGS], capsys)  # fmt: skip
+        code, err = run_main(
+            ["colorize", str(tiny_video), "-o", str(locked / "o.mp4"), *FAST_ARGS], capsys
+        )
     finally:
         locked.chmod(0o755)
     assert code == 2 and "cannot write in" in err and list(locked.iterdir()) == []
 
 
-def test_unwritable_folder_simulated(tiny_video: Path, tmp_path: Path, capsys,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_unwritable_folder_simulated(
+    tiny_video: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import tempfile
 
     def refuse(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied")
 
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
-    code, err = run_main(["colorize", str(tiny_video), "-o", str(tmp_path / "o.mp4"), *FAST_ARGS],
-                         capsys)  # fmt: skip
+    code, err = run_main(
+        ["colorize", str(tiny_video), "-o", str(tmp_path / "o.mp4"), *FAST_ARGS], capsys
+    )
     assert code == 2 and err.count("\n") == 1 and "cannot write in" in err
     assert leftovers(tmp_path, set()) == []
 
 
-def test_disk_full_mid_run(tiny_video: Path, tmp_path: Path, capsys,
-                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_disk_full_mid_run(
+    tiny_video: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = engine.VideoWriter.write
     written = []
 
@@ -328,8 +353,9 @@ def test_disk_full_mid_run(tiny_video: Path, tmp_path: Path, capsys,
         return real(self, *a, **k)
 
     monkeypatch.setattr(engine.VideoWriter, "write", filling)
-    code, err = run_main(["colorize", str(tiny_video), "-o", str(tmp_path / "o.mp4"), *FAST_ARGS],
-                         capsys)  # fmt: skip
+    code, err = run_main(
+        ["colorize", str(tiny_video), "-o", str(tmp_path / "o.mp4"), *FAST_ARGS], capsys
+    )
     assert code == 1 and err.count("\n") == 1 and "disk is full" in err
     assert leftovers(tmp_path, set()) == []
 
@@ -357,8 +383,9 @@ def test_pickle_that_runs_code_is_refused(tmp_path: Path) -> None:
 def test_malformed_weights_are_clear_errors(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    good = save_weights(tmp_path / "good.safetensors", create_model("fastcolor", pretrained=False),
-                        "fastcolor", {})  # fmt: skip
+    good = save_weights(
+        tmp_path / "good.safetensors", create_model("fastcolor", pretrained=False), "fastcolor", {}
+    )
     data = good.read_bytes()
     cases = {
         "empty.safetensors": b"",
@@ -370,12 +397,18 @@ def test_malformed_weights_are_clear_errors(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(content)
         with pytest.raises(WeightsError, match=name):
             load_model(tmp_path / name, name="fastcolor")
-    save_file({"a": torch.zeros(2)}, str(tmp_path / "cfg.safetensors"),
-              metadata={"format": "bttf-1", "bttf_model": "fastcolor", "bttf_config": "{oops"})
+    save_file(
+        {"a": torch.zeros(2)},
+        str(tmp_path / "cfg.safetensors"),
+        metadata={"format": "bttf-1", "bttf_model": "fastcolor", "bttf_config": "{oops"},
+    )
     with pytest.raises(WeightsError, match="not JSON"):
         load_model(tmp_path / "cfg.safetensors")
-    save_file({"a": torch.zeros(2)}, str(tmp_path / "who.safetensors"),
-              metadata={"format": "bttf-1", "bttf_model": "nosuch", "bttf_config": "{}"})
+    save_file(
+        {"a": torch.zeros(2)},
+        str(tmp_path / "who.safetensors"),
+        metadata={"format": "bttf-1", "bttf_model": "nosuch", "bttf_config": "{}"},
+    )
     with pytest.raises(WeightsError, match="who.safetensors.*nosuch"):
         load_model(tmp_path / "who.safetensors")
     torch.save([1, 2, 3], tmp_path / "list.pth")
@@ -386,8 +419,18 @@ def test_malformed_weights_are_clear_errors(tmp_path: Path) -> None:
 def test_bad_weights_through_the_cli(tiny_video: Path, tmp_path: Path, capsys) -> None:
     bad = tmp_path / "w.pth"
     torch.save({"weight": torch.nn.Linear(2, 2)}, bad)  # a module inside: needs a full unpickler
-    code, err = run_main(["colorize", str(tiny_video), "-o", str(tmp_path / "o.mp4"),
-                          "--weights", str(bad), *FAST_ARGS], capsys)  # fmt: skip
+    code, err = run_main(
+        [
+            "colorize",
+            str(tiny_video),
+            "-o",
+            str(tmp_path / "o.mp4"),
+            "--weights",
+            str(bad),
+            *FAST_ARGS,
+        ],
+        capsys,
+    )
     assert code == 2 and err.count("\n") == 1 and "weights_only" in err
     assert not (tmp_path / "o.mp4").exists()
 
@@ -404,8 +447,10 @@ def _seed_clip() -> bytes:
         with tempfile.TemporaryDirectory() as d:
             path = make_video(Path(d) / "seed.mp4", frames=12, options={"preset": "ultrafast"})
             fast = Path(d) / "faststart.mp4"  # index first: a cut file still opens
-            with av.open(str(path)) as src, av.open(str(fast), "w",
-                                                    options={"movflags": "faststart"}) as out:
+            with (
+                av.open(str(path)) as src,
+                av.open(str(fast), "w", options={"movflags": "faststart"}) as out,
+            ):
                 streams = {s.index: out.add_stream_from_template(s) for s in src.streams}
                 for packet in src.demux():
                     if packet.dts is not None:
@@ -434,13 +479,19 @@ def _run_in_thread(args: list[str], timeout: float) -> tuple[int | None, str, bo
     return result[0], err.getvalue(), not t.is_alive()
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
-    edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)),
-                   min_size=1, max_size=24),
+    edits=st.lists(
+        st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=24
+    ),
     cut=st.one_of(st.none(), st.floats(0.05, 1)),
-)  # fmt: skip
+)
 def test_fuzz_mutated_mp4(edits: list[tuple[float, int]], cut: float | None) -> None:
     import tempfile
 
@@ -470,4 +521,3 @@ def test_fuzz_mutated_mp4(edits: list[tuple[float, int]], cut: float | None) -> 
 
 def test_no_stray_threads_after_the_fuzz() -> None:
     assert stray_threads() == []
-

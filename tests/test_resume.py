@@ -42,14 +42,39 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def args_for(weights: Path, *extra: str) -> list[str]:
-    return ["--render-size", "32", "--batch-size", "4", "--preset", "ultrafast", "--device",
-            "cpu", "--threads", "1", "--crf", "0", "--segment-frames", str(SEG), "--weights",
-            str(weights), "-q", *extra]  # fmt: skip
+    return [
+        "--render-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--preset",
+        "ultrafast",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--crf",
+        "0",
+        "--segment-frames",
+        str(SEG),
+        "--weights",
+        str(weights),
+        "-q",
+        *extra,
+    ]
 
 
 def config_for(weights: Path, **kw) -> ColorizeConfig:
-    base = {"render_size": 32, "batch_size": 4, "preset": "ultrafast", "device": "cpu",
-            "threads": 1, "crf": 0, "segment_frames": SEG, "weights": str(weights)}
+    base = {
+        "render_size": 32,
+        "batch_size": 4,
+        "preset": "ultrafast",
+        "device": "cpu",
+        "threads": 1,
+        "crf": 0,
+        "segment_frames": SEG,
+        "weights": str(weights),
+    }
     return ColorizeConfig(**{**base, **kw})
 
 
@@ -79,9 +104,11 @@ def _plane(p) -> np.ndarray:
 
 def same_film(a: Path, b: Path) -> bool:
     fa, fb = film(a), film(b)
-    return (len(fa[0]) == len(fb[0])
-            and all(all(np.array_equal(x, y) for x, y in zip(p, q)) for p, q in zip(fa[0], fb[0]))
-            and fa[1:] == fb[1:])  # fmt: skip
+    return (
+        len(fa[0]) == len(fb[0])
+        and all(all(np.array_equal(x, y) for x, y in zip(p, q)) for p, q in zip(fa[0], fb[0]))
+        and fa[1:] == fb[1:]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +123,16 @@ def reference(tiny_video: Path, weights: Path, tmp_path_factory: pytest.TempPath
 # --- segmented output ------------------------------------------------------------------------
 
 
-def test_segmented_film_keeps_timing_audio_and_luma(tiny_video: Path, reference: Path,
-                                                    weights: Path, tmp_path: Path) -> None:
+def test_segmented_film_keeps_timing_audio_and_luma(
+    tiny_video: Path, reference: Path, weights: Path, tmp_path: Path
+) -> None:
     direct = tmp_path / "direct.mp4"
     bttf.colorize_video(tiny_video, direct, config_for(weights, segment_frames=0))
-    (sp, st, sd, sa), (rp, rt, rd, ra), (_, dt, dd, da) = (film(tiny_video), film(reference),
-                                                           film(direct))  # fmt: skip
+    (sp, st, sd, sa), (rp, rt, rd, ra), (_, dt, dd, da) = (
+        film(tiny_video),
+        film(reference),
+        film(direct),
+    )
     assert len(rp) == len(sp) == 24
     assert rt == st == dt and rd == sd == dd and ra == sa == da
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(sp, rp))  # lossless: the source's Y
@@ -118,16 +149,19 @@ def test_segmented_vfr_rotated_and_windowed(tmp_path: Path, weights: Path, suffi
     pts = [0]
     for s in steps:
         pts.append(pts[-1] + s)
-    src = make_video(tmp_path / "vfr.mp4", frames=len(pts), pts=pts, time_base=Fraction(1, 1000),
-                     rotation=90)  # fmt: skip
+    src = make_video(
+        tmp_path / "vfr.mp4", frames=len(pts), pts=pts, time_base=Fraction(1, 1000), rotation=90
+    )
     for kw in ({}, {"start": 0.1, "duration": 0.6}):
         seg, direct = tmp_path / f"seg{suffix}", tmp_path / f"direct{suffix}"
         for p in (seg, direct):
             p.unlink(missing_ok=True)
-        bttf.colorize_video(src, seg, config_for(weights, segment_frames=5, preset="medium",
-                                                 crf=18, **kw))  # fmt: skip
-        bttf.colorize_video(src, direct, config_for(weights, segment_frames=0, preset="medium",
-                                                    crf=18, **kw))  # fmt: skip
+        bttf.colorize_video(
+            src, seg, config_for(weights, segment_frames=5, preset="medium", crf=18, **kw)
+        )
+        bttf.colorize_video(
+            src, direct, config_for(weights, segment_frames=0, preset="medium", crf=18, **kw)
+        )
         (_, st, sd, sa), (_, dt, dd, da) = film(seg), film(direct)
         assert st == dt and sa == da and len(st) > 5
         if suffix == ".mkv":  # MP4 durations come from B-frame decode times: not comparable
@@ -160,8 +194,9 @@ _SLOW = textwrap.dedent("""
 """)
 
 
-def test_sigkill_then_resume_is_frame_identical(tiny_video: Path, reference: Path,
-                                                weights: Path, tmp_path: Path, capsys) -> None:
+def test_sigkill_then_resume_is_frame_identical(
+    tiny_video: Path, reference: Path, weights: Path, tmp_path: Path, capsys
+) -> None:
     out = tmp_path / "film.mp4"
     work = work_dir_for(out)
     cmd = ["colorize", str(tiny_video), "-o", str(out), *args_for(weights)]
@@ -184,16 +219,22 @@ def test_sigkill_then_resume_is_frame_identical(tiny_video: Path, reference: Pat
 
     code, err = run_main(["colorize", str(tiny_video), "-o", str(out), *args_for(weights)], capsys)
     assert code == 2 and "--resume" in err  # the work is not thrown away unasked
-    code, err = run_main(["colorize", str(tiny_video), "-o", str(out),
-                          *args_for(weights, "--resume")], capsys)  # fmt: skip
+    code, err = run_main(
+        ["colorize", str(tiny_video), "-o", str(out), *args_for(weights, "--resume")], capsys
+    )
     assert code == 0, err
     assert same_film(out, reference)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["film.mp4"]
 
 
-def test_sigterm_is_like_ctrl_c_and_resumes(tiny_video: Path, reference: Path, weights: Path,
-                                            tmp_path: Path, capsys,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_sigterm_is_like_ctrl_c_and_resumes(
+    tiny_video: Path,
+    reference: Path,
+    weights: Path,
+    tmp_path: Path,
+    capsys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     real = engine._ModelStage.__call__
     calls = []
 
@@ -210,18 +251,24 @@ def test_sigterm_is_like_ctrl_c_and_resumes(tiny_video: Path, reference: Path, w
     assert code == 143 and "terminated" in err
     work = work_dir_for(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == [work.name]  # no partial output
-    assert sorted(p.name for p in work.iterdir()) == ["lock", "manifest.json", "seg-00000.mp4",
-                                                      "seg-00001.mp4"]  # fmt: skip
+    assert sorted(p.name for p in work.iterdir()) == [
+        "lock",
+        "manifest.json",
+        "seg-00000.mp4",
+        "seg-00001.mp4",
+    ]
     monkeypatch.setattr(engine._ModelStage, "__call__", real)
-    code, err = run_main(["colorize", str(tiny_video), "-o", str(out),
-                          *args_for(weights, "--resume")], capsys)  # fmt: skip
+    code, err = run_main(
+        ["colorize", str(tiny_video), "-o", str(out), *args_for(weights, "--resume")], capsys
+    )
     assert code == 0, err
     assert same_film(out, reference) and not work.exists()
 
 
 @pytest.fixture
-def interrupted(tiny_video: Path, weights: Path, tmp_path: Path,
-                monkeypatch: pytest.MonkeyPatch) -> Path:  # fmt: skip
+def interrupted(
+    tiny_video: Path, weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
     """An output whose run stopped (KeyboardInterrupt) after two of its three segments."""
     real = engine._ModelStage.__call__
     calls = []
@@ -241,35 +288,41 @@ def interrupted(tiny_video: Path, weights: Path, tmp_path: Path,
     return out
 
 
-def test_changed_settings_are_refused(interrupted: Path, tiny_video: Path, weights: Path,
-                                      capsys) -> None:  # fmt: skip
+def test_changed_settings_are_refused(
+    interrupted: Path, tiny_video: Path, weights: Path, capsys
+) -> None:
     args = ["colorize", str(tiny_video), "-o", str(interrupted), *args_for(weights, "--resume")]
     code, err = run_main([*args, "--crf", "10"], capsys)
     assert code == 2 and err.count("\n") == 1 and "crf 0 -> 10" in err
     code, err = run_main([*args, "--no-temporal"], capsys)
     assert code == 2 and "temporal True -> False" in err
-    assert len(json.loads((work_dir_for(interrupted) / "manifest.json").read_text())
-               ["segments"]) == 2  # fmt: skip
+    assert (
+        len(json.loads((work_dir_for(interrupted) / "manifest.json").read_text())["segments"]) == 2
+    )
 
 
-def test_a_second_run_on_the_same_output_is_refused(interrupted: Path, tiny_video: Path,
-                                                    weights: Path, capsys) -> None:  # fmt: skip
+def test_a_second_run_on_the_same_output_is_refused(
+    interrupted: Path, tiny_video: Path, weights: Path, capsys
+) -> None:
     import fcntl
 
     # Hold the lock as a running process would.
     fd = os.open(work_dir_for(interrupted) / "lock", os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        code, err = run_main(["colorize", str(tiny_video), "-o", str(interrupted),
-                              *args_for(weights, "--resume")], capsys)  # fmt: skip
+        code, err = run_main(
+            ["colorize", str(tiny_video), "-o", str(interrupted), *args_for(weights, "--resume")],
+            capsys,
+        )
     finally:
         os.close(fd)
     assert code == 2 and "another bttf run" in err
     assert (work_dir_for(interrupted) / "seg-00001.mp4").exists()
 
 
-def test_power_cut_leftovers_are_cleaned(interrupted: Path, tiny_video: Path, reference: Path,
-                                         weights: Path) -> None:  # fmt: skip
+def test_power_cut_leftovers_are_cleaned(
+    interrupted: Path, tiny_video: Path, reference: Path, weights: Path
+) -> None:
     work = work_dir_for(interrupted)
     (work / "seg-00002.partial.mp4").write_bytes(b"half a segment")
     (work / "final.partial.mp4").write_bytes(b"half a film")
@@ -280,9 +333,13 @@ def test_power_cut_leftovers_are_cleaned(interrupted: Path, tiny_video: Path, re
     assert same_film(interrupted, reference) and not work.exists()
 
 
-def test_interrupted_while_joining_only_joins_again(interrupted: Path, tiny_video: Path,
-                                                    reference: Path, weights: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_while_joining_only_joins_again(
+    interrupted: Path,
+    tiny_video: Path,
+    reference: Path,
+    weights: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     real_join = segments.join_segments
 
     def broken_join(*a, **k):
@@ -305,17 +362,23 @@ def test_interrupted_while_joining_only_joins_again(interrupted: Path, tiny_vide
     assert same_film(interrupted, reference)
 
 
-def test_resume_with_nothing_to_resume_starts_afresh(tiny_video: Path, reference: Path,
-                                                     weights: Path, tmp_path: Path) -> None:
+def test_resume_with_nothing_to_resume_starts_afresh(
+    tiny_video: Path, reference: Path, weights: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "fresh.mp4"
     stats = bttf.colorize_video(tiny_video, out, config_for(weights, resume=True))
     assert stats.resumed_frames == 0 and stats.segments == 3
     assert same_film(out, reference) and sorted(p.name for p in tmp_path.iterdir()) == ["fresh.mp4"]
 
 
-def test_disk_full_keeps_the_segments_for_resume(tiny_video: Path, reference: Path,
-                                                  weights: Path, tmp_path: Path, capsys,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_full_keeps_the_segments_for_resume(
+    tiny_video: Path,
+    reference: Path,
+    weights: Path,
+    tmp_path: Path,
+    capsys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import errno
 
     real = engine.VideoWriter.write
@@ -335,7 +398,8 @@ def test_disk_full_keeps_the_segments_for_resume(tiny_video: Path, reference: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == [work.name]
     assert sorted(p.name for p in work.glob("seg-*")) == ["seg-00000.mp4", "seg-00001.mp4"]
     monkeypatch.setattr(engine.VideoWriter, "write", real)
-    code, err = run_main(["colorize", str(tiny_video), "-o", str(out),
-                          *args_for(weights, "--resume")], capsys)  # fmt: skip
+    code, err = run_main(
+        ["colorize", str(tiny_video), "-o", str(out), *args_for(weights, "--resume")], capsys
+    )
     assert code == 0, err
     assert same_film(out, reference)

@@ -37,8 +37,9 @@ class TinyAb(nn.Module):
 
     def __init__(self, width: int = 8) -> None:
         super().__init__()
-        self.encoder = nn.Sequential(nn.Conv2d(1, width, 3, 2, 1), nn.ReLU(),
-                                     nn.Conv2d(width, width, 3, 1, 1), nn.ReLU())
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, width, 3, 2, 1), nn.ReLU(), nn.Conv2d(width, width, 3, 1, 1), nn.ReLU()
+        )
         self.head = nn.Conv2d(width, 2, 1)
 
     def forward(self, L: torch.Tensor) -> torch.Tensor:
@@ -68,14 +69,27 @@ def make_images(folder: Path, n: int, size: tuple[int, int] = (40, 40), seed: in
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data")
     make_images(root / "photos", 10)
-    D.prepare(D.PrepareConfig(inputs=(root / "photos",), out=root / "cache", size=32,
-                              val_fraction=0.2))
+    D.prepare(
+        D.PrepareConfig(inputs=(root / "photos",), out=root / "cache", size=32, val_fraction=0.2)
+    )
     return root / "cache"
 
 
 def cfg_for(cache: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(data=(cache,), model="fastcolor", out=out, steps=4, batch_size=4, image_size=32,
-                lr=3e-3, warmup_steps=0, workers=0, threads=1, val_images=4, sample_images=2)
+    base = dict(
+        data=(cache,),
+        model="fastcolor",
+        out=out,
+        steps=4,
+        batch_size=4,
+        image_size=32,
+        lr=3e-3,
+        warmup_steps=0,
+        workers=0,
+        threads=1,
+        val_images=4,
+        sample_images=2,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -116,17 +130,22 @@ def test_fastcolor_run_writes_everything(cache: Path, tmp_path: Path) -> None:
     import cv2
 
     cv2.imwrite(str(tmp_path / "gray.png"), np.full((32, 48), 120, np.uint8))
-    colorize_image(tmp_path / "gray.png", tmp_path / "out.png",
-                   ColorizeConfig(weights=tmp_path / "run" / "best.safetensors"))
+    colorize_image(
+        tmp_path / "gray.png",
+        tmp_path / "out.png",
+        ColorizeConfig(weights=tmp_path / "run" / "best.safetensors"),
+    )
     assert cv2.imread(str(tmp_path / "out.png")).shape == (32, 48, 3)
 
 
 def test_fastcolor_overfits_four_images(tmp_path: Path) -> None:
     make_images(tmp_path / "four", 4, seed=3)
-    D.prepare(D.PrepareConfig(inputs=(tmp_path / "four",), out=tmp_path / "c", size=32,
-                              val_fraction=0.0))
-    cfg = cfg_for(tmp_path / "c", tmp_path / "run", steps=40, augment=False, lr=5e-3,
-                  loss="rebalanced")
+    D.prepare(
+        D.PrepareConfig(inputs=(tmp_path / "four",), out=tmp_path / "c", size=32, val_fraction=0.0)
+    )
+    cfg = cfg_for(
+        tmp_path / "c", tmp_path / "run", steps=40, augment=False, lr=5e-3, loss="rebalanced"
+    )
     train(cfg)
     loss = [float(x) for x in losses_of(tmp_path / "run")]
     assert np.mean(loss[-5:]) < 0.6 * np.mean(loss[:5]), loss
@@ -135,8 +154,18 @@ def test_fastcolor_overfits_four_images(tmp_path: Path) -> None:
 @pytest.mark.parametrize("loss", ["l1", "huber", "l2", "gan"])
 def test_ab_model_trains(cache: Path, tmp_path: Path, loss: str) -> None:
     steps = 40 if loss == "l1" else 3
-    train(cfg_for(cache, tmp_path / "run", model=TINY_AB, loss=loss, steps=steps,
-                  augment=False, lr=1e-2, val_every=1000))
+    train(
+        cfg_for(
+            cache,
+            tmp_path / "run",
+            model=TINY_AB,
+            loss=loss,
+            steps=steps,
+            augment=False,
+            lr=1e-2,
+            val_every=1000,
+        )
+    )
     values = [float(x) for x in losses_of(tmp_path / "run")]
     assert all(math.isfinite(v) for v in values)
     if loss == "l1":
@@ -201,15 +230,36 @@ def test_freeze_and_unfreeze_encoder(cache: Path, tmp_path: Path) -> None:
     # 8 train images / batch 4 = 2 steps per epoch: frozen in epoch 0, unfrozen from epoch 1.
     from bttf.models import load_model
 
-    train(cfg_for(cache, tmp_path / "a", model=TINY_AB, loss="l1", steps=2, freeze_encoder=True,
-                  unfreeze_at=1, val_every=1000))
+    train(
+        cfg_for(
+            cache,
+            tmp_path / "a",
+            model=TINY_AB,
+            loss="l1",
+            steps=2,
+            freeze_encoder=True,
+            unfreeze_at=1,
+            val_every=1000,
+        )
+    )
     torch.manual_seed(0)
     init = TinyAb()
     a, _, _ = load_model(tmp_path / "a" / "last.safetensors")
     assert torch.equal(a.encoder[0].weight, init.encoder[0].weight)
     assert not torch.equal(a.head.weight, init.head.weight)
-    train(cfg_for(cache, tmp_path / "b", model=TINY_AB, loss="l1", steps=4, freeze_encoder=True,
-                  unfreeze_at=1, val_every=1000, init=str(tmp_path / "a" / "last.safetensors")))
+    train(
+        cfg_for(
+            cache,
+            tmp_path / "b",
+            model=TINY_AB,
+            loss="l1",
+            steps=4,
+            freeze_encoder=True,
+            unfreeze_at=1,
+            val_every=1000,
+            init=str(tmp_path / "a" / "last.safetensors"),
+        )
+    )
     b, _, _ = load_model(tmp_path / "b" / "last.safetensors")
     assert not torch.equal(b.encoder[0].weight, a.encoder[0].weight)
 
@@ -220,8 +270,12 @@ def test_encoder_parameter_rule() -> None:
     names = encoder_parameter_names(create_model("fastcolor", pretrained=False))
     assert any(n.startswith("stem.") for n in names) and any(n.startswith("enc16.") for n in names)
     assert not any(n.startswith("head.") for n in names)
-    assert encoder_parameter_names(TinyAb()) == {"encoder.0.weight", "encoder.0.bias",
-                                                 "encoder.2.weight", "encoder.2.bias"}
+    assert encoder_parameter_names(TinyAb()) == {
+        "encoder.0.weight",
+        "encoder.0.bias",
+        "encoder.2.weight",
+        "encoder.2.bias",
+    }
 
 
 def test_lr_schedule() -> None:
@@ -280,8 +334,11 @@ def test_bad_configs_are_clear_errors(cache: Path, tmp_path: Path) -> None:
 def test_model_kwargs_reach_the_checkpoint(cache: Path, tmp_path: Path) -> None:
     from bttf.models import load_model
 
-    train(cfg_for(cache, tmp_path / "run", model=TINY_AB, loss="l2", steps=1,
-                  model_kwargs=(("width", 4),)))
+    train(
+        cfg_for(
+            cache, tmp_path / "run", model=TINY_AB, loss="l2", steps=1, model_kwargs=(("width", 4),)
+        )
+    )
     model, _, meta = load_model(tmp_path / "run" / "last.safetensors")
     assert meta["bttf_config"] == {"width": 4} and model.head.in_channels == 4
     assert meta["train_config"]["model_kwargs"] == {"width": 4}
@@ -289,18 +346,51 @@ def test_model_kwargs_reach_the_checkpoint(cache: Path, tmp_path: Path) -> None:
 
 def test_train_prepares_raw_folders(tmp_path: Path) -> None:
     make_images(tmp_path / "raw", 6)
-    res = train(TrainConfig(data=(tmp_path / "raw",), model=TINY_AB, out=tmp_path / "run",
-                            steps=2, batch_size=2, image_size=32, loss="l2", cache_size=32,
-                            val_fraction=0.3, workers=0, threads=1))
+    res = train(
+        TrainConfig(
+            data=(tmp_path / "raw",),
+            model=TINY_AB,
+            out=tmp_path / "run",
+            steps=2,
+            batch_size=2,
+            image_size=32,
+            loss="l2",
+            cache_size=32,
+            val_fraction=0.3,
+            workers=0,
+            threads=1,
+        )
+    )
     assert D.is_cache(tmp_path / "run" / "cache") and res.steps == 2
 
 
 def test_cli_train_and_eval(cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from bttf.cli import main
 
-    main(["train", str(cache), "--model", "fastcolor", "--out", str(tmp_path / "run"),
-          "--loss", "rebalanced", "--steps", "2", "--batch-size", "4", "--image-size", "32",
-          "--threads", "1", "--workers", "0", "--val-every", "1ep"])
+    main(
+        [
+            "train",
+            str(cache),
+            "--model",
+            "fastcolor",
+            "--out",
+            str(tmp_path / "run"),
+            "--loss",
+            "rebalanced",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--image-size",
+            "32",
+            "--threads",
+            "1",
+            "--workers",
+            "0",
+            "--val-every",
+            "1ep",
+        ]
+    )
     assert (tmp_path / "run" / "best.safetensors").is_file()
     capsys.readouterr()
     main(["eval", str(cache), "--weights", str(tmp_path / "run" / "best.safetensors"), "--json"])
@@ -308,8 +398,18 @@ def test_cli_train_and_eval(cache: Path, tmp_path: Path, capsys: pytest.CaptureF
     names = [r["name"] for r in report["results"]]
     assert names == ["gray", "fastcolor"]
     with pytest.raises(SystemExit) as e:
-        main(["train", str(cache), "--out", str(tmp_path / "x"), "--steps", "1",
-              "--image-size", "40"])
+        main(
+            [
+                "train",
+                str(cache),
+                "--out",
+                str(tmp_path / "x"),
+                "--steps",
+                "1",
+                "--image-size",
+                "40",
+            ]
+        )
     assert e.value.code == 2
     assert "--image-size" in capsys.readouterr().err
 
@@ -335,8 +435,9 @@ def test_eval_on_known_inputs(tmp_path: Path) -> None:
         evaluate(EvalConfig(inputs=(tmp_path / "gray",), models=("fastcolor-l2",), size=32))
     torch.manual_seed(0)
     model = create_model("fastcolor", pretrained=False)
-    ckpt = save_weights(tmp_path / "random.safetensors", model, "fastcolor", {},
-                        extra={"prior": [1 / 313] * 313})
+    ckpt = save_weights(
+        tmp_path / "random.safetensors", model, "fastcolor", {}, extra={"prior": [1 / 313] * 313}
+    )
     make_images(tmp_path / "col", 3)
     report = evaluate(EvalConfig(inputs=(tmp_path / "col",), weights=(ckpt,), size=32))
     gray, model = report.rows
@@ -346,22 +447,48 @@ def test_eval_on_known_inputs(tmp_path: Path) -> None:
     assert all(math.isfinite(model.metrics[k]) for k in ("psnr", "ssim", "auc", "auc_rebal"))
     # the model at a render size, as `bttf colorize --render-size` runs it: the image's own size
     # changes nothing, a smaller one changes the colours (not the gray baseline)
-    same = evaluate(EvalConfig(inputs=(tmp_path / "col",), weights=(ckpt,), size=32,
-                               render_size=32))
+    same = evaluate(
+        EvalConfig(inputs=(tmp_path / "col",), weights=(ckpt,), size=32, render_size=32)
+    )
     assert same.rows[1].metrics == model.metrics and same.to_dict()["render_size"] == 32
-    small = evaluate(EvalConfig(inputs=(tmp_path / "col",), weights=(ckpt,), size=32,
-                                render_size=16))
+    small = evaluate(
+        EvalConfig(inputs=(tmp_path / "col",), weights=(ckpt,), size=32, render_size=16)
+    )
     assert small.rows[0].metrics == gray.metrics and small.rows[1].metrics != model.metrics
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo over localhost")
 def test_ddp_two_cpu_processes(cache: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--standalone", "-m", "bttf", "train", str(cache), "--model", "fastcolor",
-           "--out", str(tmp_path / "run"), "--steps", "2", "--batch-size", "2",
-           "--image-size", "32", "--device", "cpu", "--workers", "0", "--threads", "1",
-           "--val-every", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        "-m",
+        "bttf",
+        "train",
+        str(cache),
+        "--model",
+        "fastcolor",
+        "--out",
+        str(tmp_path / "run"),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--image-size",
+        "32",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--threads",
+        "1",
+        "--val-every",
+        "2",
+    ]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
     rows = losses_of(tmp_path / "run")

@@ -37,21 +37,35 @@ def zoo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "img").mkdir()
     for i in range(10):
         cv2.imwrite(str(root / "img" / f"{i:02d}.png"), _colour_image(rng))
-    prepare(PrepareConfig(inputs=(root / "img",), out=root / "cache", size=64, val_fraction=0.3,
-                          workers=1))
+    prepare(
+        PrepareConfig(
+            inputs=(root / "img",), out=root / "cache", size=64, val_fraction=0.3, workers=1
+        )
+    )
     return root / "cache"
 
 
 @pytest.mark.parametrize("name", ZOO)
-def test_zoo_model_trains_and_colorizes(name: str, zoo_cache: Path, tmp_path: Path,
-                                        gray_png: Path) -> None:
+def test_zoo_model_trains_and_colorizes(
+    name: str, zoo_cache: Path, tmp_path: Path, gray_png: Path
+) -> None:
     from bttf.training.loop import TrainConfig, train
 
     spec = get_spec(name)
     out = tmp_path / "run"
-    cfg = TrainConfig(data=(zoo_cache,), model=name, out=out, steps=2, batch_size=2,
-                      image_size=max(32, spec.stride), workers=0, threads=1, val_images=2,
-                      sample_images=1, channels_last=False)
+    cfg = TrainConfig(
+        data=(zoo_cache,),
+        model=name,
+        out=out,
+        steps=2,
+        batch_size=2,
+        image_size=max(32, spec.stride),
+        workers=0,
+        threads=1,
+        val_images=2,
+        sample_images=1,
+        channels_last=False,
+    )
     result = train(cfg)
     assert result.steps == 2
     model, loaded_spec, meta = load_model(out / "last.safetensors")
@@ -79,8 +93,9 @@ def test_zoo_model_trains_and_colorizes(name: str, zoo_cache: Path, tmp_path: Pa
     except (ImportError, AttributeError):
         pytest.skip("bttf.colorize_image is not there yet")
     dst = tmp_path / "photo_color.png"
-    colorize_image(gray_png, dst, ColorizeConfig(weights=out / "last.safetensors", device="cpu",
-                                                 threads=1))
+    colorize_image(
+        gray_png, dst, ColorizeConfig(weights=out / "last.safetensors", device="cpu", threads=1)
+    )
     img = cv2.imread(str(dst))
     assert img is not None and img.shape[:2] == cv2.imread(str(gray_png)).shape[:2]
 
@@ -91,12 +106,15 @@ def test_zoo_model_colorizes_a_clip(tiny_video: Path, tmp_path: Path) -> None:
     except (ImportError, AttributeError):
         pytest.skip("bttf.colorize_video is not there yet")
     path = tmp_path / "unet.safetensors"
-    save_weights(path, create_model("unet-ae", widths=[8, 16, 32]), "unet-ae",
-                 {"widths": [8, 16, 32]})
+    save_weights(
+        path, create_model("unet-ae", widths=[8, 16, 32]), "unet-ae", {"widths": [8, 16, 32]}
+    )
     dst = tmp_path / "clip_color.mp4"
-    stats = colorize_video(tiny_video, dst,
-                           ColorizeConfig(weights=path, device="cpu", threads=1, render_size=32,
-                                          preset="ultrafast"))
+    stats = colorize_video(
+        tiny_video,
+        dst,
+        ColorizeConfig(weights=path, device="cpu", threads=1, render_size=32, preset="ultrafast"),
+    )
     assert dst.is_file() and stats.frames == 24
 
 
@@ -227,8 +245,9 @@ def test_train_init_accepts_a_torchvision_trunk(tmp_path: Path) -> None:
     tv = _torchvision_resnet18_state(seed=3)
     path = tmp_path / "resnet18.pth"
     torch.save({"module." + k: v for k, v in tv.items()}, path)  # as saved from DataParallel
-    cfg = TrainConfig(data=(tmp_path,), model="resnet18", out=tmp_path / "run", steps=1,
-                      init=str(path))
+    cfg = TrainConfig(
+        data=(tmp_path,), model="resnet18", out=tmp_path / "run", steps=1, init=str(path)
+    )
     model = _build_model(cfg, get_spec("resnet18"))
     assert torch.equal(model.state_dict()["layer4.1.conv2.weight"], tv["layer4.1.conv2.weight"])
 

@@ -42,10 +42,27 @@ Q = 313
 # recomputed from a gamut test so that class indices can never drift from the released models.
 # For a = -90, -80, ..., 100: the b values run from lo to hi (inclusive) in steps of 10.
 _B_RANGES: tuple[tuple[int, int], ...] = (
-    (50, 90), (20, 90), (0, 90), (-20, 90), (-30, 100), (-40, 100), (-50, 100),
-    (-50, 100), (-60, 100), (-70, 100), (-80, 90), (-80, 90), (-90, 90), (-100, 90),
-    (-100, 80), (-110, 80), (-110, 80), (-110, 70), (-110, 70), (-90, 0),
-)  # fmt: skip
+    (50, 90),
+    (20, 90),
+    (0, 90),
+    (-20, 90),
+    (-30, 100),
+    (-40, 100),
+    (-50, 100),
+    (-50, 100),
+    (-60, 100),
+    (-70, 100),
+    (-80, 90),
+    (-80, 90),
+    (-90, 90),
+    (-100, 90),
+    (-100, 80),
+    (-110, 80),
+    (-110, 80),
+    (-110, 70),
+    (-110, 70),
+    (-90, 0),
+)
 
 
 def _bin_table() -> np.ndarray:
@@ -409,8 +426,9 @@ def _annealed_mean_pixels(logits: Tensor, inv_t: float, wd: torch.dtype) -> Tens
     return out.view(n, h, w, 2).permute(0, 3, 1, 2)
 
 
-def annealed_mean_rows(x: Tensor, inv_t: float, out: Tensor, scratch: Tensor | None = None,
-                       probs: bool = False) -> None:  # fmt: skip
+def annealed_mean_rows(
+    x: Tensor, inv_t: float, out: Tensor, scratch: Tensor | None = None, probs: bool = False
+) -> None:
     """The annealed mean of rows of scores `x` (m, 313) at temperature 1/inv_t, written into
     `out` (m, 2): p = exp((x - max) / T), one GEMM for sum p*a, sum p*b and sum p, divide.
     `x` holds logits or log-probabilities, or with `probs` probabilities (then p = x ** (1/T),

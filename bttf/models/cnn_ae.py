@@ -31,8 +31,12 @@ def _level(cin: int, cout: int, stride: int, variant: str, dropout: float) -> nn
     deep = variant == "deep"
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=not deep)]
     if deep:
-        layers += [nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                   nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout)]
+        layers += [
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
     layers.append(nn.ReLU(inplace=True))
     if variant == "dropout" and dropout > 0:
         layers.append(nn.Dropout2d(dropout))
@@ -48,9 +52,12 @@ class CnnAutoencoder(nn.Module):
         dropout: drop probability of the "dropout" variant.
     """
 
-    def __init__(self, variant: str = "plain",
-                 widths: tuple[int, ...] | list[int] = (32, 64, 128, 192, 256),
-                 dropout: float = 0.2) -> None:
+    def __init__(
+        self,
+        variant: str = "plain",
+        widths: tuple[int, ...] | list[int] = (32, 64, 128, 192, 256),
+        dropout: float = 0.2,
+    ) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise BadInputError(f"cnn-ae variant {variant!r}: choose one of {', '.join(VARIANTS)}")
@@ -95,9 +102,14 @@ class CnnAutoencoder(nn.Module):
     default_loss = "l2"
 
 
-@register_model("cnn-ae", output="ab", stride=32, render_size=256,
-                description="plain 5-down/5-up conv autoencoder, MSE on ab; variant=plain|dropout|"
-                            "deep (~1.5-3.2 M params)")
+@register_model(
+    "cnn-ae",
+    output="ab",
+    stride=32,
+    render_size=256,
+    description="plain 5-down/5-up conv autoencoder, MSE on ab; variant=plain|dropout|"
+    "deep (~1.5-3.2 M params)",
+)
 def cnn_ae(**kw) -> CnnAutoencoder:
     """Plain convolutional autoencoder (variants plain, dropout, deep)."""
     return CnnAutoencoder(**kw)

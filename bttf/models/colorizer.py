@@ -41,12 +41,15 @@ class Colorizer(nn.Module):
         top_k: int | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not (
-            math.isfinite(temperature) and temperature > 0
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, numbers.Real)
+            or not (math.isfinite(temperature) and temperature > 0)
         ):
             raise BadInputError(f"temperature must be a number > 0, got {temperature!r}")
         if top_k is not None and (
-            isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral)
+            isinstance(top_k, bool)
+            or not isinstance(top_k, numbers.Integral)
             or not 1 <= top_k <= Q
         ):
             raise BadInputError(f"top_k must be an integer in 1..{Q} or unset, got {top_k!r}")
@@ -79,7 +82,7 @@ class Colorizer(nn.Module):
 
     @property
     def output(self) -> str:
-        """"bins" (313 logits) or "ab"."""
+        """ "bins" (313 logits) or "ab"."""
         return self.spec.output
 
     @property

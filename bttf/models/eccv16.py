@@ -52,16 +52,24 @@ RELEASE_LOGIT_SCALE = 2.606
 AB_NORM = 110.0
 
 
-def _block(channels: list[int], *, first_stride: int = 1, last_stride: int = 1,
-           dilation: int = 1) -> nn.Sequential:
+def _block(
+    channels: list[int], *, first_stride: int = 1, last_stride: int = 1, dilation: int = 1
+) -> nn.Sequential:
     """conv-ReLU pairs then BatchNorm, as the release's Sequential indices expect."""
     layers: list[nn.Module] = []
     n = len(channels) - 1
     for i in range(n):
         stride = last_stride if i == n - 1 else first_stride if i == 0 else 1
         layers += [
-            nn.Conv2d(channels[i], channels[i + 1], 3, stride=stride, padding=dilation,
-                      dilation=dilation, bias=True),
+            nn.Conv2d(
+                channels[i],
+                channels[i + 1],
+                3,
+                stride=stride,
+                padding=dilation,
+                dilation=dilation,
+                bias=True,
+            ),
             nn.ReLU(inplace=True),
         ]
     layers.append(nn.BatchNorm2d(channels[-1]))
@@ -105,8 +113,16 @@ class Eccv16(nn.Module):
         ph, pw = (-h) % 8, (-w) % 8
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        for block in (self.model1, self.model2, self.model3, self.model4, self.model5,
-                      self.model6, self.model7, self.model8):
+        for block in (
+            self.model1,
+            self.model2,
+            self.model3,
+            self.model4,
+            self.model5,
+            self.model6,
+            self.model7,
+            self.model8,
+        ):
             x = block(x)
         return x[..., : (h + 3) // 4, : (w + 3) // 4]
 
@@ -119,8 +135,13 @@ class Eccv16(nn.Module):
         return self.model_out(self.softmax(self._release_logits(L))) * AB_NORM
 
 
-@register_model("eccv16", output="bins", stride=4, render_size=256,
-                description="Zhang et al. ECCV 2016 (VGG-style, 32 M params; official weights)")
+@register_model(
+    "eccv16",
+    output="bins",
+    stride=4,
+    render_size=256,
+    description="Zhang et al. ECCV 2016 (VGG-style, 32 M params; official weights)",
+)
 def eccv16(**kw) -> Eccv16:
     """Zhang et al. 2016, "Colorful Image Colorization" (official key layout)."""
     return Eccv16(**kw)

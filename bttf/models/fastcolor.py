@@ -30,11 +30,27 @@ class ConvBNAct(nn.Module):
     behaviour are those of the plain conv + BN.
     """
 
-    def __init__(self, cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1,
-                 groups: int = 1, act: bool = True) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        k: int = 3,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        act: bool = True,
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, k, stride=stride, padding=dilation * (k // 2),
-                              dilation=dilation, groups=groups, bias=False)
+        self.conv = nn.Conv2d(
+            cin,
+            cout,
+            k,
+            stride=stride,
+            padding=dilation * (k // 2),
+            dilation=dilation,
+            groups=groups,
+            bias=False,
+        )
         self.bn = nn.BatchNorm2d(cout)
         self.act = act
 
@@ -56,8 +72,9 @@ class ConvBNAct(nn.Module):
 _FUSED = [hasattr(torch.backends, "mkldnn") and torch.backends.mkldnn.is_available()]
 
 
-def _fused_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, conv: nn.Conv2d,
-                relu: bool) -> torch.Tensor | None:  # fmt: skip
+def _fused_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, conv: nn.Conv2d, relu: bool
+) -> torch.Tensor | None:
     """conv + bias (+ ReLU) as one oneDNN call, for float32 inference on the CPU; None where
     that call is not available (then the caller runs the plain conv).
 
@@ -67,13 +84,26 @@ def _fused_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, conv:
     neither: fastcolor runs about 1.5x faster. Under `torch.compile` the compiler does this
     fusion itself (it cannot trace this op's channels_last output).
     """
-    if not (_FUSED[0] and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and not torch.is_grad_enabled() and not torch.compiler.is_compiling()):  # fmt: skip
+    if not (
+        _FUSED[0]
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+    ):
         return None
     try:
         return torch.ops.mkldnn._convolution_pointwise(
-            x, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation),
-            conv.groups, "relu" if relu else "none", [], "",
+            x,
+            weight,
+            bias,
+            list(conv.padding),
+            list(conv.stride),
+            list(conv.dilation),
+            conv.groups,
+            "relu" if relu else "none",
+            [],
+            "",
         )
     except (AttributeError, RuntimeError, NotImplementedError):  # another torch: plain conv
         _FUSED[0] = False
@@ -90,8 +120,9 @@ def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tor
 class InvertedResidual(nn.Module):
     """MobileNetV2 block; the residual path is taken when shapes allow."""
 
-    def __init__(self, cin: int, cout: int, stride: int = 1, expand: int = 4,
-                 dilation: int = 1) -> None:
+    def __init__(
+        self, cin: int, cout: int, stride: int = 1, expand: int = 4, dilation: int = 1
+    ) -> None:
         super().__init__()
         mid = cin * expand
         self.use_res = stride == 1 and cin == cout
@@ -137,9 +168,13 @@ class FastColor(nn.Module):
         out_channels: int = Q,
     ) -> None:
         super().__init__()
-        self.bttf_config = {"widths": list(widths), "depths": list(depths),
-                            "decoder": list(decoder), "expand": expand,
-                            "out_channels": out_channels}
+        self.bttf_config = {
+            "widths": list(widths),
+            "depths": list(depths),
+            "decoder": list(decoder),
+            "expand": expand,
+            "out_channels": out_channels,
+        }
         c2, c4, c8, c16, cctx = widths
         d4, d8, d16 = depths
         d8c, d4c = decoder
@@ -189,11 +224,9 @@ class FastColor(nn.Module):
         s8 = self.enc8(s4)
         s16 = self.context(self.enc16(s8))
         s16 = s16 + self.pool(s16.mean(dim=(2, 3), keepdim=True))
-        y = F.interpolate(self.lat16(s16), size=s8.shape[-2:], mode="bilinear",
-                          align_corners=False)
+        y = F.interpolate(self.lat16(s16), size=s8.shape[-2:], mode="bilinear", align_corners=False)
         y = self.dec8(torch.cat((y, s8), dim=1))
-        y = F.interpolate(self.lat8(y), size=s4.shape[-2:], mode="bilinear",
-                          align_corners=False)
+        y = F.interpolate(self.lat8(y), size=s4.shape[-2:], mode="bilinear", align_corners=False)
         y = self.dec4(torch.cat((y, s4), dim=1))
         # The 1x1 head as one GEMM: oneDNN's convolution is slow for 313 channels.
         n, c, h, w = y.shape
@@ -201,22 +234,36 @@ class FastColor(nn.Module):
         if is_pixel_major(y):  # channels_last in, pixel-major logits out
             out = _pointwise(y, self.head.weight, self.head.bias)
         else:
-            out = torch.baddbmm(self.head.bias.view(1, q, 1), self.head.weight.view(1, q, c)
-                                .expand(n, q, c), y.reshape(n, c, h * w)).view(n, q, h, w)
+            out = torch.baddbmm(
+                self.head.bias.view(1, q, 1),
+                self.head.weight.view(1, q, c).expand(n, q, c),
+                y.reshape(n, c, h * w),
+            ).view(n, q, h, w)
         # The ab variant regresses ab / 110 (the seeds' normalisation), returned in Lab units.
         return out if q == Q else out * 110.0
 
 
-@register_model("fastcolor", output="bins", stride=16, render_size=256,
-                shipped="fastcolor.safetensors", aliases=("default",),
-                description="bttf's fast default (MobileNetV2-style U-Net, 1 M params)")
+@register_model(
+    "fastcolor",
+    output="bins",
+    stride=16,
+    render_size=256,
+    shipped="fastcolor.safetensors",
+    aliases=("default",),
+    description="bttf's fast default (MobileNetV2-style U-Net, 1 M params)",
+)
 def fastcolor(**kw) -> FastColor:
     """bttf's small, fast default colorizer (313-bin head)."""
     return FastColor(**kw)
 
 
-@register_model("fastcolor-l2", output="ab", stride=16, render_size=256,
-                description="fastcolor's network regressing ab directly (trained with L2)")
+@register_model(
+    "fastcolor-l2",
+    output="ab",
+    stride=16,
+    render_size=256,
+    description="fastcolor's network regressing ab directly (trained with L2)",
+)
 def fastcolor_l2(**kw) -> FastColor:
     """fastcolor's network with a 2-channel ab head: the baseline for its L2-vs-bins comparison."""
     return FastColor(**{"out_channels": 2, **kw})

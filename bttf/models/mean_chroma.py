@@ -36,15 +36,26 @@ class MeanChroma(nn.Module):
         self.bttf_config = {"width": width, "hidden": hidden}
         w = width
         # (cin, cout, stride) of the seven convolutions: output stride 16.
-        plan = [(1, w, 2), (w, w, 1), (w, 2 * w, 2), (2 * w, 2 * w, 1), (2 * w, 4 * w, 2),
-                (4 * w, 8 * w, 2), (8 * w, 8 * w, 1)]
+        plan = [
+            (1, w, 2),
+            (w, w, 1),
+            (w, 2 * w, 2),
+            (2 * w, 2 * w, 1),
+            (2 * w, 4 * w, 2),
+            (4 * w, 8 * w, 2),
+            (8 * w, 8 * w, 1),
+        ]
         layers: list[nn.Module] = []
         for cin, cout, s in plan:
-            layers += [nn.Conv2d(cin, cout, 3, stride=s, padding=1, bias=False),
-                       nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(cin, cout, 3, stride=s, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
         self.features = nn.Sequential(*layers)
-        self.fc = nn.Sequential(nn.Linear(8 * w, hidden), nn.ReLU(inplace=True),
-                                nn.Linear(hidden, 2))
+        self.fc = nn.Sequential(
+            nn.Linear(8 * w, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2)
+        )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -64,8 +75,13 @@ class MeanChroma(nn.Module):
         return ab[:, :, None, None].expand(-1, -1, h, w).contiguous()
 
 
-@register_model("mean-chroma", output="ab", stride=STRIDE, render_size=128,
-                description="global tint: 7 convs + FC regress the mean (a, b) (~0.27 M params)")
+@register_model(
+    "mean-chroma",
+    output="ab",
+    stride=STRIDE,
+    render_size=128,
+    description="global tint: 7 convs + FC regress the mean (a, b) (~0.27 M params)",
+)
 def mean_chroma(**kw) -> MeanChroma:
     """Global-tint baseline: the image's mean (a, b) everywhere."""
     return MeanChroma(**kw)

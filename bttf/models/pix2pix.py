@@ -70,17 +70,23 @@ class Pix2PixGenerator(nn.Module):
 
     default_loss = "gan"
 
-    def __init__(self, width: int = 32, depth: int = 6, max_width: int = 256,
-                 dropout: float = 0.5) -> None:
+    def __init__(
+        self, width: int = 32, depth: int = 6, max_width: int = 256, dropout: float = 0.5
+    ) -> None:
         super().__init__()
         if depth < 2:
             raise BadInputError(f"pix2pix depth {depth} must be at least 2")
-        self.bttf_config = {"width": width, "depth": depth, "max_width": max_width,
-                            "dropout": dropout}
+        self.bttf_config = {
+            "width": width,
+            "depth": depth,
+            "max_width": max_width,
+            "dropout": dropout,
+        }
         chans = [min(width * 2**i, max_width) for i in range(depth)]
         self.down = nn.ModuleList(
-            _Down(1 if i == 0 else chans[i - 1], chans[i], outermost=i == 0,
-                  innermost=i == depth - 1)
+            _Down(
+                1 if i == 0 else chans[i - 1], chans[i], outermost=i == 0, innermost=i == depth - 1
+            )
             for i in range(depth)
         )
         ups: list[nn.Module] = []
@@ -137,12 +143,16 @@ class PatchGAN70(nn.Module):
         super().__init__()
         w = width
         self.net = nn.Sequential(
-            nn.Conv2d(in_channels, w, 4, 2, 1), nn.LeakyReLU(0.2, True),
-            nn.Conv2d(w, 2 * w, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * w),
+            nn.Conv2d(in_channels, w, 4, 2, 1),
             nn.LeakyReLU(0.2, True),
-            nn.Conv2d(2 * w, 4 * w, 4, 2, 1, bias=False), nn.BatchNorm2d(4 * w),
+            nn.Conv2d(w, 2 * w, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(2 * w),
             nn.LeakyReLU(0.2, True),
-            nn.Conv2d(4 * w, 8 * w, 4, 1, 1, bias=False), nn.BatchNorm2d(8 * w),
+            nn.Conv2d(2 * w, 4 * w, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(4 * w),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(4 * w, 8 * w, 4, 1, 1, bias=False),
+            nn.BatchNorm2d(8 * w),
             nn.LeakyReLU(0.2, True),
             nn.Conv2d(8 * w, 1, 4, 1, 1),
         )
@@ -160,9 +170,13 @@ class PatchGAN70(nn.Module):
         return self.net(lab)
 
 
-@register_model("pix2pix", output="ab", stride=64, render_size=256,
-                description="pix2pix U-Net generator, trained with a 70x70 PatchGAN + 100 L1 "
-                            "(~7.3 M params)")
+@register_model(
+    "pix2pix",
+    output="ab",
+    stride=64,
+    render_size=256,
+    description="pix2pix U-Net generator, trained with a 70x70 PatchGAN + 100 L1 (~7.3 M params)",
+)
 def pix2pix(**kw) -> Pix2PixGenerator:
     """pix2pix U-Net generator (adversarial + L1 training), ab output tanh x 110."""
     return Pix2PixGenerator(**kw)

@@ -54,8 +54,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.downsample: nn.Module | None = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
-                                            nn.BatchNorm2d(cout))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -65,8 +66,9 @@ class BasicBlock(nn.Module):
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 def l_to_gray(L: torch.Tensor) -> torch.Tensor:
@@ -86,8 +88,9 @@ class ResNet18Colorizer(nn.Module):
         decoder: channels of the head at strides 16, 8 and 4.
     """
 
-    def __init__(self, head: str = "ab",
-                 decoder: tuple[int, ...] | list[int] = (256, 128, 64)) -> None:
+    def __init__(
+        self, head: str = "ab", decoder: tuple[int, ...] | list[int] = (256, 128, 64)
+    ) -> None:
         super().__init__()
         if head not in HEADS:
             raise BadInputError(f"resnet18 head {head!r}: choose one of {', '.join(HEADS)}")
@@ -110,10 +113,8 @@ class ResNet18Colorizer(nn.Module):
         self.dec8 = _conv_bn_relu(d16 + 128, d8)
         self.dec4 = _conv_bn_relu(d8 + 64, d4)
         self.head = nn.Conv2d(d4, 2 if head == "ab" else Q, 1)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1),
-                             persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1),
-                             persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self._init()
 
     def _init(self) -> None:
@@ -163,12 +164,16 @@ def is_imagenet_trunk(state: Mapping[str, object]) -> bool:
     """Whether a state dict looks like a torchvision ResNet classifier (conv1, layer4, fc): a
     trunk for `load_imagenet_trunk`, not a whole bttf model."""
     keys = set(state)
-    return ("conv1.weight" in keys and any(k.startswith("layer4.") for k in keys)
-            and not any(k.startswith(("dec16.", "head.")) for k in keys))
+    return (
+        "conv1.weight" in keys
+        and any(k.startswith("layer4.") for k in keys)
+        and not any(k.startswith(("dec16.", "head.")) for k in keys)
+    )
 
 
-def load_imagenet_trunk(model: nn.Module, path_or_state: str | Path | Mapping[str, torch.Tensor]
-                        ) -> nn.Module:
+def load_imagenet_trunk(
+    model: nn.Module, path_or_state: str | Path | Mapping[str, torch.Tensor]
+) -> nn.Module:
     """Load an ImageNet ResNet-18 classifier's weights into `model`'s trunk (the head keeps its
     initialisation).
 
@@ -195,15 +200,17 @@ def load_imagenet_trunk(model: nn.Module, path_or_state: str | Path | Mapping[st
         state, _ = read_weights(path_or_state)
         where = str(path_or_state)
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     expected = trunk_keys(model)
     if not expected:
         raise WeightsError(f"{type(model).__name__} has no ResNet trunk to load {where} into")
     incoming = {k: v for k, v in state.items() if not k.startswith("fc.")}
     unexpected = sorted(k for k in incoming if k not in expected)
     if unexpected:
-        raise WeightsError(f"{where} holds key {unexpected[0]!r}, not in a ResNet-18 trunk: "
-                           "not torchvision resnet18 weights")
+        raise WeightsError(
+            f"{where} holds key {unexpected[0]!r}, not in a ResNet-18 trunk: "
+            "not torchvision resnet18 weights"
+        )
     missing = [k for k in expected if k not in incoming and not k.endswith("num_batches_tracked")]
     if missing:
         raise WeightsError(f"{where} lacks ResNet-18 trunk key {missing[0]!r}")
@@ -216,16 +223,23 @@ def load_imagenet_trunk(model: nn.Module, path_or_state: str | Path | Mapping[st
             raise WeightsError(f"{where}: entry {k!r} is a {type(v).__name__}, not a tensor")
         target = expected[k]
         if tuple(v.shape) != tuple(target.shape):
-            raise WeightsError(f"{where}: key {k!r} has shape {tuple(v.shape)}, the ResNet-18 "
-                               f"trunk expects {tuple(target.shape)}")
+            raise WeightsError(
+                f"{where}: key {k!r} has shape {tuple(v.shape)}, the ResNet-18 "
+                f"trunk expects {tuple(target.shape)}"
+            )
         converted[k] = v.to(target.dtype) if v.is_floating_point() else v
     model.load_state_dict(converted, strict=False)
     log.info("loaded the ImageNet ResNet-18 trunk (%d tensors) from %s", len(converted), where)
     return model
 
 
-@register_model("resnet18", output="ab", stride=32, render_size=256,
-                description="ResNet-18 trunk (ImageNet-loadable) + U-Net head, ab (~13.5 M params)")
+@register_model(
+    "resnet18",
+    output="ab",
+    stride=32,
+    render_size=256,
+    description="ResNet-18 trunk (ImageNet-loadable) + U-Net head, ab (~13.5 M params)",
+)
 def resnet18(**kw) -> ResNet18Colorizer:
     """ResNet-18 trunk with an upsampling ab head (tanh x 110)."""
     if kw.get("head", "ab") != "ab":
@@ -233,8 +247,13 @@ def resnet18(**kw) -> ResNet18Colorizer:
     return ResNet18Colorizer(**kw)
 
 
-@register_model("resnet18-bins", output="bins", stride=32, render_size=256,
-                description="ResNet-18 trunk + U-Net head, 313-bin logits (~13.5 M params)")
+@register_model(
+    "resnet18-bins",
+    output="bins",
+    stride=32,
+    render_size=256,
+    description="ResNet-18 trunk + U-Net head, 313-bin logits (~13.5 M params)",
+)
 def resnet18_bins(**kw) -> ResNet18Colorizer:
     """ResNet-18 trunk with an upsampling 313-bin head."""
     if kw.get("head", "bins") != "bins":

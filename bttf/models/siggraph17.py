@@ -26,8 +26,10 @@ def _convs(channels: list[int], *, init_relu: bool = False, norm: bool = True) -
     """[ReLU] (conv ReLU)* [BN]: the release's Sequential indices."""
     layers: list[nn.Module] = [nn.ReLU(inplace=True)] if init_relu else []
     for i in range(len(channels) - 1):
-        layers += [nn.Conv2d(channels[i], channels[i + 1], 3, padding=1, bias=True),
-                   nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(channels[i], channels[i + 1], 3, padding=1, bias=True),
+            nn.ReLU(inplace=True),
+        ]
     if norm:
         layers.append(nn.BatchNorm2d(channels[-1]))
     return nn.Sequential(*layers)
@@ -36,8 +38,10 @@ def _convs(channels: list[int], *, init_relu: bool = False, norm: bool = True) -
 def _dilated(channels: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(len(channels) - 1):
-        layers += [nn.Conv2d(channels[i], channels[i + 1], 3, padding=2, dilation=2, bias=True),
-                   nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(channels[i], channels[i + 1], 3, padding=2, dilation=2, bias=True),
+            nn.ReLU(inplace=True),
+        ]
     layers.append(nn.BatchNorm2d(channels[-1]))
     return nn.Sequential(*layers)
 
@@ -109,8 +113,13 @@ class Siggraph17(nn.Module):
         return self.model_out(conv10_2) * AB_NORM
 
 
-@register_model("siggraph17", output="ab", stride=8, render_size=256,
-                description="Zhang et al. SIGGRAPH 2017 (U-Net, 34 M params; official weights)")
+@register_model(
+    "siggraph17",
+    output="ab",
+    stride=8,
+    render_size=256,
+    description="Zhang et al. SIGGRAPH 2017 (U-Net, 34 M params; official weights)",
+)
 def siggraph17(**kw) -> Siggraph17:
     """Zhang et al. 2017, "Real-Time User-Guided Image Colorization" (official key layout)."""
     return Siggraph17(**kw)

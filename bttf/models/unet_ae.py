@@ -27,9 +27,11 @@ class DoubleConv(nn.Sequential):
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
             nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
             nn.ReLU(inplace=True),
         )
 
@@ -81,8 +83,13 @@ class UNetAutoencoder(nn.Module):
         return torch.tanh(self.head(x)) * AB_SCALE
 
 
-@register_model("unet-ae", output="ab", stride=16, render_size=256,
-                description="U-Net autoencoder with skips, tanh x 110 ab output (~2.0 M params)")
+@register_model(
+    "unet-ae",
+    output="ab",
+    stride=16,
+    render_size=256,
+    description="U-Net autoencoder with skips, tanh x 110 ab output (~2.0 M params)",
+)
 def unet_ae(**kw) -> UNetAutoencoder:
     """U-Net autoencoder (skip connections), tanh output scaled to +-110."""
     return UNetAutoencoder(**kw)

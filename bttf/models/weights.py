@@ -65,16 +65,16 @@ def create_model(
         else:
             log.warning(
                 "model %s has no trained weights installed (%s is absent): it runs with random "
-                "weights and its colours mean nothing", spec.name, shipped,
+                "weights and its colours mean nothing",
+                spec.name,
+                shipped,
             )
     if weights is None:
         return spec.factory(**kw).eval()
     state, meta = read_weights(weights)
     if meta.get("format") == FORMAT:
         if get_spec(meta["bttf_model"]).name != spec.name:
-            raise WeightsError(
-                f"{weights} holds {meta['bttf_model']!r} weights, not {spec.name!r}"
-            )
+            raise WeightsError(f"{weights} holds {meta['bttf_model']!r} weights, not {spec.name!r}")
         config = meta["bttf_config"]
         clash = {k for k in kw if k in config and _jsonish(kw[k]) != config[k]}
         if clash:
@@ -103,17 +103,19 @@ def describe_models(pattern: str = "*") -> list[dict[str, Any]]:
         spec = get_spec(name)
         with torch.device("meta"):  # counts parameters without allocating them
             params = sum(p.numel() for p in spec.factory().parameters())
-        rows.append({
-            "name": spec.name,
-            "aliases": list(spec.aliases),
-            "output": spec.output,
-            "params": params,
-            "stride": spec.stride,
-            "render_size": spec.render_size,
-            "shipped": spec.shipped,
-            "weights_present": bool(spec.shipped and (WEIGHTS_DIR / spec.shipped).is_file()),
-            "description": spec.description,
-        })
+        rows.append(
+            {
+                "name": spec.name,
+                "aliases": list(spec.aliases),
+                "output": spec.output,
+                "params": params,
+                "stride": spec.stride,
+                "render_size": spec.render_size,
+                "shipped": spec.shipped,
+                "weights_present": bool(spec.shipped and (WEIGHTS_DIR / spec.shipped).is_file()),
+                "description": spec.description,
+            }
+        )
     return rows
 
 
@@ -233,8 +235,9 @@ def load_model(
         try:
             spec = get_spec(meta["bttf_model"])
         except UnknownModelError as e:
-            raise WeightsError(f"{path} holds weights of a model this bttf does not have "
-                               f"({e})") from None  # fmt: skip
+            raise WeightsError(
+                f"{path} holds weights of a model this bttf does not have ({e})"
+            ) from None
         config = meta["bttf_config"]
         if name is not None and get_spec(name).name != spec.name:
             raise WeightsError(

@@ -31,10 +31,32 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Suffixes taken as films in a batch folder (case-insensitive).
-VIDEO_SUFFIXES = frozenset({
-    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".m2v", ".ts", ".m2ts",
-    ".mts", ".vob", ".wmv", ".asf", ".flv", ".ogv", ".3gp", ".mxf", ".dv", ".y4m", ".nut",
-})  # fmt: skip
+VIDEO_SUFFIXES = frozenset(
+    {
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".mpg",
+        ".mpeg",
+        ".m2v",
+        ".ts",
+        ".m2ts",
+        ".mts",
+        ".vob",
+        ".wmv",
+        ".asf",
+        ".flv",
+        ".ogv",
+        ".3gp",
+        ".mxf",
+        ".dv",
+        ".y4m",
+        ".nut",
+    }
+)
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 
@@ -76,10 +98,13 @@ def find_videos(folder: str | os.PathLike) -> list[Path]:
     if not d.is_dir():
         raise BadInputError(f"{d} is not a folder")
     return sorted(
-        (p for p in d.iterdir()
-         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in VIDEO_SUFFIXES),
+        (
+            p
+            for p in d.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in VIDEO_SUFFIXES
+        ),
         key=lambda p: p.name,
-    )  # fmt: skip
+    )
 
 
 def shard(items: Sequence[T], rank: int, world: int) -> list[T]:
@@ -108,8 +133,9 @@ def output_names(films: Sequence[Path], out_dir: Path, suffix: str = ".mp4") -> 
     stems: dict[str, int] = {}
     for f in films:
         stems[f.stem.lower()] = stems.get(f.stem.lower(), 0) + 1
-    return {f: out_dir / f"{f.stem if stems[f.stem.lower()] == 1 else f.name}{suffix}"
-            for f in films}  # fmt: skip
+    return {
+        f: out_dir / f"{f.stem if stems[f.stem.lower()] == 1 else f.name}{suffix}" for f in films
+    }
 
 
 def colorize_folder(
@@ -181,14 +207,21 @@ def colorize_folder(
             try:
                 progress = progress_for(src) if progress_for is not None else None
                 stats = colorize_video(src, dst, config, progress)
-                item = BatchItem(src, dst, DONE, frames=stats.frames,
-                                 seconds=time.perf_counter() - t0, notices=stats.notices)
+                item = BatchItem(
+                    src,
+                    dst,
+                    DONE,
+                    frames=stats.frames,
+                    seconds=time.perf_counter() - t0,
+                    notices=stats.notices,
+                )
             except BttfError as e:
                 item = BatchItem(src, dst, FAILED, str(e), seconds=time.perf_counter() - t0)
             except Exception as e:  # one film must not stop the library
                 log.debug("%s failed", src, exc_info=True)
-                item = BatchItem(src, dst, FAILED, f"{type(e).__name__}: {e}",
-                                 seconds=time.perf_counter() - t0)  # fmt: skip
+                item = BatchItem(
+                    src, dst, FAILED, f"{type(e).__name__}: {e}", seconds=time.perf_counter() - t0
+                )
         if item.status == FAILED:
             log.info("%s failed: %s", src, item.reason)
         items.append(item)

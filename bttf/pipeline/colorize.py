@@ -140,16 +140,19 @@ class ColorizeConfig:
         if self.pix_fmt not in OUTPUT_PIX_FMTS:
             raise bad(f"pix_fmt {self.pix_fmt!r}; choose one of {', '.join(OUTPUT_PIX_FMTS)}")
         if self.on_decode_error not in DECODE_ERROR_POLICIES:
-            raise bad(f"on_decode_error {self.on_decode_error!r}; choose one of "
-                      f"{', '.join(DECODE_ERROR_POLICIES)}")  # fmt: skip
+            raise bad(
+                f"on_decode_error {self.on_decode_error!r}; choose one of "
+                f"{', '.join(DECODE_ERROR_POLICIES)}"
+            )
         if self.segment_frames < 0:
             raise bad(f"segment_frames must be 0 (off) or more, got {self.segment_frames}")
         if self.resume and self.segment_frames == 0:
             raise bad("resume needs segments; give segment_frames > 0")
 
     def encode_settings(self) -> EncodeSettings:
-        return EncodeSettings(codec=self.codec, crf=self.crf, preset=self.preset,
-                              pix_fmt=self.pix_fmt)  # fmt: skip
+        return EncodeSettings(
+            codec=self.codec, crf=self.crf, preset=self.preset, pix_fmt=self.pix_fmt
+        )
 
 
 @dataclass(frozen=True)
@@ -267,8 +270,9 @@ def _resize(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     if img.shape[:2] == hw:
         return img
     down = hw[0] <= img.shape[0] and hw[1] <= img.shape[1]
-    return cv2.resize(img, (hw[1], hw[0]),
-                      interpolation=cv2.INTER_AREA if down else cv2.INTER_LINEAR)  # fmt: skip
+    return cv2.resize(
+        img, (hw[1], hw[0]), interpolation=cv2.INTER_AREA if down else cv2.INTER_LINEAR
+    )
 
 
 @contextlib.contextmanager
@@ -295,8 +299,10 @@ def cpu_autocast_dtype() -> torch.dtype | None:
     Elsewhere bf16 is emulated and slower than float32. The development machine has neither,
     so this path's speed-up is not measured yet (benchmarks/README.md).
     """
-    probes = [getattr(getattr(torch, "cpu", None), name, None)
-              for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]  # fmt: skip
+    probes = [
+        getattr(getattr(torch, "cpu", None), name, None)
+        for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    ]
     with contextlib.suppress(Exception):  # private probes: any failure means "no"
         if any(fn is not None and fn() for fn in probes):
             return torch.bfloat16
@@ -317,8 +323,9 @@ def _is_oom(e: BaseException) -> bool:
 # The model stage
 
 
-def chroma_planes(L: torch.Tensor, ab: torch.Tensor, matrix: int, full_range: bool,
-                  bits: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def chroma_planes(
+    L: torch.Tensor, ab: torch.Tensor, matrix: int, full_range: bool, bits: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cb, Cr code values (N, h, w) (uint8, or int32 above 8 bits) from Lab.
 
     L (N, 1, h, w) in [0, 100] and ab (N, 2, h, w) in Lab units; Lab -> sRGB (clipped to the
@@ -396,8 +403,9 @@ class _Prepared:
 class _ModelStage:
     """Runs batches through predict -> stabilizer -> decode -> chroma, splitting on OOM."""
 
-    def __init__(self, colorizer, device: torch.device, batch_size: int, stabilizer=None,
-                 rotate_k: int = 0):  # fmt: skip
+    def __init__(
+        self, colorizer, device: torch.device, batch_size: int, stabilizer=None, rotate_k: int = 0
+    ):
         self.colorizer = colorizer
         self.device = device
         self.max_batch = batch_size
@@ -440,8 +448,9 @@ class _ModelStage:
                         "--device cpu"
                     ) from e
                 self.max_batch = max(1, (j - i) // 2)
-                log.warning("out of memory with %d frames a batch; retrying with %d",
-                            j - i, self.max_batch)  # fmt: skip
+                log.warning(
+                    "out of memory with %d frames a batch; retrying with %d", j - i, self.max_batch
+                )
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
         return outs
@@ -493,9 +502,12 @@ class _ModelStage:
             # on its own thread, beside the model's next batch; `chroma` waits for it
             if self._fusion is None:
                 # (a new thread starts with OpenMP's default team: give it the engine's size)
-                self._fusion = ThreadPoolExecutor(1, thread_name_prefix="bttf-fuse",
-                                                  initializer=torch.set_num_threads,
-                                                  initargs=(torch.get_num_threads(),))
+                self._fusion = ThreadPoolExecutor(
+                    1,
+                    thread_name_prefix="bttf-fuse",
+                    initializer=torch.set_num_threads,
+                    initargs=(torch.get_num_threads(),),
+                )
             if self._fused is not None:  # one batch's logits fusing, one predicting: no more
                 self._fused.result()
             self._fused = self._fusion.submit(self._stabilize, small, out, plan)
@@ -531,8 +543,9 @@ class _ModelStage:
             self.stabilizer.close()
 
     @torch.inference_mode()
-    def chroma(self, batch: list[_Prepared], out: torch.Tensor, matrix: int, full_range: bool,
-               bits: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    def chroma(
+        self, batch: list[_Prepared], out: torch.Tensor, matrix: int, full_range: bool, bits: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Cb, Cr planes (N, ch, cw) of `batch` from the output of `self(batch)` (a tensor, or
         the future of one). Touches no state but the batch size on out-of-memory, so on CPU it
         may run beside the next call."""
@@ -574,9 +587,16 @@ class _Colourer:
     `busy_s` is the time spent making planes.
     """
 
-    def __init__(self, stage: _ModelStage, emit: Callable[[object], None],
-                 item: Callable[[SourceFrame, np.ndarray, np.ndarray], object], matrix: int,
-                 full_range: bool, bits: int, depth: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        stage: _ModelStage,
+        emit: Callable[[object], None],
+        item: Callable[[SourceFrame, np.ndarray, np.ndarray], object],
+        matrix: int,
+        full_range: bool,
+        bits: int,
+        depth: int,
+    ) -> None:
         self.stage, self.emit, self.item = stage, emit, item
         self.fmt = (matrix, full_range, bits)
         self.busy_s = 0.0
@@ -670,8 +690,9 @@ class _Preparer:
     """SourceFrame -> _Prepared: the gray images the model (render size, model orientation) and
     the chroma stage (chroma plane size) need."""
 
-    def __init__(self, info: VideoInfo, render_hw: tuple[int, int], rotate_k: int,
-                 chroma_hw: tuple[int, int]) -> None:  # fmt: skip
+    def __init__(
+        self, info: VideoInfo, render_hw: tuple[int, int], rotate_k: int, chroma_hw: tuple[int, int]
+    ) -> None:
         self.info = info
         self.render_hw = render_hw
         self.rotate_k = rotate_k
@@ -681,8 +702,14 @@ class _Preparer:
     def __call__(self, f: SourceFrame) -> _Prepared:
         info, y = self.info, f.y
         if y.shape != (info.height, info.width):
-            log.warning("frame %d is %dx%d, not %dx%d; resized", f.index, y.shape[1],
-                        y.shape[0], info.width, info.height)  # fmt: skip
+            log.warning(
+                "frame %d is %dx%d, not %dx%d; resized",
+                f.index,
+                y.shape[1],
+                y.shape[0],
+                info.width,
+                info.height,
+            )
             y = f.y = _resize(y, (info.height, info.width))
         small = self.lut[_resize(y, self.render_hw)]
         if self.rotate_k:
@@ -690,19 +717,31 @@ class _Preparer:
         return _Prepared(f, small, self.lut[_resize(y, self.chroma_hw)])
 
 
-def _input_notices(info: VideoInfo, config: ColorizeConfig, total: int | None, done: int,
-                   repeated: int, dropped: int) -> list[str]:  # fmt: skip
+def _input_notices(
+    info: VideoInfo,
+    config: ColorizeConfig,
+    total: int | None,
+    done: int,
+    repeated: int,
+    dropped: int,
+) -> list[str]:
     """What the user should hear about the input after a run (also logged as warnings)."""
     out = []
     if repeated:
-        out.append(f"{repeated} damaged frame{'s' if repeated != 1 else ''} of {info.path} "
-                   "replaced by the last good one")  # fmt: skip
+        out.append(
+            f"{repeated} damaged frame{'s' if repeated != 1 else ''} of {info.path} "
+            "replaced by the last good one"
+        )
     if dropped:
-        out.append(f"{dropped} damaged frame{'s' if dropped != 1 else ''} of {info.path} "
-                   "left out (the previous frame lasts over each)")  # fmt: skip
+        out.append(
+            f"{dropped} damaged frame{'s' if dropped != 1 else ''} of {info.path} "
+            "left out (the previous frame lasts over each)"
+        )
     if config.duration is None and total and done + dropped < total - max(2, total // 100):
-        out.append(f"{info.path} declares about {total} frames but only {done + dropped} could "
-                   "be read: it may be truncated")  # fmt: skip
+        out.append(
+            f"{info.path} declares about {total} frames but only {done + dropped} could "
+            "be read: it may be truncated"
+        )
     if info.other_streams:
         kinds = ", ".join(sorted(set(info.other_streams)))
         out.append(f"{len(info.other_streams)} {kinds} stream(s) of {info.path} not carried over")
@@ -758,8 +797,14 @@ def _job_settings(job: _Job, segment_frames: int, warmup: int) -> dict:
     }
 
 
-def _resume_source(info: VideoInfo, config: ColorizeConfig, target_pts: int, first_pts: int | None,
-                   warmup: int, work_path: Path) -> Iterator[tuple[str, SourceFrame]]:  # fmt: skip
+def _resume_source(
+    info: VideoInfo,
+    config: ColorizeConfig,
+    target_pts: int,
+    first_pts: int | None,
+    warmup: int,
+    work_path: Path,
+) -> Iterator[tuple[str, SourceFrame]]:
     """The film from source pts `target_pts` on, as ("frame", f), after its `warmup` frames
     before it as ("warm", f).
 
@@ -773,8 +818,13 @@ def _resume_source(info: VideoInfo, config: ColorizeConfig, target_pts: int, fir
     while True:
         seek = target_pts * tb - back
         from_start = seek <= t_start
-        frames = read_frames(info, config.start, config.duration, on_error=config.on_decode_error,
-                             seek=None if from_start else seek)  # fmt: skip
+        frames = read_frames(
+            info,
+            config.start,
+            config.duration,
+            on_error=config.on_decode_error,
+            seek=None if from_start else seek,
+        )
         ring: deque[SourceFrame] = deque(maxlen=warmup)
         first = None
         found = False
@@ -833,8 +883,9 @@ class _SegmentSink:
         elif kind == "close":
             self.writer.finish()
             self.writer = None
-            self.work.commit(item[1], self.frames, self.first_pts, self.end_pts, self.repeated,
-                             self.dropped)  # fmt: skip
+            self.work.commit(
+                item[1], self.frames, self.first_pts, self.end_pts, self.repeated, self.dropped
+            )
         elif kind == "finish":
             self.work.finish()
 
@@ -844,8 +895,9 @@ class _SegmentSink:
             work.first_pts = f.pts
             work.shift_pts = f.pts if job.config.start is not None else 0
         k = len(work.segments)
-        self.writer = VideoWriter(work.segment_path(k, partial=True), job.info, job.settings,
-                                  job.size, audio=False)  # fmt: skip
+        self.writer = VideoWriter(
+            work.segment_path(k, partial=True), job.info, job.settings, job.size, audio=False
+        )
         self.writer.start(None, None, f.pts if work.relative else work.shift_pts)
         self.frames = self.repeated = self.dropped = 0
         self.first_pts = f.pts
@@ -866,8 +918,9 @@ def _colorize_segmented(job: _Job) -> ColorizeStats:
     warmup = min(WARMUP_FRAMES, n_seg) if stage.stabilizer is not None else 0
 
     def probe(out):  # the stream a segment has, for WorkDir to see what the container does
-        vs = out.add_stream(job.settings.codec, rate=info.rate or 24,
-                            options=job.settings.options())  # fmt: skip
+        vs = out.add_stream(
+            job.settings.codec, rate=info.rate or 24, options=job.settings.options()
+        )
         vs.width, vs.height, vs.pix_fmt = *job.size, job.settings.pix_fmt
         vs.time_base = vs.codec_context.time_base = info.time_base
         return vs
@@ -881,15 +934,20 @@ def _colorize_segmented(job: _Job) -> ColorizeStats:
     ok = False
     try:
         if resumed:
-            log.info("resuming %s after %d frames (%d segments)", job.dst, resumed,
-                     len(work.segments))  # fmt: skip
+            log.info(
+                "resuming %s after %d frames (%d segments)", job.dst, resumed, len(work.segments)
+            )
         if not work.finished:
             if work.resume_pts is None:
-                source = _tagged(read_frames(info, config.start, config.duration,
-                                             on_error=config.on_decode_error))  # fmt: skip
+                source = _tagged(
+                    read_frames(
+                        info, config.start, config.duration, on_error=config.on_decode_error
+                    )
+                )
             else:
-                source = _resume_source(info, config, work.resume_pts, work.first_pts, warmup,
-                                        work.path)  # fmt: skip
+                source = _resume_source(
+                    info, config, work.resume_pts, work.first_pts, warmup, work.path
+                )
 
             def prepared() -> Iterator[tuple[str, _Prepared]]:
                 with contextlib.closing(source):
@@ -901,8 +959,15 @@ def _colorize_segmented(job: _Job) -> ColorizeStats:
             with torch_threads(job.device, config.threads):
                 producer = Producer(prepared(), maxsize=depth, name="decode")
                 consumer = Consumer(sink, maxsize=depth, name="encode")
-                colourer = _Colourer(stage, consumer.put, lambda f, cb, cr: ("frame", f, cb, cr),
-                                     info.colorspace, info.full_range, bits_out, 1)  # fmt: skip
+                colourer = _Colourer(
+                    stage,
+                    consumer.put,
+                    lambda f, cb, cr: ("frame", f, cb, cr),
+                    info.colorspace,
+                    info.full_range,
+                    bits_out,
+                    1,
+                )
                 ring: deque[_Prepared] = deque(maxlen=warmup)
                 k = len(work.segments)
                 in_seg = 0
@@ -970,9 +1035,18 @@ def _colorize_segmented(job: _Job) -> ColorizeStats:
             offsets = None
             if work.relative:
                 offsets = [s.first_pts - work.shift_pts for s in work.segments]
-            notices.extend(join_segments([work.path / s.file for s in work.segments], tmp, info,
-                                         audio=config.audio, t_from=t_from, t_end=t_end,
-                                         shift_pts=work.shift_pts, offsets=offsets))  # fmt: skip
+            notices.extend(
+                join_segments(
+                    [work.path / s.file for s in work.segments],
+                    tmp,
+                    info,
+                    audio=config.audio,
+                    t_from=t_from,
+                    t_end=t_end,
+                    shift_pts=work.shift_pts,
+                    offsets=offsets,
+                )
+            )
             os.replace(tmp, job.dst)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -981,8 +1055,12 @@ def _colorize_segmented(job: _Job) -> ColorizeStats:
         ok = True
     except BaseException:
         if work.segments:
-            log.warning("%d colorized frames are kept in %s: run the same command with --resume "
-                        "to continue", work.frames_done, work.path)  # fmt: skip
+            log.warning(
+                "%d colorized frames are kept in %s: run the same command with --resume "
+                "to continue",
+                work.frames_done,
+                work.path,
+            )
         raise
     finally:
         if ok:
@@ -1062,15 +1140,38 @@ def colorize_video(
     total = _expected_frames(info, config.start, config.duration)
     stabilizer = _make_stabilizer(config.temporal, config.temporal_strength)
     stage = _ModelStage(colorizer, device, config.batch_size, stabilizer, rotate_k)
-    log.info("%s: %dx%d %s, %s frames; model %s at %dx%d on %s", src, info.width,
-             info.height, info.pix_fmt, total, _model_name(colorizer), model_hw[1], model_hw[0],
-             device)  # fmt: skip
+    log.info(
+        "%s: %dx%d %s, %s frames; model %s at %dx%d on %s",
+        src,
+        info.width,
+        info.height,
+        info.pix_fmt,
+        total,
+        _model_name(colorizer),
+        model_hw[1],
+        model_hw[0],
+        device,
+    )
     sx, sy, _ = OUTPUT_PIX_FMTS[settings.pix_fmt]
     prepare = _Preparer(info, (rh, rw), rotate_k, (-(-enc_h // (1 << sy)), -(-enc_w // (1 << sx))))
     long_film = config.segment_frames and (total is None or total > config.segment_frames)
     if config.resume or long_film:
-        job = _Job(src, dst, info, config, settings, (enc_w, enc_h), device, colorizer, stage,
-                   prepare, model_hw, total, progress, t_begin)  # fmt: skip
+        job = _Job(
+            src,
+            dst,
+            info,
+            config,
+            settings,
+            (enc_w, enc_h),
+            device,
+            colorizer,
+            stage,
+            prepare,
+            model_hw,
+            total,
+            progress,
+            t_begin,
+        )
         with output_errors(dst):
             return _colorize_segmented(job)
 
@@ -1101,8 +1202,9 @@ def colorize_video(
             damaged[1] += f.dropped
 
         def prepared() -> Iterator[_Prepared]:
-            frames = read_frames(info, config.start, config.duration,
-                                 on_error=config.on_decode_error)  # fmt: skip
+            frames = read_frames(
+                info, config.start, config.duration, on_error=config.on_decode_error
+            )
             with contextlib.closing(frames):
                 for f in frames:
                     yield prepare(f)
@@ -1110,8 +1212,15 @@ def colorize_video(
         depth = 2 * config.batch_size
         producer = Producer(prepared(), maxsize=depth, name="decode")
         consumer = Consumer(write, on_finish=writer.finish, maxsize=depth, name="encode")
-        colourer = _Colourer(stage, consumer.put, lambda f, cb, cr: (f, cb, cr), info.colorspace,
-                             info.full_range, writer.bits, 1)  # fmt: skip
+        colourer = _Colourer(
+            stage,
+            consumer.put,
+            lambda f, cb, cr: (f, cb, cr),
+            info.colorspace,
+            info.full_range,
+            writer.bits,
+            1,
+        )
         try:
             if progress is not None:
                 progress(0, total)
@@ -1226,8 +1335,11 @@ def colorize_image(
         pixels = np.rint(rgb * 65535.0).astype(np.uint16)
     else:
         pixels = np.rint(rgb * 255.0).astype(np.uint8)
-    ok, buf = cv2.imencode(dst.suffix.lower(), np.ascontiguousarray(pixels[..., ::-1]),
-                           _IMWRITE_PARAMS.get(dst.suffix.lower(), []))  # fmt: skip
+    ok, buf = cv2.imencode(
+        dst.suffix.lower(),
+        np.ascontiguousarray(pixels[..., ::-1]),
+        _IMWRITE_PARAMS.get(dst.suffix.lower(), []),
+    )
     if not ok:
         raise BttfError(f"OpenCV could not encode {dst.suffix} images; use .png or .jpg")
     with atomic_output(dst) as tmp:

@@ -176,8 +176,9 @@ def _read_video_frames(path: Path, count: int) -> tuple[list[np.ndarray], list[f
                 frames, times = _seek_frames(container, stream, start, duration, count)
                 if len(frames) == count:
                     return frames, times
-                log.info("%s: seeking gave %d of %d frames; decoding it all", path,
-                         len(frames), count)
+                log.info(
+                    "%s: seeking gave %d of %d frames; decoding it all", path, len(frames), count
+                )
             container.seek(0)
             return _decode_all(container, stream, start, count)
         except av.FFmpegError as e:
@@ -188,8 +189,9 @@ def _rgb(frame: av.VideoFrame) -> np.ndarray:
     return frame.to_ndarray(format="rgb24").astype(np.float32) / 255.0
 
 
-def _seek_frames(container, stream, start: float, duration: float,
-                 count: int) -> tuple[list[np.ndarray], list[float]]:
+def _seek_frames(
+    container, stream, start: float, duration: float, count: int
+) -> tuple[list[np.ndarray], list[float]]:
     tb = stream.time_base or Fraction(1, 90000)
     frames: list[np.ndarray] = []
     times: list[float] = []
@@ -211,11 +213,14 @@ def _seek_frames(container, stream, start: float, duration: float,
     return frames, times
 
 
-def _decode_all(container, stream, start: float,
-                count: int) -> tuple[list[np.ndarray], list[float]]:
+def _decode_all(
+    container, stream, start: float, count: int
+) -> tuple[list[np.ndarray], list[float]]:
     tb = stream.time_base or Fraction(1, 90000)
-    stamps = [float(f.pts * tb) - start if f.pts is not None else math.nan
-              for f in container.decode(stream)]
+    stamps = [
+        float(f.pts * tb) - start if f.pts is not None else math.nan
+        for f in container.decode(stream)
+    ]
     if not stamps:
         raise BadInputError(f"{container.name} holds no decodable video frames")
     n = len(stamps)
@@ -252,8 +257,9 @@ def _caption(width: int, lines: Sequence[str]) -> np.ndarray:
     for i, line in enumerate(lines[:2]):
         text, scale = _fit_text(line, max(1, width - 6), 0.45 if i == 0 else 0.4)
         y = 15 + 16 * i
-        cv2.putText(band, text, (3, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (20, 20, 20), 1,
-                    cv2.LINE_AA)
+        cv2.putText(
+            band, text, (3, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (20, 20, 20), 1, cv2.LINE_AA
+        )
     return band
 
 
@@ -282,8 +288,11 @@ def _load_colorizers(cfg: CompareConfig, device: torch.device) -> list[tuple[str
         colorizer = Colorizer.create(name=name, temperature=cfg.temperature)
         label = spec.name if trained else f"{spec.name} (untrained)"
         if not trained:
-            log.warning("%s has no weights here: its column shows an untrained model; give "
-                        "--weights FILE for a trained one", spec.name)
+            log.warning(
+                "%s has no weights here: its column shows an untrained model; give "
+                "--weights FILE for a trained one",
+                spec.name,
+            )
         out.append((label, colorizer.to(device)))
     for path in cfg.weights:
         p = Path(path)
@@ -315,8 +324,9 @@ def compare(cfg: CompareConfig, progress: ProgressFn | None = None) -> CompareRe
     src = check_input(cfg.input)
     dst = check_output(src, cfg.output, cfg.overwrite)
     if dst.suffix.lower() not in _SHEET_SUFFIXES:
-        raise BadInputError(f"the sheet is an image: give -o a suffix like .png or .jpg, "
-                            f"not {dst.suffix!r}")
+        raise BadInputError(
+            f"the sheet is an image: give -o a suffix like .png or .jpg, not {dst.suffix!r}"
+        )
     if not cfg.models and not cfg.weights:
         raise BadInputError("nothing to compare: give --models NAME[,NAME...] and/or --weights")
     if cfg.frames < 1:
@@ -358,8 +368,9 @@ def compare(cfg: CompareConfig, progress: ProgressFn | None = None) -> CompareRe
             for _, colorizer in colorizers:
                 short = cfg.render_size or colorizer.render_size
                 rh, rw = render_dims(h, w, short, colorizer.stride)
-                L_in = cv2.resize(L_full, (rw, rh), interpolation=cv2.INTER_AREA
-                                  if rh <= h else cv2.INTER_LINEAR)
+                L_in = cv2.resize(
+                    L_full, (rw, rh), interpolation=cv2.INTER_AREA if rh <= h else cv2.INTER_LINEAR
+                )
                 L_in = torch.from_numpy(L_in)[None, None].to(device)
                 ab = colorizer.decode(colorizer.predict(L_in), (th, tw))[0].float().cpu()
                 abs_.append(ab)
@@ -389,6 +400,13 @@ def compare(cfg: CompareConfig, progress: ProgressFn | None = None) -> CompareRe
         raise BttfError(f"OpenCV could not encode {dst.suffix} images; use .png or .jpg")
     with atomic_output(dst) as tmp:
         tmp.write_bytes(buf.tobytes())
-    return CompareResult(output=dst, width=sheet.shape[1], height=sheet.shape[0], tile=(tw, th),
-                         rows=len(rows), columns=columns, has_truth=has_truth,
-                         frame_times=times)
+    return CompareResult(
+        output=dst,
+        width=sheet.shape[1],
+        height=sheet.shape[0],
+        tile=(tw, th),
+        rows=len(rows),
+        columns=columns,
+        has_truth=has_truth,
+        frame_times=times,
+    )

@@ -58,12 +58,37 @@ RANGE_UNSPECIFIED, RANGE_TV, RANGE_PC = 0, 1, 2
 SPACE_BT709, SPACE_UNSPECIFIED, SPACE_BT470BG, SPACE_SMPTE170M, SPACE_BT2020NCL = 1, 2, 5, 6, 9
 
 _PLANAR_Y = {
-    "yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv440p", "yuvj440p",
-    "yuv411p", "yuvj411p", "yuv410p", "yuva420p", "yuva422p", "yuva444p",
-    "nv12", "nv21", "nv16", "nv24", "nv42", "gray",
-}  # fmt: skip
-_HIGH_DEPTH_PREFIXES = ("yuv420p", "yuv422p", "yuv444p", "yuv440p", "yuva420p", "yuva422p",
-                        "yuva444p", "gray")  # fmt: skip
+    "yuv420p",
+    "yuvj420p",
+    "yuv422p",
+    "yuvj422p",
+    "yuv444p",
+    "yuvj444p",
+    "yuv440p",
+    "yuvj440p",
+    "yuv411p",
+    "yuvj411p",
+    "yuv410p",
+    "yuva420p",
+    "yuva422p",
+    "yuva444p",
+    "nv12",
+    "nv21",
+    "nv16",
+    "nv24",
+    "nv42",
+    "gray",
+}
+_HIGH_DEPTH_PREFIXES = (
+    "yuv420p",
+    "yuv422p",
+    "yuv444p",
+    "yuv440p",
+    "yuva420p",
+    "yuva422p",
+    "yuva444p",
+    "gray",
+)
 
 
 def _direct_bits(name: str) -> int | None:
@@ -207,8 +232,9 @@ def check_size(width: int, height: int, path: Path) -> None:
         )
 
 
-def _packets(container: av.container.InputContainer, stream: av.video.VideoStream,
-             path: Path) -> Iterator[av.Packet]:  # fmt: skip
+def _packets(
+    container: av.container.InputContainer, stream: av.video.VideoStream, path: Path
+) -> Iterator[av.Packet]:
     """The stream's packets (then a flush packet); a container read error is a BadInputError."""
     it = container.demux(stream)
     while True:
@@ -217,8 +243,9 @@ def _packets(container: av.container.InputContainer, stream: av.video.VideoStrea
         except StopIteration:
             return
         except av.FFmpegError as e:
-            raise BadInputError(f"{path} cannot be read any further ({e}); the file is damaged "
-                                "or incomplete") from e  # fmt: skip
+            raise BadInputError(
+                f"{path} cannot be read any further ({e}); the file is damaged or incomplete"
+            ) from e
         yield packet
 
 
@@ -229,8 +256,9 @@ def _decode(packet: av.Packet) -> tuple[list[av.VideoFrame], av.FFmpegError | No
         return [], e
 
 
-def _first_frame(container: av.container.InputContainer, stream: av.video.VideoStream,
-                 path: Path) -> tuple[av.VideoFrame, int | None]:  # fmt: skip
+def _first_frame(
+    container: av.container.InputContainer, stream: av.video.VideoStream, path: Path
+) -> tuple[av.VideoFrame, int | None]:
     """The first frame that decodes, and the earliest timestamp of the packets sent until then
     (earlier than the frame's when the film's first frames are damaged)."""
     error = None
@@ -327,8 +355,9 @@ class _Timeline:
         t = pts * self.tb
         return t >= self.t_start and (self.t_end is None or t < self.t_end)
 
-    def push(self, y: np.ndarray, pts: int, duration: int,
-             repeated: bool = False) -> list[SourceFrame]:  # fmt: skip
+    def push(
+        self, y: np.ndarray, pts: int, duration: int, repeated: bool = False
+    ) -> list[SourceFrame]:
         t = pts * self.tb
         if t < self.t_start:
             return []
@@ -340,8 +369,9 @@ class _Timeline:
         if self.t_end is not None and t >= self.t_end:
             self.done = True
             return out
-        self.pending = SourceFrame(self.index, y, pts, duration, self.tb, repeated,
-                                   self.dropped_first)  # fmt: skip
+        self.pending = SourceFrame(
+            self.index, y, pts, duration, self.tb, repeated, self.dropped_first
+        )
         self.dropped_first = 0
         self.index += 1
         return out
@@ -436,9 +466,15 @@ def read_frames(
                     "--on-decode-error repeat or skip to go past damaged frames"
                 )
             if damaged <= _LOG_DAMAGED:
-                log.warning("%s: the frame at %.3f s cannot be decoded (%s); %s", info.path, when,
-                            reason, "the previous frame is shown again" if on_error == "repeat"
-                            else "the previous frame lasts over it")  # fmt: skip
+                log.warning(
+                    "%s: the frame at %.3f s cannot be decoded (%s); %s",
+                    info.path,
+                    when,
+                    reason,
+                    "the previous frame is shown again"
+                    if on_error == "repeat"
+                    else "the previous frame lasts over it",
+                )
             if on_error == "skip":
                 timeline.drop()
                 return []
@@ -471,8 +507,9 @@ def read_frames(
                         heapq.heappop(sent)
                 if pts is None or (last_pts is not None and pts <= last_pts):
                     if pts is not None:
-                        log.warning("frame timestamp %s does not increase; using %s", pts,
-                                    last_pts + step)  # fmt: skip
+                        log.warning(
+                            "frame timestamp %s does not increase; using %s", pts, last_pts + step
+                        )
                     pts = last_pts + step if last_pts is not None else 0
                 y, bits, _ = luma_plane(frame)
                 if bits != info.bits:

@@ -39,8 +39,15 @@ OUTPUT_PIX_FMTS = {
     "yuv444p10le": (0, 0, 10),
 }
 
-_SKIP_METADATA = {"encoder", "major_brand", "minor_version", "compatible_brands", "duration",
-                  "rotate", "vendor_id"}  # fmt: skip
+_SKIP_METADATA = {
+    "encoder",
+    "major_brand",
+    "minor_version",
+    "compatible_brands",
+    "duration",
+    "rotate",
+    "vendor_id",
+}
 
 
 def _copy_metadata(src: dict[str, str], dst: dict[str, str]) -> None:
@@ -92,8 +99,9 @@ def _try_open(settings: EncodeSettings, width: int, height: int, time_base: Frac
     return None
 
 
-def plan_encode(settings: EncodeSettings, width: int, height: int,
-                time_base: Fraction) -> tuple[int, int]:  # fmt: skip
+def plan_encode(
+    settings: EncodeSettings, width: int, height: int, time_base: Fraction
+) -> tuple[int, int]:
     """Check the encoder accepts the settings and return the size to encode at.
 
     Odd sizes are kept when the encoder can (ffv1, VP9 …). H.264/HEVC 4:2:0 cannot represent an
@@ -120,8 +128,13 @@ def plan_encode(settings: EncodeSettings, width: int, height: int,
         log.warning(
             "%s cannot encode %s at the odd size %dx%d; padding to %dx%d (the extra row/column "
             "repeats the edge; use --pix-fmt yuv444p to keep the size)",
-            settings.codec, settings.pix_fmt, width, height, pw, ph,
-        )  # fmt: skip
+            settings.codec,
+            settings.pix_fmt,
+            width,
+            height,
+            pw,
+            ph,
+        )
         return pw, ph
     raise BadInputError(
         f"the encoder {settings.codec} refuses --pix-fmt {settings.pix_fmt} --crf {settings.crf} "
@@ -181,8 +194,16 @@ class AudioRemux:
                 rate = s.codec_context.sample_rate
                 channels = max(1, s.codec_context.layout.nb_channels)
                 # The standard layout for the channel count ("1 channels" -> mono): AAC needs one.
-                layout = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1",
-                          7: "6.1", 8: "7.1"}.get(channels, "stereo")  # fmt: skip
+                layout = {
+                    1: "mono",
+                    2: "stereo",
+                    3: "2.1",
+                    4: "quad",
+                    5: "5.0",
+                    6: "5.1",
+                    7: "6.1",
+                    8: "7.1",
+                }.get(channels, "stereo")
                 dst = self.out.add_stream(codec, rate=rate)
                 dst.layout = layout
                 # AAC allows at most 6144 bits per channel per 1024 samples.
@@ -356,8 +377,11 @@ class VideoWriter:
                 _copy_metadata(src.streams.video[0].metadata, vs.metadata)
             others = [s for s in src.streams if s.type not in ("video", "audio")]
             if others:
-                log.info("%d %s stream(s) of the source are not carried over", len(others),
-                         "/".join(sorted({s.type for s in others})))  # fmt: skip
+                log.info(
+                    "%d %s stream(s) of the source are not carried over",
+                    len(others),
+                    "/".join(sorted({s.type for s in others})),
+                )
         self.video = vs
 
     def start(self, t_from: Fraction | None, t_end: Fraction | None, shift_pts: int) -> None:
@@ -381,8 +405,9 @@ class VideoWriter:
         frame.colorspace = self.info.colorspace
         return frame
 
-    def write(self, y: np.ndarray, bits: int, cb: np.ndarray, cr: np.ndarray, pts: int,
-              duration: int) -> None:  # fmt: skip
+    def write(
+        self, y: np.ndarray, bits: int, cb: np.ndarray, cr: np.ndarray, pts: int, duration: int
+    ) -> None:
         """Encode one frame; `pts`/`duration` in the source's time base."""
         if self._shift_pts is None:
             self.start(None, None, 0)

@@ -358,8 +358,14 @@ def make_gif(
     width = min(config.width, probe.width, color_probe.width)
     height = _height_for(width, probe)
     if fps != config.fps or width != config.width:
-        log.info("source is %dx%d at %s fps: GIF at %d px, %g fps",
-                 probe.width, probe.height, probe.fps, width, fps)
+        log.info(
+            "source is %dx%d at %s fps: GIF at %d px, %g fps",
+            probe.width,
+            probe.height,
+            probe.fps,
+            width,
+            fps,
+        )
 
     with tempfile.TemporaryDirectory(prefix="bttf-gif-") as tmp_name, atomic_output(dst) as part:
         tmp = Path(tmp_name)
@@ -392,8 +398,18 @@ def make_gif(
             if config.side_by_side:
                 png = tmp / f"labels_{w}.png"
                 _label_png(png, w, h, labels)
-            _encode_gif(part, color, original if config.side_by_side else None, duration,
-                        f, w, h, png, tmp / "palette.png", config)  # fmt: skip
+            _encode_gif(
+                part,
+                color,
+                original if config.side_by_side else None,
+                duration,
+                f,
+                w,
+                h,
+                png,
+                tmp / "palette.png",
+                config,
+            )
             attempts += 1
             size = part.stat().st_size
             log.info("GIF at %g fps, %d px wide: %s", f, w, format_size(size))
@@ -429,6 +445,15 @@ def _colorize(clip: Path, out: Path, colorize: ColorizeConfig, progress) -> Colo
     from bttf.pipeline.colorize import colorize_video
 
     # the whole (already cut) clip, near-lossless and quick: only the palette step reads it
-    cfg = replace(colorize, start=None, duration=None, audio=False, overwrite=True,
-                  codec="libx264", crf=12, preset="veryfast", pix_fmt="yuv420p")  # fmt: skip
+    cfg = replace(
+        colorize,
+        start=None,
+        duration=None,
+        audio=False,
+        overwrite=True,
+        codec="libx264",
+        crf=12,
+        preset="veryfast",
+        pix_fmt="yuv420p",
+    )
     return colorize_video(clip, out, cfg, progress=progress)

@@ -77,8 +77,9 @@ def check_output(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool
             raise BadInputError(f"cannot write {d}: a part of its folder is a file, not a folder")
         raise BadInputError(f"the folder {d.parent} does not exist; create it first")
     if not d.suffix:
-        raise BadInputError(f"OUTPUT {d} has no suffix; add one (.mp4, .mkv, .png …) to pick "
-                            "a format")  # fmt: skip
+        raise BadInputError(
+            f"OUTPUT {d} has no suffix; add one (.mp4, .mkv, .png …) to pick a format"
+        )
     check_writable(d.parent)
     return d
 
@@ -110,11 +111,14 @@ def output_errors(dst: Path) -> Iterator[None]:
         yield
     except OSError as e:
         if e.errno in _FULL:
-            raise BttfError(f"the disk is full: cannot write {dst} ({e.strerror}); free some "
-                            "space and run again") from e  # fmt: skip
+            raise BttfError(
+                f"the disk is full: cannot write {dst} ({e.strerror}); free some "
+                "space and run again"
+            ) from e
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise BadInputError(f"cannot write {dst} ({e.strerror}); choose another output "
-                                "folder") from e  # fmt: skip
+            raise BadInputError(
+                f"cannot write {dst} ({e.strerror}); choose another output folder"
+            ) from e
         if isinstance(e, av.FFmpegError):
             raise _refused(dst, e) from e
         raise
@@ -124,8 +128,10 @@ def output_errors(dst: Path) -> Iterator[None]:
 
 def _refused(dst: Path, e: av.FFmpegError) -> BadInputError:
     # What reaches here is data of the input the muxer will not take (damaged timestamps).
-    return BadInputError(f"cannot write {dst}: the muxer refused data from the input ({e}); "
-                         "the input is probably damaged (try --no-audio)")  # fmt: skip
+    return BadInputError(
+        f"cannot write {dst}: the muxer refused data from the input ({e}); "
+        "the input is probably damaged (try --no-audio)"
+    )
 
 
 @contextlib.contextmanager

@@ -91,8 +91,9 @@ def model_digest(module: Any) -> str:
     return h.hexdigest()
 
 
-def keeps_time_base(path: Path,
-                    probe: Callable[[av.container.OutputContainer], av.video.VideoStream]) -> bool:
+def keeps_time_base(
+    path: Path, probe: Callable[[av.container.OutputContainer], av.video.VideoStream]
+) -> bool:
     """Whether the container `path`'s suffix names keeps the time base `probe` gives its stream.
 
     It decides how segments carry time. MP4/MOV keep it, but store a first timestamp that is
@@ -169,8 +170,13 @@ class WorkDir:
     # --- opening ------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, dst: Path, settings: dict[str, Any], resume: bool,
-             probe: Callable[[av.container.OutputContainer], av.video.VideoStream]) -> WorkDir:
+    def open(
+        cls,
+        dst: Path,
+        settings: dict[str, Any],
+        resume: bool,
+        probe: Callable[[av.container.OutputContainer], av.video.VideoStream],
+    ) -> WorkDir:
         """Lock and read the work folder of `dst`, or start an empty one.
 
         `probe(container)` adds the video stream a segment will have to an open container; it
@@ -230,20 +236,21 @@ class WorkDir:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:
-            raise BadInputError(
-                f"{p} is unreadable ({e}); delete {self.path} to start over"
-            ) from e
+            raise BadInputError(f"{p} is unreadable ({e}); delete {self.path} to start over") from e
         if not isinstance(data, dict) or data.get("format") != _FORMAT:
             raise BadInputError(
-                f"{p} is not a bttf work manifest; delete {self.path} to start over")
+                f"{p} is not a bttf work manifest; delete {self.path} to start over"
+            )
         return data
 
     def _adopt(self, m: dict[str, Any]) -> None:
         if m.get("hash") != self.hash:
             old = m.get("settings") or {}
-            diffs = [f"{k} {old.get(k)!r} -> {self.settings.get(k)!r}"
-                     for k in sorted(set(old) | set(self.settings))
-                     if old.get(k) != self.settings.get(k)]  # fmt: skip
+            diffs = [
+                f"{k} {old.get(k)!r} -> {self.settings.get(k)!r}"
+                for k in sorted(set(old) | set(self.settings))
+                if old.get(k) != self.settings.get(k)
+            ]
             shown = "; ".join(diffs[:4]) + (" …" if len(diffs) > 4 else "")
             raise BadInputError(
                 f"{self.path} was started with other settings ({shown or 'another version'}); "
@@ -291,8 +298,9 @@ class WorkDir:
     def final_path(self) -> Path:
         return self.path / f"final.partial{self.suffix}"
 
-    def commit(self, k: int, frames: int, first_pts: int, end_pts: int, repeated: int = 0,
-               dropped: int = 0) -> Segment:  # fmt: skip
+    def commit(
+        self, k: int, frames: int, first_pts: int, end_pts: int, repeated: int = 0, dropped: int = 0
+    ) -> Segment:
         """Make segment `k` (written at `segment_path(k, partial=True)`) durable and listed."""
         if k != len(self.segments):
             raise BttfError(f"segment {k} closed out of order (have {len(self.segments)})")
@@ -300,8 +308,9 @@ class WorkDir:
         _fsync_file(partial)
         os.replace(partial, final)
         _fsync_dir(self.path)
-        seg = Segment(final.name, frames, first_pts, end_pts, final.stat().st_size, repeated,
-                      dropped)  # fmt: skip
+        seg = Segment(
+            final.name, frames, first_pts, end_pts, final.stat().st_size, repeated, dropped
+        )
         self.segments.append(seg)
         self._write_manifest()
         return seg
@@ -421,15 +430,19 @@ def join_segments(
             with av.open(str(path)) as seg:
                 s = seg.streams.video[0]
                 if s.codec_context.extradata != extradata:
-                    raise BttfError(f"{path} was encoded with other encoder settings than the "
-                                    "first segment; delete the work folder and start over")
+                    raise BttfError(
+                        f"{path} was encoded with other encoder settings than the "
+                        "first segment; delete the work folder and start over"
+                    )
                 dts_of = _missing_dts(path)
                 off = 0
                 if offsets is not None:
                     exact = offsets[k] * info.time_base / s.time_base
                     if exact.denominator != 1:
-                        raise BttfError(f"{path} does not keep the film's time base; delete "
-                                        "the work folder and start over")  # fmt: skip
+                        raise BttfError(
+                            f"{path} does not keep the film's time base; delete "
+                            "the work folder and start over"
+                        )
                     off = int(exact)
                 for i, p in enumerate(q for q in seg.demux(s) if q.size):
                     if dts_of is not None:

@@ -136,9 +136,14 @@ class Stabilizer:
         gray = _as_u8(gray)
         return _Plan(gray, tuple(size), self._plan(gray, tuple(size)))
 
-    def __call__(self, gray: np.ndarray, out: torch.Tensor, output_kind: str,
-                 plan: _Plan | None = None,
-                 temperature: float | None = None) -> torch.Tensor:  # fmt: skip
+    def __call__(
+        self,
+        gray: np.ndarray,
+        out: torch.Tensor,
+        output_kind: str,
+        plan: _Plan | None = None,
+        temperature: float | None = None,
+    ) -> torch.Tensor:
         """Fuse the batch `gray` (planned now, or by `plan()`) and return it (see the class
         doc). With a plan, this call only touches the fused state, so it may run on another
         thread than the planning, one batch behind it. With `temperature` (313-bin output),
@@ -164,8 +169,10 @@ class Stabilizer:
             jobs = self._plan(gray, size)
         elif plan.size != size:  # planned for another size: redo the flow work (its thread)
             pool = self._executor()
-            jobs = [j if j is None else (pool.submit(self._confidence, j[1], j[2], size), *j[1:])
-                    for j in plan.jobs]  # fmt: skip
+            jobs = [
+                j if j is None else (pool.submit(self._confidence, j[1], j[2], size), *j[1:])
+                for j in plan.jobs
+            ]
         else:
             jobs = plan.jobs
         if temperature is not None and not temperature > 0:
@@ -196,8 +203,9 @@ class Stabilizer:
         self._prev_gray = gray[-1]
         return jobs
 
-    def _run(self, out: torch.Tensor, kind: str, jobs: list[tuple | None],
-             inv_t: float | None) -> torch.Tensor:  # fmt: skip
+    def _run(
+        self, out: torch.Tensor, kind: str, jobs: list[tuple | None], inv_t: float | None
+    ) -> torch.Tensor:
         n, c, h, w = out.shape
         mixture = kind == "bins" and self.params.fusion == "mixture"
         # pixel-major: each pixel's C values are one contiguous row (free for channels_last
@@ -269,9 +277,16 @@ def _as_u8(gray: np.ndarray) -> np.ndarray:
     return gray if gray.dtype == np.uint8 else np.clip(gray, 0, 255).astype(np.uint8)
 
 
-def _fuse(x: torch.Tensor, prev: torch.Tensor | None, new: torch.Tensor,
-          taps: tuple[torch.Tensor, torch.Tensor] | None, alpha: torch.Tensor | None,
-          mixture: bool, result: torch.Tensor, inv_t: float | None = None) -> None:  # fmt: skip
+def _fuse(
+    x: torch.Tensor,
+    prev: torch.Tensor | None,
+    new: torch.Tensor,
+    taps: tuple[torch.Tensor, torch.Tensor] | None,
+    alpha: torch.Tensor | None,
+    mixture: bool,
+    result: torch.Tensor,
+    inv_t: float | None = None,
+) -> None:
     """One frame of the recursive fusion, pixel-major: `x` (P, C) the model's output,
     `prev` (P, C) the fused state of the previous frame (None: start a shot), `alpha` (P, 1)
     the weight of the warped past, `taps` the bilinear warp (`bilinear_taps`; None: no motion).

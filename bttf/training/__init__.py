@@ -16,9 +16,17 @@ if TYPE_CHECKING:
     from bttf.training.loop import TrainConfig, TrainEvent, TrainResult, train
 
 _LAZY = {
-    "LabCache": "data", "PrepareConfig": "data", "PrepareSummary": "data", "prepare": "data",
-    "EvalConfig": "evaluate", "EvalReport": "evaluate", "evaluate": "evaluate",
-    "TrainConfig": "loop", "TrainEvent": "loop", "TrainResult": "loop", "train": "loop",
+    "LabCache": "data",
+    "PrepareConfig": "data",
+    "PrepareSummary": "data",
+    "prepare": "data",
+    "EvalConfig": "evaluate",
+    "EvalReport": "evaluate",
+    "evaluate": "evaluate",
+    "TrainConfig": "loop",
+    "TrainEvent": "loop",
+    "TrainResult": "loop",
+    "train": "loop",
 }
 
 __all__ = sorted(_LAZY)

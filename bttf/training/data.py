@@ -159,9 +159,9 @@ def _video_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _video_frames(path: Path, cfg: PrepareConfig, summary: PrepareSummary) -> Iterator[
-    tuple[int, np.ndarray]
-]:
+def _video_frames(
+    path: Path, cfg: PrepareConfig, summary: PrepareSummary
+) -> Iterator[tuple[int, np.ndarray]]:
     """Every `frame_step`-th frame of a colour video, minus near-duplicates of the last kept one."""
     import av
     import cv2
@@ -175,8 +175,9 @@ def _video_frames(path: Path, cfg: PrepareConfig, summary: PrepareSummary) -> It
             if i % cfg.frame_step:
                 continue
             rgb = frame.to_ndarray(format="rgb24")
-            thumb = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (32, 32),
-                               interpolation=cv2.INTER_AREA).astype(np.float32)
+            thumb = cv2.resize(
+                cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (32, 32), interpolation=cv2.INTER_AREA
+            ).astype(np.float32)
             if last is not None and float(np.abs(thumb - last).mean()) < cfg.dup_threshold:
                 summary.duplicate_frames += 1
                 continue
@@ -255,8 +256,14 @@ def prepare(cfg: PrepareConfig, progress: ProgressFn | None = None) -> PrepareSu
         wl.append(L)
         wab.append(ab)
         u_values.append(u)
-        items.append({"name": name, "source": source, "frame": frame,
-                      "split": "val" if u < cfg.val_fraction else "train"})
+        items.append(
+            {
+                "name": name,
+                "source": source,
+                "frame": frame,
+                "split": "val" if u < cfg.val_fraction else "train",
+            }
+        )
 
     def load(fr: tuple[Path, Path]):
         try:
@@ -320,9 +327,15 @@ def prepare(cfg: PrepareConfig, progress: ProgressFn | None = None) -> PrepareSu
         raise
     summary.val = sum(it["split"] == "val" for it in items)
     summary.train = len(items) - summary.val
-    index = {"version": CACHE_VERSION, "size": s, "seed": cfg.seed,
-             "inputs": sorted(str(Path(p).resolve()) for p in cfg.inputs),
-             "val_fraction": cfg.val_fraction, "items": items, "summary": summary.to_dict()}
+    index = {
+        "version": CACHE_VERSION,
+        "size": s,
+        "seed": cfg.seed,
+        "inputs": sorted(str(Path(p).resolve()) for p in cfg.inputs),
+        "val_fraction": cfg.val_fraction,
+        "items": items,
+        "summary": summary.to_dict(),
+    }
     tmp = out / "index.json.tmp"
     tmp.write_text(json.dumps(index, indent=1))
     os.replace(tmp, out / "index.json")
@@ -344,8 +357,10 @@ class LabCache:
         self.path = path
         self.index = json.loads((path / "index.json").read_text())
         if self.index.get("version") != CACHE_VERSION:
-            raise BadInputError(f"{path}: cache version {self.index.get('version')} is not "
-                                f"{CACHE_VERSION}; rebuild it with `bttf prepare --overwrite`")
+            raise BadInputError(
+                f"{path}: cache version {self.index.get('version')} is not "
+                f"{CACHE_VERSION}; rebuild it with `bttf prepare --overwrite`"
+            )
         self.size: int = int(self.index["size"])
         self.items: list[dict] = self.index["items"]
         self.L = np.load(path / "L.npy", mmap_mode="r")

@@ -103,8 +103,11 @@ class EvalRow:
     metrics: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "source": self.source,
-                **{k: _json_float(v) for k, v in self.metrics.items()}}
+        return {
+            "name": self.name,
+            "source": self.source,
+            **{k: _json_float(v) for k, v in self.metrics.items()},
+        }
 
 
 @dataclass
@@ -116,9 +119,13 @@ class EvalReport:
     render_size: int | None = None
 
     def to_dict(self) -> dict:
-        return {"images": self.images, "size": self.size, "render_size": self.render_size,
-                "colorfulness_truth": _json_float(self.colorfulness_truth),
-                "results": [r.to_dict() for r in self.rows]}
+        return {
+            "images": self.images,
+            "size": self.size,
+            "render_size": self.render_size,
+            "colorfulness_truth": _json_float(self.colorfulness_truth),
+            "results": [r.to_dict() for r in self.rows],
+        }
 
 
 def _json_float(v: float):
@@ -171,9 +178,14 @@ def _device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def _score(predict: Callable[[torch.Tensor], torch.Tensor], L_u8: torch.Tensor,
-           ab_u8: torch.Tensor, prior: torch.Tensor | None, batch: int,
-           progress: Callable[[int], None] | None = None) -> dict[str, float]:
+def _score(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    L_u8: torch.Tensor,
+    ab_u8: torch.Tensor,
+    prior: torch.Tensor | None,
+    batch: int,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, float]:
     from bttf.models.bins import rebalance_weights
 
     acc = MetricAccumulator(None if prior is None else rebalance_weights(prior, lam=0.5))
@@ -186,8 +198,9 @@ def _score(predict: Callable[[torch.Tensor], torch.Tensor], L_u8: torch.Tensor,
     return acc.result()
 
 
-def _model_predictor(colorizer, device: torch.device,
-                     render_size: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def _model_predictor(
+    colorizer, device: torch.device, render_size: int | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
     from bttf.pipeline.colorize import render_dims
 
     stride = colorizer.stride
@@ -218,27 +231,41 @@ def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:
     L_u8, ab_u8 = load_eval_images(cfg)
     device = _device(cfg.device)
     # every 4th pixel is plenty for a histogram and 16x cheaper
-    image_prior = estimate_prior(D.decode_ab(ab_u8[i : i + 64, :, ::4, ::4].contiguous())
-                                 for i in range(0, len(ab_u8), 64))
+    image_prior = estimate_prior(
+        D.decode_ab(ab_u8[i : i + 64, :, ::4, ::4].contiguous()) for i in range(0, len(ab_u8), 64)
+    )
     n = len(L_u8)
     rows: list[EvalRow] = []
     jobs: list[tuple[str, str, Callable[[], tuple]]] = []
     for name in cfg.models:
         spec = get_spec(name)
         if not spec.shipped or not (WEIGHTS_DIR / spec.shipped).is_file():
-            raise BadInputError(f"{spec.name} has no installed weights to score; give its "
-                                "weights file with --weights")
-        jobs.append((spec.name, "shipped",
-                     lambda s=spec: (create_model(s.name, pretrained=True), s, {})))
+            raise BadInputError(
+                f"{spec.name} has no installed weights to score; give its "
+                "weights file with --weights"
+            )
+        jobs.append(
+            (spec.name, "shipped", lambda s=spec: (create_model(s.name, pretrained=True), s, {}))
+        )
     for w in cfg.weights:
         w = Path(w)
-        jobs.append(("", f"{w.parent.name}/{w.name}" if w.parent.name else w.name,
-                     lambda w=w: load_model(w)))
+        jobs.append(
+            (
+                "",
+                f"{w.parent.name}/{w.name}" if w.parent.name else w.name,
+                lambda w=w: load_model(w),
+            )
+        )
     total = len(jobs) + int(cfg.gray_baseline)
     k = 0
     if cfg.gray_baseline:
-        m = _score(lambda L: torch.zeros(L.shape[0], 2, *L.shape[-2:]), L_u8, ab_u8, image_prior,
-                   cfg.batch_size)
+        m = _score(
+            lambda L: torch.zeros(L.shape[0], 2, *L.shape[-2:]),
+            L_u8,
+            ab_u8,
+            image_prior,
+            cfg.batch_size,
+        )
         rows.append(EvalRow("gray", "ab = 0", m))
         k += 1
         if progress:
@@ -248,8 +275,9 @@ def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:
         model, spec, meta = build()
         col = Colorizer(model.to(device).eval(), spec, temperature=cfg.temperature)
         name = spec.name
-        m = _score(_model_predictor(col, device, cfg.render_size), L_u8, ab_u8, image_prior,
-                   cfg.batch_size)
+        m = _score(
+            _model_predictor(col, device, cfg.render_size), L_u8, ab_u8, image_prior, cfg.batch_size
+        )
         rows.append(EvalRow(name, source, m))
         k += 1
         if progress:
@@ -257,5 +285,10 @@ def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:
     truth = rows[0].metrics.get("colorfulness_truth", math.nan) if rows else math.nan
     for r in rows:
         r.metrics.pop("colorfulness_truth", None)
-    return EvalReport(images=n, size=int(L_u8.shape[-1]), rows=rows, colorfulness_truth=truth,
-                      render_size=cfg.render_size)
+    return EvalReport(
+        images=n,
+        size=int(L_u8.shape[-1]),
+        rows=rows,
+        colorfulness_truth=truth,
+        render_size=cfg.render_size,
+    )

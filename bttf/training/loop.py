@@ -50,10 +50,15 @@ from bttf.training.losses import GanObjective, build_loss, resolve_loss
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ("loss", "psnr", "ssim", "colorfulness", "auc", "auc_rebal")
-CSV_COLUMNS = ("step", "epoch", "loss", "lr", "images_per_s",
-               *(f"val_{m}" for m in METRIC_COLUMNS))
-HIGHER_IS_BETTER = {"loss": False, "psnr": True, "ssim": True, "auc": True, "auc_rebal": True,
-                    "colorfulness": True}
+CSV_COLUMNS = ("step", "epoch", "loss", "lr", "images_per_s", *(f"val_{m}" for m in METRIC_COLUMNS))
+HIGHER_IS_BETTER = {
+    "loss": False,
+    "psnr": True,
+    "ssim": True,
+    "auc": True,
+    "auc_rebal": True,
+    "colorfulness": True,
+}
 OFFICIAL_INIT = ("pretrained", "official", "shipped")
 _ENCODER_RE = re.compile(
     r"^(encoder|backbone|stem|features|enc\w*|down\w*|layer[1-4]|conv1|bn1|model[1-5])[._]"
@@ -175,10 +180,13 @@ def _rng_state() -> dict:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-        "python": {"version": py_state[0], "state": list(py_state[1]),
-                   "gauss": py_state[2]},
+        "numpy": {
+            "key": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
     }
 
 
@@ -187,8 +195,9 @@ def _set_rng_state(s: dict) -> None:
     if s.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
     n = s["numpy"]
-    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["gauss"]))
+    np.random.set_state(
+        ("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
     p = s["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 
@@ -244,8 +253,9 @@ class _Dist:
     def mean(self, x: float) -> float:
         if self.world == 1:
             return x
-        t = torch.tensor([x], dtype=torch.float64,
-                         device=self.device if self.device.type == "cuda" else "cpu")
+        t = torch.tensor(
+            [x], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu"
+        )
         dist.all_reduce(t)
         return float(t) / self.world
 
@@ -259,8 +269,10 @@ def _open_data(cfg: TrainConfig, dd: _Dist, progress: ProgressFn | None) -> D.La
         return D.LabCache(cfg.data[0])
     for p in cfg.data:
         if not Path(p).exists():
-            raise BadInputError(f"{p} does not exist; give a cache from `bttf prepare`, "
-                                "or image/video files and folders")
+            raise BadInputError(
+                f"{p} does not exist; give a cache from `bttf prepare`, "
+                "or image/video files and folders"
+            )
         if Path(p).is_dir() and (Path(p) / "index.json").exists() and len(cfg.data) > 1:
             raise BadInputError(f"{p} is a cache: train on one cache, or on raw folders")
     cache_dir = Path(cfg.out) / "cache"
@@ -271,23 +283,35 @@ def _open_data(cfg: TrainConfig, dd: _Dist, progress: ProgressFn | None) -> D.La
             log.info("%s was prepared from other data or at another size: rebuilding", cache_dir)
             (cache_dir / "index.json").unlink()
     if dd.main and not D.is_cache(cache_dir):
-        pcfg = D.PrepareConfig(inputs=tuple(Path(p) for p in cfg.data), out=cache_dir,
-                               size=cfg.cache_size, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                               overwrite=True)
+        pcfg = D.PrepareConfig(
+            inputs=tuple(Path(p) for p in cfg.data),
+            out=cache_dir,
+            size=cfg.cache_size,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+            overwrite=True,
+        )
 
         def prog(stage: str, done: int, total: int) -> None:
             if progress:
                 progress(TrainEvent("prepare", done=done, total=total))
 
         summary = D.prepare(pcfg, prog)
-        log.info("prepared %s: %d train, %d val (%d unreadable, %d grayscale skipped)",
-                 cache_dir, summary.train, summary.val, summary.unreadable, summary.grayscale)
+        log.info(
+            "prepared %s: %d train, %d val (%d unreadable, %d grayscale skipped)",
+            cache_dir,
+            summary.train,
+            summary.val,
+            summary.unreadable,
+            summary.grayscale,
+        )
     dd.barrier()
     return D.LabCache(cache_dir)
 
 
-def estimate_data_prior(cache: D.LabCache, rows: np.ndarray, stride: int = 4,
-                        chunk: int = 64) -> torch.Tensor:
+def estimate_data_prior(
+    cache: D.LabCache, rows: np.ndarray, stride: int = 4, chunk: int = 64
+) -> torch.Tensor:
     """The bin prior (313,) of the ab values of `rows`, sampled every `stride` pixels."""
     from bttf.models.bins import estimate_prior
 
@@ -304,15 +328,28 @@ class _Batches:
     """Batches for steps [start, total): rows from the sampler of their epoch, augmentation seeded
     by (seed, step, rank). With `workers` > 0, made ahead on a daemon thread (bounded queue)."""
 
-    def __init__(self, cache: D.LabCache, train_rows: np.ndarray, cfg: TrainConfig, dd: _Dist,
-                 steps_per_epoch: int, start: int, total: int):
+    def __init__(
+        self,
+        cache: D.LabCache,
+        train_rows: np.ndarray,
+        cfg: TrainConfig,
+        dd: _Dist,
+        steps_per_epoch: int,
+        start: int,
+        total: int,
+    ):
         from torch.utils.data import DistributedSampler
 
         self.cache, self.rows, self.cfg, self.dd = cache, train_rows, cfg, dd
         self.spe, self.start, self.total = steps_per_epoch, start, total
-        self.sampler = DistributedSampler(range(len(train_rows)), num_replicas=dd.world,
-                                          rank=dd.rank, shuffle=True, seed=cfg.seed,
-                                          drop_last=True)
+        self.sampler = DistributedSampler(
+            range(len(train_rows)),
+            num_replicas=dd.world,
+            rank=dd.rank,
+            shuffle=True,
+            seed=cfg.seed,
+            drop_last=True,
+        )
         self.aug = D.Augment() if cfg.augment else None
         self._epoch, self._order = -1, np.zeros(0, np.int64)
         self._q: queue.Queue | None = None
@@ -330,8 +367,9 @@ class _Batches:
         rows = self.rows[self._order[i * b : (i + 1) * b]]
         L_u8, ab_u8 = self.cache.read(rows)
         g = torch.Generator().manual_seed(_seed_of(self.cfg.seed, step, self.dd.rank))
-        return D.augment_batch(torch.from_numpy(L_u8), torch.from_numpy(ab_u8),
-                               self.cfg.image_size, g, self.aug)
+        return D.augment_batch(
+            torch.from_numpy(L_u8), torch.from_numpy(ab_u8), self.cfg.image_size, g, self.aug
+        )
 
     def _work(self) -> None:
         try:
@@ -373,9 +411,17 @@ class _Batches:
 
 
 @torch.no_grad()
-def validate(model: nn.Module, spec, cache: D.LabCache, rows: np.ndarray, cfg: TrainConfig,
-             criterion: nn.Module, bin_weights: torch.Tensor | None, device: torch.device,
-             samples: int = 0) -> tuple[dict[str, float], np.ndarray | None]:
+def validate(
+    model: nn.Module,
+    spec,
+    cache: D.LabCache,
+    rows: np.ndarray,
+    cfg: TrainConfig,
+    criterion: nn.Module,
+    bin_weights: torch.Tensor | None,
+    device: torch.device,
+    samples: int = 0,
+) -> tuple[dict[str, float], np.ndarray | None]:
     """Mean validation loss and image metrics on `rows` (centre, resized to image_size), and a
     gray | prediction | truth sample grid (uint8 RGB) of the first `samples` images."""
     from bttf.color import lab_to_rgb
@@ -391,8 +437,9 @@ def validate(model: nn.Module, spec, cache: D.LabCache, rows: np.ndarray, cfg: T
     bs = max(1, cfg.batch_size)
     for i in range(0, len(rows), bs):
         L_u8, ab_u8 = cache.read(rows[i : i + bs])
-        L, ab = D.augment_batch(torch.from_numpy(L_u8), torch.from_numpy(ab_u8), cfg.image_size,
-                                torch.Generator(), None)
+        L, ab = D.augment_batch(
+            torch.from_numpy(L_u8), torch.from_numpy(ab_u8), cfg.image_size, torch.Generator(), None
+        )
         L, ab = L.to(device), ab.to(device)
         x = L.contiguous(memory_format=torch.channels_last) if cfg.channels_last else L
         out = colorizer.predict(x)
@@ -442,8 +489,13 @@ def plot_losses(csv_path: Path, png_path: Path) -> None:
             sm = np.convolve(loss, np.ones(k) / k, mode="valid")
             ax[0].plot(steps[k - 1 :], sm, color="C0", label=f"train (mean of {k})")
     if vrows:
-        ax[0].plot([r["step"] for r in vrows], [r["val_loss"] for r in vrows], "o-", color="C1",
-                   label="validation")
+        ax[0].plot(
+            [r["step"] for r in vrows],
+            [r["val_loss"] for r in vrows],
+            "o-",
+            color="C1",
+            label="validation",
+        )
         for key, c in (("val_auc_rebal", "C2"), ("val_auc", "C3")):
             pts = [(r["step"], r[key]) for r in vrows if r.get(key) is not None]
             if pts:
@@ -510,8 +562,10 @@ def _build_model(cfg: TrainConfig, spec) -> nn.Module:
         from bttf.models import WEIGHTS_DIR
 
         if not spec.shipped or not (WEIGHTS_DIR / spec.shipped).is_file():
-            raise BadInputError(f"{spec.name} has no installed weights to start from; give "
-                                "--init FILE (a .safetensors checkpoint or an official .pth)")
+            raise BadInputError(
+                f"{spec.name} has no installed weights to start from; give "
+                "--init FILE (a .safetensors checkpoint or an official .pth)"
+            )
         return create_model(spec.name, pretrained=True, **kw)
     path = Path(cfg.init)
     if not path.is_file():
@@ -542,8 +596,11 @@ def _ema_update(decay: float):
 
 
 def _param_groups(model: nn.Module, cfg: TrainConfig, enc_names: set[str]) -> list[dict]:
-    mult = cfg.encoder_lr_mult if cfg.encoder_lr_mult is not None else (
-        0.1 if cfg.init is not None else 1.0)
+    mult = (
+        cfg.encoder_lr_mult
+        if cfg.encoder_lr_mult is not None
+        else (0.1 if cfg.init is not None else 1.0)
+    )
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         decay = p.ndim > 1
@@ -551,8 +608,15 @@ def _param_groups(model: nn.Module, cfg: TrainConfig, enc_names: set[str]) -> li
     out = []
     for (enc, decay), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1])):
         lr = cfg.lr * (mult if enc else 1.0)
-        out.append({"params": params, "lr": lr, "base_lr": lr,
-                    "weight_decay": cfg.weight_decay if decay else 0.0, "encoder": enc})
+        out.append(
+            {
+                "params": params,
+                "lr": lr,
+                "base_lr": lr,
+                "weight_decay": cfg.weight_decay if decay else 0.0,
+                "encoder": enc,
+            }
+        )
     return out
 
 
@@ -560,15 +624,18 @@ def _check_config(cfg: TrainConfig, spec) -> None:
     if cfg.batch_size < 1:
         raise BadInputError(f"batch size {cfg.batch_size} must be at least 1")
     if cfg.image_size < spec.stride or cfg.image_size % spec.stride:
-        raise BadInputError(f"image size {cfg.image_size} must be a multiple of {spec.stride} "
-                            f"(the stride of {spec.name})")
+        raise BadInputError(
+            f"image size {cfg.image_size} must be a multiple of {spec.stride} "
+            f"(the stride of {spec.name})"
+        )
     if cfg.steps is None and cfg.epochs is None:
         raise BadInputError("give the length of the run: --epochs or --steps")
     if (cfg.steps is not None and cfg.steps < 1) or (cfg.epochs is not None and cfg.epochs < 1):
         raise BadInputError("--steps and --epochs must be at least 1")
     if cfg.best_metric not in HIGHER_IS_BETTER:
-        raise BadInputError(f"best metric {cfg.best_metric!r}: choose one of "
-                            f"{', '.join(HIGHER_IS_BETTER)}")
+        raise BadInputError(
+            f"best metric {cfg.best_metric!r}: choose one of {', '.join(HIGHER_IS_BETTER)}"
+        )
     if cfg.val_unit not in ("steps", "epochs"):
         raise BadInputError(f"val unit {cfg.val_unit!r}: 'steps' or 'epochs'")
     if cfg.lr <= 0:
@@ -587,11 +654,14 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     state_path = out / "state.pt"
     if cfg.resume and not state_path.exists():
         raise BadInputError(f"--resume: {state_path} does not exist; start the run without it")
-    if not cfg.resume and not cfg.overwrite and (
-        state_path.exists() or (out / "last.safetensors").exists()
+    if (
+        not cfg.resume
+        and not cfg.overwrite
+        and (state_path.exists() or (out / "last.safetensors").exists())
     ):
-        raise OutputExistsError(f"{out} holds a run; pass --resume to continue it or "
-                                "--overwrite to start again")
+        raise OutputExistsError(
+            f"{out} holds a run; pass --resume to continue it or --overwrite to start again"
+        )
     dd = _Dist(cfg.device)
     try:
         return _train(cfg, spec, dd, progress, save_weights)
@@ -599,8 +669,9 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
         dd.close()
 
 
-def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
-           save_weights) -> TrainResult:
+def _train(
+    cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None, save_weights
+) -> TrainResult:
     out = Path(cfg.out)
     emit = progress if (progress and dd.main) else (lambda e: None)
     device = dd.device
@@ -609,8 +680,13 @@ def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
     if dd.main:
         out.mkdir(parents=True, exist_ok=True)
         if cfg.overwrite and not cfg.resume:
-            for name in ("state.pt", "last.safetensors", "best.safetensors", "metrics.csv",
-                         "loss.png"):
+            for name in (
+                "state.pt",
+                "last.safetensors",
+                "best.safetensors",
+                "metrics.csv",
+                "loss.png",
+            ):
                 (out / name).unlink(missing_ok=True)
             for png in (out / "samples").glob("epoch_*.png"):
                 png.unlink()
@@ -624,8 +700,10 @@ def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
     per_step = cfg.batch_size * dd.world
     spe = (len(train_rows) // dd.world) // cfg.batch_size
     if spe < 1:
-        raise BadInputError(f"{len(train_rows)} training images are fewer than one batch of "
-                            f"{per_step}; lower --batch-size")
+        raise BadInputError(
+            f"{len(train_rows)} training images are fewer than one batch of "
+            f"{per_step}; lower --batch-size"
+        )
     total = cfg.steps if cfg.steps is not None else cfg.epochs * spe  # type: ignore[operator]
     epochs_total = math.ceil(total / spe)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(500, total * 3 // 100)
@@ -640,14 +718,16 @@ def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
         model.to(memory_format=torch.channels_last)
     model.train()
 
-    state = torch.load(out / "state.pt", map_location="cpu", weights_only=True) if cfg.resume \
-        else None
+    state = (
+        torch.load(out / "state.pt", map_location="cpu", weights_only=True) if cfg.resume else None
+    )
     if state is not None and state.get("model_name") != spec.name:
         raise BadInputError(f"{out} is a run of {state.get('model_name')!r}, not {spec.name!r}")
 
     # --loss auto: the model's own objective if it names one (cnn-ae: l2, pix2pix: gan).
-    loss_kind = resolve_loss(getattr(model, "default_loss", "auto") if cfg.loss == "auto"
-                             else cfg.loss, spec.output)
+    loss_kind = resolve_loss(
+        getattr(model, "default_loss", "auto") if cfg.loss == "auto" else cfg.loss, spec.output
+    )
     prior: torch.Tensor | None = None
     if spec.output == "bins":
         prior = state["prior"] if state is not None else estimate_data_prior(cache, train_rows)
@@ -664,10 +744,13 @@ def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
 
     enc_names = encoder_parameter_names(model)
     if cfg.freeze_encoder and not enc_names:
-        raise BadInputError(f"--freeze-encoder: {spec.name} has no recognisable encoder "
-                            "parameters (no encoder_parameters() and no encoder./backbone. names)")
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg, enc_names), lr=cfg.lr,
-                                  betas=(0.9, 0.99))
+        raise BadInputError(
+            f"--freeze-encoder: {spec.name} has no recognisable encoder "
+            "parameters (no encoder_parameters() and no encoder./backbone. names)"
+        )
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, cfg, enc_names), lr=cfg.lr, betas=(0.9, 0.99)
+    )
     gan: GanObjective | None = None
     d_opt = None
     if loss_kind == "gan":
@@ -716,8 +799,9 @@ def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
 
         net = wrap()
         if gan is not None:
-            gan.trainer = DDP(gan.discriminator,
-                              device_ids=[device.index] if device.type == "cuda" else None)
+            gan.trainer = DDP(
+                gan.discriminator, device_ids=[device.index] if device.type == "cuda" else None
+            )
 
     use_amp = cfg.amp and device.type == "cuda"
     csv_path = out / "metrics.csv"
@@ -726,9 +810,14 @@ def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
             csv.writer(f).writerow(CSV_COLUMNS)
 
     def metadata(step: int, metrics: dict[str, float]) -> dict:
-        extra = {"step": step, "epoch": step / spe, "loss": loss_kind,
-                 "val_metrics": {k: float(v) for k, v in metrics.items()},
-                 "train_config": _config_dict(cfg), "data": str(cache.path)}
+        extra = {
+            "step": step,
+            "epoch": step / spe,
+            "loss": loss_kind,
+            "val_metrics": {k: float(v) for k, v in metrics.items()},
+            "train_config": _config_dict(cfg),
+            "data": str(cache.path),
+        }
         if prior is not None:
             extra["prior"] = [float(f"{v:.6g}") for v in prior.tolist()]
         return extra
@@ -744,10 +833,16 @@ def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
             tmp = out / "best.tmp.safetensors"
             save_weights(tmp, kept, spec.name, config, extra=extra)
             os.replace(tmp, out / "best.safetensors")
-        st = {"step": step, "model_name": spec.name, "model": model.state_dict(),
-              "optimizer": optimizer.state_dict(), "schedule": {"total": total, "warmup": warmup},
-              "rng": _rng_state(), "best_value": best_value,
-              "config": json.dumps(_config_dict(cfg))}
+        st = {
+            "step": step,
+            "model_name": spec.name,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": {"total": total, "warmup": warmup},
+            "rng": _rng_state(),
+            "best_value": best_value,
+            "config": json.dumps(_config_dict(cfg)),
+        }
         if prior is not None:
             st["prior"] = prior
         if ema is not None:
@@ -767,9 +862,17 @@ def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
             return step % spe == 0 and (step // spe) % cfg.val_every == 0
         return step % cfg.val_every == 0
 
-    emit(TrainEvent("start", step=start, total_steps=total, epoch=start // spe,
-                    epochs=epochs_total, message=f"{len(train_rows)} train / {len(val_rows)} val "
-                    f"images, {spe} steps per epoch, loss {loss_kind}"))
+    emit(
+        TrainEvent(
+            "start",
+            step=start,
+            total_steps=total,
+            epoch=start // spe,
+            epochs=epochs_total,
+            message=f"{len(train_rows)} train / {len(val_rows)} val "
+            f"images, {spe} steps per epoch, loss {loss_kind}",
+        )
+    )
     last_metrics: dict[str, float] = {}
     ema_ips = 0.0
     t_run = time.perf_counter()
@@ -801,8 +904,9 @@ def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                     cfg.grad_clip)
+            nn.utils.clip_grad_norm_(
+                [p for p in model.parameters() if p.requires_grad], cfg.grad_clip
+            )
         optimizer.step()
         if ema is not None:
             ema.update_parameters(model)
@@ -826,8 +930,17 @@ def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
         is_best = False
         validated = False
         if val_due(step) and dd.main and len(val_rows):
-            metrics, grid = validate(kept, spec, cache, val_rows, cfg, criterion, bin_weights,
-                                     device, samples=cfg.sample_images)
+            metrics, grid = validate(
+                kept,
+                spec,
+                cache,
+                val_rows,
+                cfg,
+                criterion,
+                bin_weights,
+                device,
+                samples=cfg.sample_images,
+            )
             validated = True
             last_metrics = metrics
             v = metrics.get(cfg.best_metric, math.nan)
@@ -837,8 +950,11 @@ def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
                     best_value, is_best = float(v), True
             if grid is not None:
                 e_done = step / spe
-                name = (f"epoch_{int(e_done)}.png" if step % spe == 0
-                        else f"epoch_{epoch + 1}_step_{step}.png")
+                name = (
+                    f"epoch_{int(e_done)}.png"
+                    if step % spe == 0
+                    else f"epoch_{epoch + 1}_step_{step}.png"
+                )
                 _write_png(out / "samples" / name, grid)
         elif val_due(step) and dd.main and not len(val_rows):
             is_best = True  # nothing to compare on: best is the latest
@@ -848,14 +964,29 @@ def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
                     [step, _fmt(step / spe), _fmt(loss_value), _fmt(lr_now), _fmt(ips)]
                     + [_fmt(metrics.get(m)) for m in METRIC_COLUMNS]
                 )
-        if dd.main and (is_best or validated or step >= total
-                        or (cfg.save_every > 0 and step % cfg.save_every == 0)):
+        if dd.main and (
+            is_best
+            or validated
+            or step >= total
+            or (cfg.save_every > 0 and step % cfg.save_every == 0)
+        ):
             save(step, last_metrics, is_best)
             if validated:
                 plot_losses(csv_path, out / "loss.png")
-        emit(TrainEvent("val" if validated else "step", step=step, total_steps=total,
-                        epoch=epoch, epochs=epochs_total, loss=loss_value, lr=lr_now,
-                        images_per_s=ema_ips, eta_s=eta, metrics=metrics))
+        emit(
+            TrainEvent(
+                "val" if validated else "step",
+                step=step,
+                total_steps=total,
+                epoch=epoch,
+                epochs=epochs_total,
+                loss=loss_value,
+                lr=lr_now,
+                images_per_s=ema_ips,
+                eta_s=eta,
+                metrics=metrics,
+            )
+        )
         t_last = time.perf_counter()  # validation and saving do not count against images/s
     dd.barrier()
     if dd.main:
@@ -865,9 +996,20 @@ def _train(cfg: TrainConfig, spec, dd: _Dist, progress: ProgressFn | None,
 
             shutil.copyfile(out / "last.safetensors", out / "best.safetensors")
     elapsed = time.perf_counter() - t_run
-    emit(TrainEvent("done", step=step, total_steps=total, metrics=last_metrics,
-                    message=f"{step - start} steps in {elapsed:.0f} s"))
-    return TrainResult(out=out, steps=step,
-                       best=out / "best.safetensors" if dd.main else None,
-                       last=out / "last.safetensors" if dd.main else None,
-                       best_value=best_value, metrics=last_metrics)
+    emit(
+        TrainEvent(
+            "done",
+            step=step,
+            total_steps=total,
+            metrics=last_metrics,
+            message=f"{step - start} steps in {elapsed:.0f} s",
+        )
+    )
+    return TrainResult(
+        out=out,
+        steps=step,
+        best=out / "best.safetensors" if dd.main else None,
+        last=out / "last.safetensors" if dd.main else None,
+        best_value=best_value,
+        metrics=last_metrics,
+    )

@@ -99,8 +99,9 @@ class AbRegression(nn.Module):
         return F.huber_loss(pred, target, delta=self.delta)
 
 
-def build_loss(kind: str, output: str, prior: torch.Tensor | None = None,
-               lam: float = 0.5) -> nn.Module:
+def build_loss(
+    kind: str, output: str, prior: torch.Tensor | None = None, lam: float = 0.5
+) -> nn.Module:
     """The criterion `kind` for a model whose `output` is "bins" or "ab".
 
     Rebalanced losses need the training data's bin `prior` (313,). For "gan" this returns the L1
@@ -156,11 +157,18 @@ class PatchDiscriminator(nn.Module):
         c = width
         for i in range(1, layers):
             n = min(width * 2**i, 512)
-            mods += [nn.Conv2d(c, n, 4, 2, 1, bias=False), nn.BatchNorm2d(n),
-                     nn.LeakyReLU(0.2, True)]
+            mods += [
+                nn.Conv2d(c, n, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(n),
+                nn.LeakyReLU(0.2, True),
+            ]
             c = n
-        mods += [nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.LeakyReLU(0.2, True),
-                 nn.Conv2d(c, 1, 3, 1, 1)]
+        mods += [
+            nn.Conv2d(c, c, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(c),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(c, 1, 3, 1, 1),
+        ]
         self.net = nn.Sequential(*mods)
 
     def forward(self, lab: torch.Tensor) -> torch.Tensor:
@@ -187,8 +195,9 @@ class GanObjective:
         make = getattr(model, "make_discriminator", None)
         return GanObjective(make() if callable(make) else PatchDiscriminator(), lambda_l1)
 
-    def generator_loss(self, L: torch.Tensor, fake_ab: torch.Tensor,
-                       true_ab: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def generator_loss(
+        self, L: torch.Tensor, fake_ab: torch.Tensor, true_ab: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         fake_full = resize_ab(fake_ab, tuple(L.shape[-2:]))
         for p in self.discriminator.parameters():
             p.requires_grad_(False)
@@ -199,13 +208,16 @@ class GanObjective:
         l1 = self.l1(fake_ab, true_ab)
         return adv + self.lambda_l1 * l1, {"g_adv": float(adv.detach()), "l1": float(l1.detach())}
 
-    def discriminator_loss(self, L: torch.Tensor, fake_ab: torch.Tensor,
-                           true_ab: torch.Tensor) -> torch.Tensor:
+    def discriminator_loss(
+        self, L: torch.Tensor, fake_ab: torch.Tensor, true_ab: torch.Tensor
+    ) -> torch.Tensor:
         fake_full = resize_ab(fake_ab.detach(), tuple(L.shape[-2:]))
         real_in, fake_in = lab_input(L, true_ab), lab_input(L, fake_full)
         if self.trainer is self.discriminator:  # as pix2pix: two passes, BatchNorm per pass
             real, fake = self.trainer(real_in).float(), self.trainer(fake_in).float()
         else:  # DDP allows one forward per backward: one pass over both halves
             real, fake = self.trainer(torch.cat([real_in, fake_in])).float().chunk(2)
-        return 0.5 * (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
-                      + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+        return 0.5 * (
+            F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+            + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+        )
