@@ -25,11 +25,9 @@ see `bttf.pipeline.decode`), and counted in the summary.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import math
 import os
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -63,6 +61,15 @@ from bttf.pipeline.media import (
     output_errors,
 )
 from bttf.pipeline.segments import DEFAULT_SEGMENT_FRAMES
+from bttf.runtime import (
+    TRIM_EVERY,
+    cpu_autocast_dtype,
+    is_oom,
+    resolve_device,
+    share_heap,
+    torch_threads,
+    trim_heap,
+)
 
 log = logging.getLogger(__name__)
 
@@ -204,32 +211,6 @@ class ColorizeStats:
 # Device, model and sizes
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` | `cpu` | `cuda` | `cuda:N` | `mps` -> a usable torch.device, else BadInputError."""
-    name = name.strip().lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise BadInputError(f"--device {name!r} is not a device; use auto, cpu or cuda[:N]") from e
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise BadInputError("CUDA is not available here; use --device cpu (or auto)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise BadInputError(
-                f"there is no {name} (this machine has {torch.cuda.device_count()} CUDA devices)"
-            )
-    elif dev.type == "mps":
-        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise BadInputError("MPS is not available here; use --device cpu (or auto)")
-    elif dev.type != "cpu":
-        raise BadInputError(f"--device {name!r} is not supported; use auto, cpu or cuda[:N]")
-    return dev
-
-
 def build_colorizer(config: ColorizeConfig, device: torch.device):
     """The `Colorizer` the config names, in eval mode on `device`."""
     from bttf.models import Colorizer
@@ -275,48 +256,9 @@ def _resize(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     )
 
 
-@contextlib.contextmanager
-def torch_threads(device: torch.device, threads: int | None) -> Iterator[None]:
-    """On CPU, run torch with `threads` (default: all cores but one), then restore."""
-    if device.type != "cpu" or (threads is None and os.environ.get("OMP_NUM_THREADS")):
-        yield
-        return
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads or max(1, cores - 1))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def cpu_autocast_dtype() -> torch.dtype | None:
-    """torch.bfloat16 when this CPU multiplies bf16 natively (AMX or AVX512-BF16), else None.
-
-    Elsewhere bf16 is emulated and slower than float32. The development machine has neither,
-    so this path's speed-up is not measured yet (benchmarks/README.md).
-    """
-    probes = [
-        getattr(getattr(torch, "cpu", None), name, None)
-        for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    ]
-    with contextlib.suppress(Exception):  # private probes: any failure means "no"
-        if any(fn is not None and fn() for fn in probes):
-            return torch.bfloat16
-    return None
-
-
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
     # no copy of a batch's logits (72 MB for 8 frames at 360p) when it came in one piece
     return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-
-def _is_oom(e: BaseException) -> bool:
-    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
-    return isinstance(e, oom) or (isinstance(e, RuntimeError) and "out of memory" in str(e))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,43 +290,6 @@ def chroma_planes(
         q = torch.round(mid + scale * c).clamp_(0, top)
         out.append(q.to(torch.uint8 if bits == 8 else torch.int32))
     return out[0], out[1]
-
-
-def _load_libc():
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-    except OSError:  # not glibc
-        return None
-
-
-_LIBC = _load_libc() if sys.platform.startswith("linux") else None
-_M_ARENA_MAX = -8  # glibc's mallopt parameter
-
-
-def share_heap() -> None:
-    """Make threads started from now on share the C heap's one arena (glibc's M_ARENA_MAX).
-
-    By default glibc gives each new thread a malloc arena of its own. The engine's threads
-    (decode, model, stabilizer, chroma, encode) each allocate and free tens of MB a batch, and
-    free pages stranded in several arenas made the peak resident size creep up with the film's
-    length: 743-864 MiB for 3000 frames at 360p against 695 MiB with one arena, at the same
-    speed (benchmarks/README.md, "Memory"). Process-wide, as the heap is; called by
-    `colorize_video`.
-    """
-    if _LIBC is not None:
-        _LIBC.mallopt(_M_ARENA_MAX, 1)
-
-
-# Batches between two `_trim_heap` calls on the CPU.
-TRIM_EVERY = 8
-
-
-def _trim_heap() -> None:
-    """Give the C heap's free pages back to the system (glibc's malloc_trim), every
-    TRIM_EVERY batches: a call takes ~18 ms, and the pages it returns fault back in when reused."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
 
 
 # CPU: fuse a batch on the stabilizer's own thread while the model predicts the next (the
@@ -440,7 +345,7 @@ class _ModelStage:
                 outs.append(fn(i, j))
                 i = j
             except Exception as e:
-                if not _is_oom(e):
+                if not is_oom(e):
                     raise
                 if j - i == 1:
                     raise BttfError(
@@ -486,7 +391,7 @@ class _ModelStage:
         step on the model's thread (`chroma` makes the planes from it)."""
         self._calls += 1
         if self.device.type == "cpu" and self._calls % TRIM_EVERY == 0:
-            _trim_heap()
+            trim_heap()
         small = np.stack([p.small for p in batch])
         gray = self._to_device(small)
         L = self.lut[gray.long()].unsqueeze(1)

@@ -318,7 +318,8 @@ def compare(cfg: CompareConfig, progress: ProgressFn | None = None) -> CompareRe
         UnknownModelError, WeightsError: a model or weights file does not load.
     """
     from bttf.color import lab_to_rgb, rgb_to_lab
-    from bttf.pipeline.colorize import render_dims, resolve_device
+    from bttf.pipeline.colorize import render_dims
+    from bttf.runtime import resolve_device
     from bttf.training.metrics import auc_ab, colorfulness, psnr
 
     src = check_input(cfg.input)
