@@ -143,7 +143,7 @@ def eval_video_cmd(
     """
     import json
 
-    from bttf.pipeline.temporal_metrics import evaluate_video
+    from bttf.metrics.video import evaluate_video
 
     if max_frames is not None and max_frames < 2:
         raise click.BadParameter("must be at least 2", param_hint="--max-frames")
@@ -981,6 +981,23 @@ def prepare_cmd(
     help="Validate and save a moving average of the weights with this decay, e.g. 0.998 (0: off).",
 )
 @click.option("--no-augment", is_flag=True, help="No flips, crops or jitter.")
+@click.option(
+    "--rebalance-lambda",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="rebalanced loss: w = 1 / ((1 - lam) * prior + lam / 313); 1: no rebalancing, "
+    "lower: more saturated colours.",
+)
+@click.option(
+    "--augment",
+    "augment_kind",
+    type=click.Choice(["standard", "film"]),
+    default="standard",
+    show_default=True,
+    help="film: also degrade the gray input like an old film (grain, blur, flicker, scratches, "
+    "blocking...); the colour target stays clean.",
+)
 @click.option("--no-amp", is_flag=True, help="No bf16 autocast on CUDA.")
 @click.option(
     "--cache-size",
@@ -1026,6 +1043,8 @@ def train_cmd(
     grad_clip: float,
     ema: float,
     no_augment: bool,
+    augment_kind: str,
+    rebalance_lambda: float,
     no_amp: bool,
     cache_size: int,
     val_fraction: float,
@@ -1113,7 +1132,8 @@ def train_cmd(
         best_metric=best_metric,
         grad_clip=grad_clip,
         ema=ema,
-        augment=not no_augment,
+        rebalance_lambda=rebalance_lambda,
+        augment=False if no_augment else (True if augment_kind == "standard" else augment_kind),
         cache_size=cache_size,
         val_fraction=val_fraction,
         resume=resume,

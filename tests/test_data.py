@@ -200,3 +200,35 @@ def test_cli_prepare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
         main(["prepare", str(tmp_path / "e"), "-o", str(tmp_path / "c2")])
     assert e.value.code == 2
     assert "bttf: error: no images or videos" in capsys.readouterr().err
+
+
+def test_film_augment_touches_the_gray_input_only_and_is_seeded() -> None:
+    rng = np.random.default_rng(0)
+    L_u8 = torch.from_numpy(rng.integers(0, 256, (6, 64, 64), dtype=np.uint8))
+    ab_u8 = torch.from_numpy(rng.integers(0, 256, (6, 2, 64, 64), dtype=np.uint8))
+    film = D.make_augment("film")
+    assert film is not None and film.film > 0
+    assert D.make_augment(True) == D.Augment() and D.make_augment(False) is None
+    with pytest.raises(ValueError):
+        D.make_augment("sepia")
+    L0, ab0 = D.augment_batch(L_u8, ab_u8, 48, torch.Generator().manual_seed(3), D.Augment())
+    L1, ab1 = D.augment_batch(L_u8, ab_u8, 48, torch.Generator().manual_seed(3), film)
+    L2, ab2 = D.augment_batch(L_u8, ab_u8, 48, torch.Generator().manual_seed(3), film)
+    assert torch.equal(ab0, ab1) and torch.equal(L1, L2) and torch.equal(ab1, ab2)  # seeded
+    assert L1.shape == L0.shape and torch.isfinite(L1).all()
+    assert float(L1.min()) >= 0 and float(L1.max()) <= 100
+    assert not torch.equal(L0, L1)  # the input is degraded, the target is the same
+
+
+def test_film_degrade_effects() -> None:
+    L = torch.full((64, 1, 32, 32), 50.0)
+    out = D.film_degrade(L, torch.Generator().manual_seed(0), p=1.0)
+    assert out.shape == L.shape and float(out.min()) >= 0 and float(out.max()) <= 100
+    assert float((out - L).abs().amax(dim=(1, 2, 3)).gt(0.5).float().mean()) > 0.9
+    same = D.film_degrade(L, torch.Generator().manual_seed(0), p=0.0)
+    assert torch.equal(same, L)
+    # JPEG blocking of a smooth ramp stays close; the blur keeps a constant image constant.
+    ramp = torch.linspace(0, 100, 32).view(1, 1, 1, 32).expand(2, 1, 32, 32).contiguous()
+    j = D.jpeg_blocks(ramp, torch.tensor([0.5, 2.0]))
+    assert float((j - ramp).abs().mean()) < 3
+    assert torch.allclose(D.gaussian_blur(L[:2], torch.tensor([0.5, 1.5])), L[:2], atol=1e-4)

@@ -409,6 +409,154 @@ class Augment:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     brightness: float = 8.0  # +- L units
     contrast: float = 0.2  # factor in [1 - c, 1 + c] around the image mean
+    film: float = 0.0  # share of images whose L is degraded like an old film (`film_degrade`)
+
+
+def make_augment(option: bool | str | None) -> Augment | None:
+    """`TrainConfig.augment` -> an `Augment`: False/None/"none": off; True/"standard": crops, flips,
+    jitter; "film": the same plus `film_degrade` on 80% of the images (the target stays clean)."""
+    if option is None or option is False or option == "none":
+        return None
+    if option is True or option == "standard":
+        return Augment()
+    if option == "film":
+        return Augment(film=0.8)
+    raise ValueError(f"unknown augmentation {option!r} (none, standard, film)")
+
+
+def _u(g: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.rand(*shape, generator=g)
+
+
+_DCT8 = torch.tensor(
+    [
+        [
+            (math.sqrt(1 / 8) if k == 0 else math.sqrt(2 / 8))
+            * math.cos((2 * n + 1) * k * math.pi / 16)
+            for n in range(8)
+        ]
+        for k in range(8)
+    ],
+    dtype=torch.float32,
+)
+# The JPEG luminance quantization table (ITU-T T.81, Annex K), at quality 50.
+_JPEG_Q = torch.tensor(
+    [
+        [16, 11, 10, 16, 24, 40, 51, 61],
+        [12, 12, 14, 19, 26, 58, 60, 55],
+        [14, 13, 16, 24, 40, 57, 69, 56],
+        [14, 17, 22, 29, 51, 87, 80, 62],
+        [18, 22, 37, 56, 68, 109, 103, 77],
+        [24, 35, 55, 64, 81, 104, 113, 92],
+        [49, 64, 78, 87, 103, 121, 120, 101],
+        [72, 92, 95, 98, 112, 100, 103, 99],
+    ],
+    dtype=torch.float32,
+)
+
+
+def jpeg_blocks(L: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """8x8 block-DCT quantization of L (B, 1, H, W) in [0, 100] with the JPEG table x `scale` (B,)."""
+    B, _, H, W = L.shape
+    h, w = H - H % 8, W - W % 8
+    x = L[:, 0, :h, :w] * 2.55 - 128  # 0-255 units, as JPEG sees them
+    blk = x.reshape(B, h // 8, 8, w // 8, 8).permute(0, 1, 3, 2, 4)
+    D = _DCT8
+    c = D @ blk @ D.T
+    q = (_JPEG_Q * scale.view(B, 1, 1, 1, 1)).clamp(min=1)
+    c = torch.round(c / q) * q
+    y = (D.T @ c @ D).permute(0, 1, 3, 2, 4).reshape(B, h, w)
+    out = L.clone()
+    out[:, 0, :h, :w] = (y + 128) / 2.55
+    return out
+
+
+def gaussian_blur(L: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-image separable Gaussian blur of L (B, 1, H, W); sigma (B,) in pixels (0: unchanged)."""
+    B = L.shape[0]
+    r = 3
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-(t**2) / (2 * sigma.clamp(min=1e-3).view(B, 1) ** 2))
+    k = k / k.sum(1, keepdim=True)  # (B, 7)
+    x = F.pad(L.transpose(0, 1), (r, r, r, r), mode="reflect")  # (1, B, H+6, W+6)
+    x = F.conv2d(x, k.view(B, 1, 1, -1), groups=B)
+    x = F.conv2d(x, k.view(B, 1, -1, 1), groups=B)
+    return x.transpose(0, 1)
+
+
+def film_degrade(L: torch.Tensor, generator: torch.Generator, p: float = 1.0) -> torch.Tensor:
+    """Make clean L (B, 1, H, W) in [0, 100] look like a frame of an old, digitized film.
+
+    Each image is degraded with probability `p`; each effect is drawn on its own: contrast and gamma
+    (faded or crushed prints), vignetting, uneven exposure and flicker, grain (fine and clumped),
+    vertical scratches and dust, softness (Gaussian blur) and JPEG/MPEG-like 8x8 blocking. Only the
+    input is touched: the colour target stays clean. All randomness comes from `generator`.
+    """
+    g = generator
+    B, _, H, W = L.shape
+    on = (_u(g, B) < p).float().view(B, 1, 1, 1)
+    if float(on.sum()) == 0:
+        return L
+    u = _u(g, B, 16)
+    x = L.clone()
+
+    def mask(i: int, prob: float) -> torch.Tensor:
+        return (u[:, i] < prob).float().view(B, 1, 1, 1)
+
+    # Contrast around the mean (0.55-1.3) and gamma (0.7-1.5).
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    c = (0.55 + 0.75 * u[:, 1]).view(B, 1, 1, 1)
+    x = torch.lerp(x, (x - mean) * c + mean, mask(0, 0.7)).clamp(0, 100)
+    gamma = torch.exp(math.log(0.7) + (math.log(1.5) - math.log(0.7)) * u[:, 3]).view(B, 1, 1, 1)
+    x = torch.lerp(x, 100 * (x / 100).clamp(min=0) ** gamma, mask(2, 0.6))
+    # Vignetting: darker corners, up to 45%.
+    yy = torch.linspace(-1, 1, H).view(1, 1, H, 1)
+    xx = torch.linspace(-1, 1, W).view(1, 1, 1, W)
+    r2 = (yy**2 + xx**2) / 2
+    v = (0.45 * u[:, 5]).view(B, 1, 1, 1)
+    x = torch.lerp(x, x * (1 - v * r2**1.5), mask(4, 0.5))
+    # Flicker (a global gain and offset) and uneven exposure (a smooth low-frequency field).
+    gain = (0.85 + 0.3 * u[:, 7]).view(B, 1, 1, 1)
+    off = (16 * u[:, 8] - 8).view(B, 1, 1, 1)
+    x = torch.lerp(x, x * gain + off, mask(6, 0.6))
+    field = F.interpolate(
+        torch.randn(B, 1, 3, 3, generator=g), size=(H, W), mode="bicubic", align_corners=False
+    )
+    x = x + mask(9, 0.4) * field * 4
+    # Grain: fine noise plus noise clumped at half resolution, 1-7 L units.
+    sig = (1 + 6 * u[:, 11]).view(B, 1, 1, 1)
+    fine = torch.randn(B, 1, H, W, generator=g)
+    coarse = F.interpolate(
+        torch.randn(B, 1, (H + 1) // 2, (W + 1) // 2, generator=g),
+        size=(H, W),
+        mode="bilinear",
+        align_corners=False,
+    )
+    x = x + mask(10, 0.7) * sig * (0.6 * fine + 0.8 * coarse)
+    # Scratches (thin vertical lines, bright or dark) and dust (small dark or white specks).
+    sc = torch.zeros(B, 1, 1, W)
+    n_s = (_u(g, B) * 4).long()
+    for b in torch.nonzero(mask(12, 0.35).view(B) * on.view(B)).flatten().tolist():
+        for _ in range(int(n_s[b]) + 1):
+            col = int(_u(g, 1) * W)
+            sc[b, 0, 0, col : col + 1 + int(_u(g, 1) * 2)] = float(_u(g, 1) * 60 - 30)
+    x = x + sc
+    dust = (torch.rand(B, 1, H, W, generator=g) < 0.0015 * u[:, 13].view(B, 1, 1, 1)).float()
+    dust = F.max_pool2d(dust, 3, stride=1, padding=1) * mask(14, 0.4)
+    sign = torch.where(torch.rand(B, 1, H, W, generator=g) < 0.5, -1.0, 1.0)
+    x = torch.where(dust > 0, 50 + 50 * sign, x)
+    x = x.clamp(0, 100)
+    # Softness, then blocking (a digitized, compressed copy).
+    sigma = 0.4 + 1.4 * u[:, 15]
+    x = torch.lerp(
+        x, gaussian_blur(x, sigma), (torch.rand(B, generator=g) < 0.6).float().view(B, 1, 1, 1)
+    )
+    jq = 0.5 + 3.5 * torch.rand(B, generator=g)
+    x = torch.lerp(
+        x, jpeg_blocks(x, jq), (torch.rand(B, generator=g) < 0.4).float().view(B, 1, 1, 1)
+    )
+    x = x.clamp(0, 100)
+    return torch.lerp(L, x, on)
 
 
 def augment_batch(
@@ -455,4 +603,6 @@ def augment_batch(
         b = aug.brightness * (2 * u[:, 6:7].float() - 1)
         mean = L.mean(dim=(2, 3), keepdim=True)
         L = ((L - mean) * c.view(B, 1, 1, 1) + mean + b.view(B, 1, 1, 1)).clamp_(0, 100)
+    if aug.film > 0:
+        L = film_degrade(L, g, aug.film)
     return L.contiguous(), ab.contiguous()

@@ -102,7 +102,7 @@ class TrainConfig:
     val_images: int = 64  # validation images at most (a fixed subset)
     sample_images: int = 6
     best_metric: str = "auc_rebal"
-    augment: bool = True
+    augment: bool | str = True  # False, True (standard) or "film" (`data.make_augment`)
     resume: bool = False
     overwrite: bool = False
     # For raw inputs, prepared on the fly into out/cache:
@@ -350,7 +350,7 @@ class _Batches:
             seed=cfg.seed,
             drop_last=True,
         )
-        self.aug = D.Augment() if cfg.augment else None
+        self.aug = D.make_augment(cfg.augment)
         self._epoch, self._order = -1, np.zeros(0, np.int64)
         self._q: queue.Queue | None = None
         self._thread: threading.Thread | None = None
