@@ -1,6 +1,6 @@
 """The CUDA paths, each against its CPU twin: `python -m pytest -m gpu` on a machine with a GPU.
 
-Deselected by default (pyproject's `-m 'not slow and not gpu'`) and skipped without a CUDA
+Deselected by default (pyproject's `-m 'not gpu'`) and skipped without a CUDA
 device. On the GPU the engine runs the model under bf16 (or fp16) autocast, uploads frames
 from pinned memory and builds the chroma planes on the device; the CPU runs float32. So the
 checks are "the same film within what autocast changes", not bit equality, except where the

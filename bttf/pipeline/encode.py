@@ -329,7 +329,6 @@ class VideoWriter:
         self.width, self.height = size
         sx, sy, self.bits = OUTPUT_PIX_FMTS[settings.pix_fmt]
         self.chroma_size = (-(-self.height // (1 << sy)), -(-self.width // (1 << sx)))  # (h, w)
-        self.frames_written = 0
         try:
             self.out = av.open(str(path), "w")
         except (av.FFmpegError, ValueError) as e:
@@ -417,7 +416,6 @@ class VideoWriter:
         frame.duration = duration
         self._durations[frame.pts] = duration
         self._mux_video(self.video.encode(frame))
-        self.frames_written += 1
 
     def _mux_video(self, packets: list[av.Packet]) -> None:
         for p in packets:

@@ -1,7 +1,7 @@
 """Dense optical flow between gray frames, occlusion masks, and warping.
 
 Shared by the temporal stabilizer (`bttf.pipeline.temporal`) and the temporal metrics
-(`bttf.pipeline.temporal_metrics`). The flow method is OpenCV's DIS (Kroeger et al. 2016): fast on
+(`bttf.metrics.video`). The flow method is OpenCV's DIS (Kroeger et al. 2016): fast on
 a CPU, good enough to carry colour from one frame to the next. Convention used everywhere here:
 
     flow = estimate_flow(src, dst)   # (H, W, 2) float32, (dx, dy) in pixels
@@ -16,7 +16,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
@@ -112,31 +111,10 @@ def resize_flow(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def flow_grid(flow: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """A `grid_sample` grid (1, H, W, 2) in [-1, 1] (align_corners=True) sampling p + flow(p)."""
-    h, w = flow.shape[:2]
-    xs, ys = _sample_map(flow)
-    gx = xs * (2.0 / max(w - 1, 1)) - 1.0
-    gy = ys * (2.0 / max(h - 1, 1)) - 1.0
-    grid = np.stack([gx, gy], axis=-1)[None]
-    return torch.from_numpy(grid).to(device)
-
-
-def warp_tensor(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """Warp (N, C, H, W) by a grid from `flow_grid` (bilinear, edges replicated)."""
-    return F.grid_sample(
-        x,
-        grid.to(x.dtype).expand(x.shape[0], -1, -1, -1),
-        mode="bilinear",
-        padding_mode="border",
-        align_corners=True,
-    )
-
-
 def bilinear_taps(flow: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """The bilinear warp by `flow` (H, W, 2) as 4 taps per pixel: row indices (4, H*W) int64
     into the flattened source (H*W, ...) and weights (4, H*W) float32. Sample points outside
-    the frame are clamped to its edge, like `warp_tensor` (padding "border")."""
+    the frame are clamped to its edge (like `grid_sample` with padding "border")."""
     h, w = flow.shape[:2]
     xs, ys = _sample_map(flow)
     np.clip(xs, 0, w - 1, out=xs)
