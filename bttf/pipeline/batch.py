@@ -25,38 +25,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from bttf.errors import BadInputError, BttfError
+from bttf.pipeline.media import VIDEO_SUFFIXES, is_video_path
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Suffixes taken as films in a batch folder (case-insensitive).
-VIDEO_SUFFIXES = frozenset(
-    {
-        ".mp4",
-        ".m4v",
-        ".mov",
-        ".mkv",
-        ".webm",
-        ".avi",
-        ".mpg",
-        ".mpeg",
-        ".m2v",
-        ".ts",
-        ".m2ts",
-        ".mts",
-        ".vob",
-        ".wmv",
-        ".asf",
-        ".flv",
-        ".ogv",
-        ".3gp",
-        ".mxf",
-        ".dv",
-        ".y4m",
-        ".nut",
-    }
-)
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 
@@ -98,11 +72,7 @@ def find_videos(folder: str | os.PathLike) -> list[Path]:
     if not d.is_dir():
         raise BadInputError(f"{d} is not a folder")
     return sorted(
-        (
-            p
-            for p in d.iterdir()
-            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in VIDEO_SUFFIXES
-        ),
+        (p for p in d.iterdir() if p.is_file() and not p.name.startswith(".") and is_video_path(p)),
         key=lambda p: p.name,
     )
 

@@ -59,6 +59,7 @@ from bttf.pipeline.media import (
     check_output,
     is_image_path,
     output_errors,
+    read_gray_image,
 )
 from bttf.pipeline.segments import DEFAULT_SEGMENT_FRAMES
 from bttf.runtime import (
@@ -1180,24 +1181,6 @@ _IMWRITE_PARAMS = {
     ".webp": [cv2.IMWRITE_WEBP_QUALITY, 95],
 }
 _SIXTEEN_BIT_SUFFIXES = {".png", ".tif", ".tiff"}
-
-
-def read_gray_image(path: Path) -> tuple[np.ndarray, int]:
-    """A still image as gray levels on the 0..255 scale (float32 (H, W)) and its bit depth."""
-    data = np.fromfile(path, dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if data.size else None
-    if img is None:
-        raise BadInputError(f"{path} is not an image OpenCV can read; check the file")
-    if img.ndim == 3:
-        code = cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY
-        img = cv2.cvtColor(img, code)
-    if img.dtype == np.uint8:
-        return img.astype(np.float32), 8
-    if img.dtype == np.uint16:
-        return img.astype(np.float32) / 257.0, 16
-    if img.dtype in (np.float32, np.float64):
-        return np.clip(img.astype(np.float32), 0, 1) * 255.0, 16
-    raise BadInputError(f"{path} has {img.dtype} pixels; convert it to 8 or 16 bit")
 
 
 def colorize_image(

@@ -12,7 +12,7 @@ entry:
 The truth column is there when the input is in colour: it is then turned to gray first (its Lab
 lightness), every model sees only that, and each tile's caption gives the model's name and its
 metrics against the truth (PSNR in dB, AuC of the ab error, colourfulness; see
-`bttf.training.metrics`); the gray tile carries the same metrics as the no-colour baseline. For a
+`bttf.metrics.image`); the gray tile carries the same metrics as the no-colour baseline. For a
 gray input the captions give colourfulness only. A model's prediction keeps the input's L
 everywhere: only a and b come from the model, so the metrics measure the colour alone.
 
@@ -46,7 +46,13 @@ import numpy as np
 import torch
 
 from bttf.errors import BadInputError, BttfError
-from bttf.pipeline.media import atomic_output, check_input, check_output, is_image_path
+from bttf.pipeline.media import (
+    atomic_output,
+    check_input,
+    check_output,
+    is_image_path,
+    read_rgb_image,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,32 +124,6 @@ class CompareResult:
 
 # ---------------------------------------------------------------------------------------------
 # reading the input
-
-
-def _read_image(path: Path) -> np.ndarray:
-    """An image as float32 RGB (H, W, 3) in [0, 1] (gray files give R = G = B)."""
-    data = np.fromfile(path, dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if data.size else None
-    if img is None:
-        raise BadInputError(f"{path} is not an image OpenCV can read; check the file")
-    if img.dtype == np.uint8:
-        scale = 255.0
-    elif img.dtype == np.uint16:
-        scale = 65535.0
-    elif img.dtype in (np.float32, np.float64):
-        scale = 1.0
-    else:
-        raise BadInputError(f"{path} has {img.dtype} pixels; convert it to 8 or 16 bit")
-    img = img.astype(np.float32) / scale
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    elif img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    elif img.shape[2] == 1:
-        img = np.repeat(img, 3, axis=2)
-    else:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    return np.clip(img, 0.0, 1.0)
 
 
 def _frame_targets(duration: float, count: int) -> list[float]:
@@ -318,9 +298,9 @@ def compare(cfg: CompareConfig, progress: ProgressFn | None = None) -> CompareRe
         UnknownModelError, WeightsError: a model or weights file does not load.
     """
     from bttf.color import lab_to_rgb, rgb_to_lab
+    from bttf.metrics.image import auc_ab, colorfulness, psnr
     from bttf.pipeline.colorize import render_dims
     from bttf.runtime import resolve_device
-    from bttf.training.metrics import auc_ab, colorfulness, psnr
 
     src = check_input(cfg.input)
     dst = check_output(src, cfg.output, cfg.overwrite)
@@ -338,12 +318,12 @@ def compare(cfg: CompareConfig, progress: ProgressFn | None = None) -> CompareRe
     colorizers = _load_colorizers(cfg, device)
 
     if is_image_path(src):
-        frames, times = [_read_image(src)], [0.0]
+        frames, times = [read_rgb_image(src)], [0.0]
     else:
         frames, times = _read_video_frames(src, cfg.frames)
     h, w = frames[0].shape[:2]
     th = int(cfg.tile_height)
-    tw = max(1, int(round(w * th / h)))
+    tw = max(1, round(w * th / h))
 
     # Lab of every frame, full size, and of its tile.
     labs = [rgb_to_lab(torch.from_numpy(f).permute(2, 0, 1).contiguous()) for f in frames]

@@ -23,10 +23,9 @@ import cv2
 import numpy as np
 
 from bttf.errors import BadInputError
+from bttf.pipeline.media import IMAGE_SUFFIXES, is_image_path, read_image
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
@@ -131,9 +130,9 @@ class CutDetector:
 
 def list_frame_files(folder: Path) -> list[Path]:
     """Image files of a folder of frames, in name order."""
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(f for f in folder.iterdir() if is_image_path(f))
     if not files:
-        raise BadInputError(f"{folder} holds no image frames ({', '.join(IMAGE_SUFFIXES)})")
+        raise BadInputError(f"{folder} holds no image frames ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return files
 
 
@@ -152,9 +151,7 @@ def iter_frames(
         for i, f in enumerate(list_frame_files(path)):
             if max_frames is not None and i >= max_frames:
                 return
-            img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR)
-            if img is None:
-                raise BadInputError(f"cannot read the image {f}; remove it or re-export the frames")
+            img = read_image(f, cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR)
             yield i / fps, img if gray else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         return
     yield from _iter_video(path, gray, max_frames)

@@ -192,7 +192,7 @@ def _run(stream: Any, what: str) -> None:
 
 
 def _even(x: float) -> int:
-    return max(2, int(round(x / 2)) * 2)
+    return max(2, round(x / 2) * 2)
 
 
 def _height_for(width: int, probe: _Probe) -> int:

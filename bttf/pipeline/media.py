@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 import av
+import numpy as np
 
 from bttf.errors import BadInputError, BttfError, OutputExistsError
 
@@ -25,13 +26,108 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Suffixes read and written as still images (everything else is treated as a film).
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
+# The one set of media suffixes (lower case): `colorize`, `compare`, `gif`, folder batches, cut
+# detection on frame folders and `bttf prepare` all take a file by these.
+
+#: Suffixes read and written as still images (everything else is treated as a film). Not .pgm:
+#: it holds gray only, so a colorized image cannot be written back into it.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".ppm"})
+
+#: Suffixes taken as films when a folder is searched (a file named directly may have any other).
+VIDEO_SUFFIXES = frozenset(
+    {
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".mpg",
+        ".mpeg",
+        ".m2v",
+        ".ts",
+        ".m2ts",
+        ".mts",
+        ".vob",
+        ".wmv",
+        ".asf",
+        ".flv",
+        ".ogv",
+        ".3gp",
+        ".mxf",
+        ".dv",
+        ".y4m",
+        ".nut",
+    }
+)
 
 
 def is_image_path(path: str | os.PathLike) -> bool:
     """Whether `path` names a still image by its suffix (case-insensitive)."""
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def is_video_path(path: str | os.PathLike) -> bool:
+    """Whether `path` names a film by its suffix (case-insensitive)."""
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def read_image(path: str | os.PathLike, flags: int | None = None) -> np.ndarray:
+    """Decode the image file `path` with OpenCV: the one place bttf reads a still or a frame.
+
+    `flags` are cv2.IMREAD_* flags; the default, IMREAD_ANYDEPTH | IMREAD_ANYCOLOR, keeps the
+    file as it is: (H, W) gray, (H, W, 3) BGR or (H, W, 4) BGRA, in uint8, uint16 or float32.
+    Any path works (the bytes are read by numpy, so non-ASCII names too). Raises BadInputError
+    (one line) for a file OpenCV cannot decode and for pixels other than 8/16-bit or float.
+    """
+    import cv2
+
+    if flags is None:
+        flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise BadInputError(f"cannot read {path} ({e.strerror or e})") from e
+    img = cv2.imdecode(data, flags) if data.size else None
+    if img is None:
+        raise BadInputError(f"{path} is not an image OpenCV can read; check the file")
+    if img.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+        raise BadInputError(f"{path} has {img.dtype} pixels; convert it to 8 or 16 bit")
+    return img
+
+
+def read_gray_image(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """A still image as gray levels on the 0..255 scale (float32 (H, W)) and its bit depth
+    (8, or 16 for 16-bit and float files; a float file's [0, 1] is clipped)."""
+    import cv2
+
+    img = read_image(path)
+    if img.ndim == 3:
+        code = cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+        img = cv2.cvtColor(img, code)
+    if img.dtype == np.uint8:
+        return img.astype(np.float32), 8
+    if img.dtype == np.uint16:
+        return img.astype(np.float32) / 257.0, 16
+    return np.clip(img.astype(np.float32), 0, 1) * 255.0, 16
+
+
+def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
+    """An image as float32 RGB (H, W, 3) in [0, 1]: gray files give R = G = B, alpha is dropped."""
+    import cv2
+
+    img = read_image(path)
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(img.dtype, 1.0)
+    img = img.astype(np.float32) / scale
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    elif img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    else:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return np.clip(img, 0.0, 1.0)
 
 
 def check_input(path: str | os.PathLike) -> Path:

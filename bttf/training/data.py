@@ -31,11 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from bttf.errors import BadInputError, OutputExistsError
+from bttf.pipeline.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, is_video_path
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
-VIDEO_EXTS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
 CACHE_VERSION = 1
 L_SCALE = 2.55  # uint8 L = round(L * 2.55)
 AB_OFFSET = 128.0  # uint8 ab = round(ab + 128)
@@ -99,7 +98,7 @@ def find_media(inputs: tuple[Path, ...] | list[Path]) -> list[tuple[Path, Path]]
             found.append((p, p.parent))
         elif p.is_dir():
             for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS:
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
                     if not any(part.startswith(".") for part in f.relative_to(p).parts):
                         found.append((f, p))
         else:
@@ -108,7 +107,7 @@ def find_media(inputs: tuple[Path, ...] | list[Path]) -> list[tuple[Path, Path]]
 
 
 def is_video(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_EXTS
+    return is_video_path(path)
 
 
 def _resize_crop(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -233,7 +232,7 @@ def prepare(cfg: PrepareConfig, progress: ProgressFn | None = None) -> PrepareSu
     if not media:
         raise BadInputError(
             f"no images or videos found in {', '.join(map(str, cfg.inputs))}; "
-            f"supported: {', '.join(sorted(IMAGE_EXTS | VIDEO_EXTS))}"
+            f"supported: {', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))}"
         )
     out.mkdir(parents=True, exist_ok=True)
     s = cfg.size
