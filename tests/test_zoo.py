@@ -88,10 +88,8 @@ def test_zoo_model_trains_and_colorizes(
     assert ab.shape == (1, 2, spec.stride * 2, spec.stride * 3)
     assert torch.isfinite(ab).all()
 
-    try:
-        from bttf import ColorizeConfig, colorize_image
-    except (ImportError, AttributeError):
-        pytest.skip("bttf.colorize_image is not there yet")
+    from bttf import ColorizeConfig, colorize_image
+
     dst = tmp_path / "photo_color.png"
     colorize_image(
         gray_png, dst, ColorizeConfig(weights=out / "last.safetensors", device="cpu", threads=1)
@@ -101,10 +99,8 @@ def test_zoo_model_trains_and_colorizes(
 
 
 def test_zoo_model_colorizes_a_clip(tiny_video: Path, tmp_path: Path) -> None:
-    try:
-        from bttf import ColorizeConfig, colorize_video
-    except (ImportError, AttributeError):
-        pytest.skip("bttf.colorize_video is not there yet")
+    from bttf import ColorizeConfig, colorize_video
+
     path = tmp_path / "unet.safetensors"
     save_weights(
         path, create_model("unet-ae", widths=[8, 16, 32]), "unet-ae", {"widths": [8, 16, 32]}
@@ -123,7 +119,7 @@ def test_cnn_ae_variant_round_trips(variant: str, tmp_path: Path) -> None:
     model = create_model("cnn-ae", variant=variant, widths=[4, 8, 8, 8, 8])
     assert model.bttf_config["variant"] == variant
     path = save_weights(tmp_path / "w.safetensors", model, "cnn-ae", model.bttf_config)
-    loaded, spec, meta = load_model(path)
+    loaded, _spec, meta = load_model(path)
     assert meta["bttf_config"]["variant"] == variant and loaded.variant == variant
     again = create_model("cnn-ae", weights=path)
     assert again.variant == variant
