@@ -48,7 +48,7 @@ def _gif_info(path: Path) -> tuple[tuple[int, int], int, int | None]:
 
 
 def _cfg(colorized: Path, **kw) -> GifConfig:
-    base = dict(duration=1.0, fps=12, width=96, colorized=colorized)
+    base = {"duration": 1.0, "fps": 12, "width": 96, "colorized": colorized}
     return GifConfig(**{**base, **kw})
 
 
@@ -157,7 +157,7 @@ def test_overwrite_refused_then_allowed(clips, tmp_path):
 
 @pytest.mark.parametrize(
     "kw",
-    [dict(fps=0), dict(width=4), dict(duration=0), dict(start=-1), dict(dither="x")],
+    [{"fps": 0}, {"width": 4}, {"duration": 0}, {"start": -1}, {"dither": "x"}],
 )
 def test_bad_config(clips, kw):
     with pytest.raises(BadInputError):

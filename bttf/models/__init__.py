@@ -11,8 +11,17 @@ among them:
     ab = colorizer(L)            # L (N, 1, H, W) in [0, 100] -> ab (N, 2, H, W)
 """
 
-from bttf.models import eccv16, fastcolor, siggraph17  # noqa: F401 - registers the models
-from bttf.models import cnn_ae, mean_chroma, pix2pix, resnet18, unet_ae  # noqa: F401 - the seed zoo
+# Importing each architecture's module registers it (the shipped models and the seed zoo).
+from bttf.models import (  # noqa: F401
+    cnn_ae,
+    eccv16,
+    fastcolor,
+    mean_chroma,
+    pix2pix,
+    resnet18,
+    siggraph17,
+    unet_ae,
+)
 from bttf.models._registry import ModelSpec, get_spec, list_models, register_model
 from bttf.models.colorizer import Colorizer
 from bttf.models.weights import (
