@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import click
 from rich.console import Console
@@ -74,21 +75,21 @@ def _timecode(seconds: float) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the cuts as a JSON list.")
 @click.option(
     "--fps",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=24.0,
     show_default=True,
     help="Frame rate of a folder of frames (a video file's own timing is used).",
 )
 @click.option(
     "--min-scene-len",
-    type=int,
+    type=click.IntRange(min=1),
     default=8,
     show_default=True,
     help="Shortest shot in frames; no cut closer than this to the previous one.",
 )
 @click.option(
     "--threshold",
-    type=float,
+    type=click.FloatRange(min=1.0),
     default=3.0,
     show_default=True,
     help="How many times the recent median frame difference a cut must reach.",
@@ -102,12 +103,6 @@ def cuts_cmd(input: str, as_json: bool, fps: float, min_scene_len: int, threshol
 
     from bttf.pipeline.cuts import CutParams, detect_cuts
 
-    if fps <= 0:
-        raise click.BadParameter("must be > 0", param_hint="--fps")
-    if min_scene_len < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--min-scene-len")
-    if threshold < 1.0:
-        raise click.BadParameter("must be at least 1.0", param_hint="--threshold")
     params = CutParams(min_scene_len=min_scene_len, ratio=threshold)
     with console.status(f"looking for cuts in {input}"):
         cuts = detect_cuts(input, params, fps=fps)
@@ -127,9 +122,18 @@ def cuts_cmd(input: str, as_json: bool, fps: float, min_scene_len: int, threshol
     default=None,
     help="The colour original (video or folder of frames): adds PSNR, SSIM, colourfulness.",
 )
-@click.option("--max-frames", type=int, default=None, help="Evaluate only the first N frames.")
 @click.option(
-    "--fps", type=float, default=24.0, show_default=True, help="Frame rate of a folder of frames."
+    "--max-frames",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Evaluate only the first N frames.",
+)
+@click.option(
+    "--fps",
+    type=click.FloatRange(min=0, min_open=True),
+    default=24.0,
+    show_default=True,
+    help="Frame rate of a folder of frames.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def eval_video_cmd(
@@ -145,10 +149,6 @@ def eval_video_cmd(
 
     from bttf.metrics.video import evaluate_video
 
-    if max_frames is not None and max_frames < 2:
-        raise click.BadParameter("must be at least 2", param_hint="--max-frames")
-    if fps <= 0:
-        raise click.BadParameter("must be > 0", param_hint="--fps")
     with console.status(f"evaluating {output}"):
         m = evaluate_video(output, truth, max_frames=max_frames, fps=fps)
     if as_json:
@@ -178,10 +178,41 @@ def eval_video_cmd(
 _DEVICE_RE = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 
 
+class _DeviceParam(click.ParamType):
+    """auto, cpu, cuda, cuda:N or mps (whether that device exists is the library's question)."""
+
+    name = "DEVICE"
+
+    def convert(self, value, param, ctx):
+        import re
+
+        if not re.match(_DEVICE_RE, str(value).strip().lower()):
+            self.fail(f"{value!r}; use auto, cpu, cuda, cuda:N or mps", param, ctx)
+        return value
+
+
+class _PixFmtParam(click.ParamType):
+    """One of the encoder's output pixel formats (`bttf.pipeline.encode.OUTPUT_PIX_FMTS`, read
+    when an option is parsed: importing the encoder at startup would slow every command)."""
+
+    name = "PIX_FMT"
+
+    def convert(self, value, param, ctx):
+        from bttf.pipeline.encode import OUTPUT_PIX_FMTS
+
+        if value not in OUTPUT_PIX_FMTS:
+            self.fail(f"{value!r}; choose one of {', '.join(OUTPUT_PIX_FMTS)}", param, ctx)
+        return value
+
+
 class _TimeParam(click.ParamType):
-    """Seconds, as `12.5`, `1:02.5` (MM:SS) or `0:01:02.5` (HH:MM:SS), like ffmpeg's -ss/-t."""
+    """Seconds, as `12.5`, `1:02.5` (MM:SS) or `0:01:02.5` (HH:MM:SS), like ffmpeg's -ss/-t.
+    `positive`: 0 is refused too (a duration)."""
 
     name = "TIME"
+
+    def __init__(self, positive: bool = False) -> None:
+        self.positive = positive
 
     def convert(self, value, param, ctx):
         if isinstance(value, (int, float)):
@@ -200,6 +231,8 @@ class _TimeParam(click.ParamType):
                 )
         if not seconds >= 0 or seconds == float("inf"):
             self.fail(f"{value!r} must be a time >= 0", param, ctx)
+        if self.positive and seconds == 0:
+            self.fail("must be more than 0", param, ctx)
         return seconds
 
 
@@ -223,7 +256,11 @@ _COLORIZER_OPTIONS = [
         help="Weights file; a bttf .safetensors names its model, so it is enough alone.",
     ),
     click.option(
-        "--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."
+        "--device",
+        type=_DeviceParam(),
+        default="auto",
+        show_default=True,
+        help="auto, cpu, cuda, cuda:N or mps.",
     ),
     click.option(
         "--render-size",
@@ -274,11 +311,30 @@ _COLORIZER_OPTIONS = [
 ]
 
 
-def _colorizer_options(f):  # noqa: ANN001, ANN201 - a click decorator
-    """The model and colorizing options shared by `colorize` and `gif`."""
+def _colorizer_options(f):
+    """The model and colorizing options shared by `colorize` and `gif`; the command takes them
+    as `**colorizer` and hands them to `_colorize_config`."""
     for option in reversed(_COLORIZER_OPTIONS):
         f = option(f)
     return f
+
+
+def _colorize_config(**options: Any):
+    """The one builder of `ColorizeConfig` from command-line options (`colorize` and `gif`).
+
+    Options left unset (None) where the config's default is not None take that default, so the
+    library, not the CLI, owns it. The config checks the values: a BadInputError from it is
+    one line and exit 2 through `main()`.
+    """
+    import dataclasses
+
+    from bttf.pipeline import ColorizeConfig
+
+    fields = {f.name: f for f in dataclasses.fields(ColorizeConfig)}
+    unset = [k for k, v in options.items() if v is None and fields[k].default is not None]
+    for k in unset:
+        del options[k]
+    return ColorizeConfig(**options)
 
 
 @contextlib.contextmanager
@@ -340,7 +396,7 @@ def _colorize_folder(src: str, out: str | None, config, quiet: bool) -> None:
     rank, world, _ = dist_env()
     out_dir = Path(out) if out else Path(src.rstrip("/\\") + "_color")
     tag = f"rank {rank}/{world}: " if world > 1 else ""
-    bars: list = []
+    bars = contextlib.ExitStack()  # the current film's progress bar; closed when it is done
 
     def on_start(i: int, n: int, film: Path) -> None:
         if not quiet:
@@ -349,26 +405,20 @@ def _colorize_folder(src: str, out: str | None, config, quiet: bool) -> None:
     def progress_for(film: Path):
         if quiet or world > 1:  # N processes, one terminal: bars would overwrite each other
             return None
-        cm = _film_progress(escape(film.name))
-        bars.append(cm)
-        return cm.__enter__()
+        return bars.enter_context(_film_progress(escape(film.name)))
 
     def on_done(item) -> None:
-        while bars:
-            bars.pop().__exit__(None, None, None)
+        bars.close()
         if item.status == FAILED:
             where = "" if str(item.src) in item.reason else f"{item.src}: "
             click.echo(f"bttf: error: {tag}{where}{item.reason}", err=True)
         for n in item.notices if not quiet else ():
             console.print(f"  note: {escape(n)}", highlight=False)
 
-    try:
+    with bars:
         result = colorize_folder(
             src, out_dir, config, on_start=on_start, on_done=on_done, progress_for=progress_for
         )
-    finally:
-        while bars:
-            bars.pop().__exit__(None, None, None)
     if not quiet:
         shard = f" (rank {rank} of {world}: {len(result.items)} of {result.total} films)"
         table = Table(title=f"{src} -> {out_dir}{shard if world > 1 else ''}")
@@ -422,6 +472,7 @@ def _colorize_folder(src: str, out: str | None, config, quiet: bool) -> None:
 @click.option("--preset", default="medium", show_default=True, help="Encoder speed preset.")
 @click.option(
     "--pix-fmt",
+    type=_PixFmtParam(),
     default="yuv420p",
     show_default=True,
     help="Output pixel format: yuv420p, yuv422p, yuv444p or their 10-bit p10le forms.",
@@ -434,7 +485,7 @@ def _colorize_folder(src: str, out: str | None, config, quiet: bool) -> None:
 )
 @click.option(
     "--duration",
-    type=_TimeParam(),
+    type=_TimeParam(positive=True),
     default=None,
     help="Colorize this much (seconds or [HH:]MM:SS[.ms]), like ffmpeg -t.",
 )
@@ -465,15 +516,6 @@ def _colorize_folder(src: str, out: str | None, config, quiet: bool) -> None:
 def colorize_cmd(
     input: str,
     output: str | None,
-    model: str | None,
-    weights: str | None,
-    device: str,
-    render_size: int | None,
-    batch_size: int,
-    temperature: float,
-    top_k: int | None,
-    temporal: bool,
-    temporal_strength: float | None,
     codec: str,
     crf: int,
     preset: str,
@@ -481,12 +523,12 @@ def colorize_cmd(
     start: float | None,
     duration: float | None,
     no_audio: bool,
-    threads: int | None,
     on_decode_error: str,
     segment_frames: int | None,
     resume: bool,
     overwrite: bool,
     quiet: bool,
+    **colorizer: Any,
 ) -> None:
     """Colorize INPUT, a film (any format PyAV reads) or a photo (jpg, png, tiff…), or every
     film in the folder INPUT.
@@ -500,37 +542,11 @@ def colorize_cmd(
     reported; exit code 1 if any failed. Under torchrun --nproc_per_node=N (or with RANK and
     WORLD_SIZE set), process r takes films r, r+N, … on GPU LOCAL_RANK.
     """
-    import re
-
-    from bttf.pipeline.colorize import ColorizeConfig, colorize_image, colorize_video
-    from bttf.pipeline.encode import OUTPUT_PIX_FMTS
+    from bttf.pipeline import colorize_image, colorize_video
     from bttf.pipeline.media import is_image_path
 
-    if not re.match(_DEVICE_RE, device.strip().lower()):
-        raise click.BadParameter(
-            f"{device!r}; use auto, cpu, cuda, cuda:N or mps", param_hint="--device"
-        )
-    if pix_fmt not in OUTPUT_PIX_FMTS:
-        raise click.BadParameter(
-            f"{pix_fmt!r}; choose one of {', '.join(OUTPUT_PIX_FMTS)}", param_hint="--pix-fmt"
-        )
-    if duration is not None and duration <= 0:
-        raise click.BadParameter("must be more than 0", param_hint="--duration")
-    if resume and segment_frames == 0:
-        raise click.BadParameter(
-            "--resume needs segments; drop --segment-frames 0", param_hint="--segment-frames"
-        )
-    extra = {} if segment_frames is None else {"segment_frames": segment_frames}
-    config = ColorizeConfig(
-        model=model,
-        weights=weights,
-        device=device,
-        render_size=render_size,
-        batch_size=batch_size,
-        temperature=temperature,
-        top_k=top_k,
-        temporal=temporal,
-        temporal_strength=temporal_strength,
+    config = _colorize_config(
+        **colorizer,
         codec=codec,
         crf=crf,
         preset=preset,
@@ -539,10 +555,9 @@ def colorize_cmd(
         duration=duration,
         audio=not no_audio,
         overwrite=overwrite,
-        threads=threads,
         on_decode_error=on_decode_error,
+        segment_frames=segment_frames,
         resume=resume,
-        **extra,
     )
     if os.path.isdir(input):
         _colorize_folder(input, output, config, quiet)
@@ -576,7 +591,7 @@ class _SizeParam(click.ParamType):
 
     name = "SIZE"
 
-    def convert(self, value, param, ctx):  # noqa: ANN001 - click's signature
+    def convert(self, value, param, ctx):
         if isinstance(value, int):
             return value
         from bttf.pipeline.gif import parse_size
@@ -604,7 +619,7 @@ class _SizeParam(click.ParamType):
 )
 @click.option(
     "--duration",
-    type=_TimeParam(),
+    type=_TimeParam(positive=True),
     default=4.0,
     show_default=True,
     help="Length of the preview (seconds or [HH:]MM:SS[.ms]).",
@@ -664,51 +679,20 @@ def gif_cmd(
     max_size: int | None,
     dither: str,
     label: str | None,
-    model: str | None,
-    weights: str | None,
-    device: str,
-    render_size: int | None,
-    batch_size: int,
-    temperature: float,
-    top_k: int | None,
-    temporal: bool,
-    temporal_strength: float | None,
-    threads: int | None,
     overwrite: bool,
     quiet: bool,
+    **colorizer: Any,
 ) -> None:
     """Make a short looping GIF preview of INPUT colorized, for an issue, a chat or a README.
 
     Only the requested range is colorized, at GIF size, in a temporary folder; the GIF uses a
     palette computed for the clip (two passes through ffmpeg) and loops forever.
     """
-    import re
     from pathlib import Path
 
-    from bttf.pipeline.colorize import ColorizeConfig
     from bttf.pipeline.gif import GifConfig, format_size, make_gif
 
-    if not re.match(_DEVICE_RE, device.strip().lower()):
-        raise click.BadParameter(
-            f"{device!r}; use auto, cpu, cuda, cuda:N or mps", param_hint="--device"
-        )
-    if duration <= 0:
-        raise click.BadParameter("must be more than 0", param_hint="--duration")
-    colorize = None
-    if colorized is None:
-        colorize = ColorizeConfig(
-            model=model,
-            weights=weights,
-            device=device,
-            render_size=render_size,
-            batch_size=batch_size,
-            temperature=temperature,
-            top_k=top_k,
-            temporal=temporal,
-            temporal_strength=temporal_strength,
-            threads=threads,
-            audio=False,
-        )
+    colorize = None if colorized is not None else _colorize_config(**colorizer, audio=False)
     config = GifConfig(
         start=start,
         duration=duration,
@@ -1362,7 +1346,13 @@ def eval_cmd(
     default=None,
     help="Short side the models work at. [default: each model's own]",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option(
+    "--device",
+    type=_DeviceParam(),
+    default="auto",
+    show_default=True,
+    help="auto, cpu, cuda, cuda:N or mps.",
+)
 @click.option(
     "--temperature",
     type=click.FloatRange(min=0, min_open=True),
@@ -1480,7 +1470,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"bttf: error: {e}", err=True)
         sys.exit(e.exit_code)
-    except Exception as e:  # noqa: BLE001 - last resort: one line, never a traceback
+    except Exception as e:  # last resort: one line, never a traceback
         if debug:
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
