@@ -34,7 +34,7 @@ from bttf.pipeline.decode import probe_video
 from bttf.pipeline.media import atomic_output, check_input, check_output, is_image_path
 
 if TYPE_CHECKING:
-    from bttf.pipeline.colorize import ColorizeConfig, ColorizeStats
+    from bttf.pipeline.engine import ColorizeConfig, ColorizeStats
 
 log = logging.getLogger(__name__)
 
@@ -314,23 +314,11 @@ def _ladder(fps: float, width: int) -> list[tuple[float, int]]:
     return steps
 
 
-def make_gif(
-    src: str | Path,
-    dst: str | Path,
-    config: GifConfig,
-    progress: Callable[[int, int | None], None] | None = None,
-) -> GifResult:
-    """Make a looping GIF preview of `src` (colorized) at `dst`.
-
-    Colorizes only [start, start + duration], at the GIF's size and frame rate, with
-    `bttf.pipeline.colorize.colorize_video` into a temporary directory (removed afterwards), unless
-    `config.colorized` names a colorized version already. The GIF is written beside `dst` and
-    renamed into place on success. `progress` is passed to the colorizer.
-
-    Raises BadInputError (unreadable input, empty range), OutputExistsError (dst exists and not
-    config.overwrite), BttfError (ffmpeg failed; max_size unreachable even at the smallest
-    setting). Returns the settings used.
-    """
+def _check_inputs(
+    src: str | Path, dst: str | Path, config: GifConfig
+) -> tuple[Path, Path, _Probe, _Probe]:
+    """INPUT, OUTPUT and the probes of INPUT and of the --colorized video (INPUT's when none),
+    checked before any work."""
     src = check_input(src)
     if Path(dst).suffix.lower() != ".gif":
         raise BadInputError(f"OUTPUT {dst} is not a .gif; name it e.g. preview.gif")
@@ -352,6 +340,27 @@ def make_gif(
                 f"--start {config.start:g}s is past the end of the --colorized video "
                 f"{config.colorized} ({color_probe.duration:.2f}s); is it the same film?"
             )
+    return src, dst, probe, color_probe
+
+
+def make_gif(
+    src: str | Path,
+    dst: str | Path,
+    config: GifConfig,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> GifResult:
+    """Make a looping GIF preview of `src` (colorized) at `dst`.
+
+    Colorizes only [start, start + duration], at the GIF's size and frame rate, with
+    `bttf.pipeline.colorize.colorize_video` into a temporary directory (removed afterwards), unless
+    `config.colorized` names a colorized version already. The GIF is written beside `dst` and
+    renamed into place on success. `progress` is passed to the colorizer.
+
+    Raises BadInputError (unreadable input, empty range), OutputExistsError (dst exists and not
+    config.overwrite), BttfError (ffmpeg failed; max_size unreachable even at the smallest
+    setting). Returns the settings used.
+    """
+    src, dst, probe, color_probe = _check_inputs(src, dst, config)
 
     # never upscale or add duplicate frames: they only make the file bigger
     fps = config.fps if probe.fps is None else min(config.fps, round(probe.fps, 3))
@@ -442,7 +451,7 @@ def make_gif(
 
 
 def _colorize(clip: Path, out: Path, colorize: ColorizeConfig, progress) -> ColorizeStats:
-    from bttf.pipeline.colorize import colorize_video
+    from bttf.pipeline.engine import colorize_video
 
     # the whole (already cut) clip, near-lossless and quick: only the palette step reads it
     cfg = replace(
