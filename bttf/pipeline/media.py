@@ -80,19 +80,27 @@ def read_image(path: str | os.PathLike, flags: int | None = None) -> np.ndarray:
     Any path works (the bytes are read by numpy, so non-ASCII names too). Raises BadInputError
     (one line) for a file OpenCV cannot decode and for pixels other than 8/16-bit or float.
     """
-    import cv2
-
-    if flags is None:
-        flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
         raise BadInputError(f"cannot read {path} ({e.strerror or e})") from e
-    img = cv2.imdecode(data, flags) if data.size else None
+    return decode_image(data, path, flags)
+
+
+def decode_image(
+    data: bytes | np.ndarray, name: str | os.PathLike, flags: int | None = None
+) -> np.ndarray:
+    """`read_image` for a file's bytes already in memory (`name` is for the error message)."""
+    import cv2
+
+    if flags is None:
+        flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+    buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data
+    img = cv2.imdecode(buf, flags) if buf.size else None
     if img is None:
-        raise BadInputError(f"{path} is not an image OpenCV can read; check the file")
+        raise BadInputError(f"{name} is not an image OpenCV can read; check the file")
     if img.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
-        raise BadInputError(f"{path} has {img.dtype} pixels; convert it to 8 or 16 bit")
+        raise BadInputError(f"{name} has {img.dtype} pixels; convert it to 8 or 16 bit")
     return img
 
 
