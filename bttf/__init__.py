@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from bttf.pipeline.colorize import ColorizeConfig as ColorizeConfig
-    from bttf.pipeline.colorize import ColorizeStats as ColorizeStats
-    from bttf.pipeline.colorize import colorize_image as colorize_image
-    from bttf.pipeline.colorize import colorize_video as colorize_video
+    from bttf.pipeline.engine import ColorizeConfig as ColorizeConfig
+    from bttf.pipeline.engine import ColorizeStats as ColorizeStats
+    from bttf.pipeline.engine import colorize_video as colorize_video
+    from bttf.pipeline.image import colorize_image as colorize_image
 
 _LAZY = ("ColorizeConfig", "ColorizeStats", "colorize_image", "colorize_video")
 
@@ -26,7 +26,7 @@ __all__ = ["ColorizeConfig", "ColorizeStats", "__version__", "colorize_image", "
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from bttf.pipeline import colorize
+        import bttf.pipeline
 
-        return getattr(colorize, name)
+        return getattr(bttf.pipeline, name)
     raise AttributeError(f"module 'bttf' has no attribute {name!r}")

@@ -107,22 +107,28 @@ class Colorizer(nn.Module):
             )
         return self.model(L)
 
-    def decode(self, out: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
-        """Raw output -> ab (N, 2, *size) in Lab units: annealed mean for "bins" (at the
-        model's resolution), then bilinear resize (align_corners=False). ab already decoded
-        (N, 2, h, w), as the stabilizer gives it, is only resized."""
-        if self.output == "bins" and not (out.ndim == 4 and out.shape[1] == 2):
-            if out.ndim != 4 or out.shape[1] != Q:
-                raise BadInputError(f"expected logits (N, {Q}, h, w), got {tuple(out.shape)}")
-            ab = annealed_mean(out, temperature=self.temperature, top_k=self.top_k)
-        else:
-            if out.ndim != 4 or out.shape[1] != 2:
-                raise BadInputError(f"expected ab (N, 2, h, w), got {tuple(out.shape)}")
-            ab = out
+    def decode_bins(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits (N, 313, h, w) -> ab (N, 2, h, w): the annealed mean at this colorizer's
+        temperature and top-k."""
+        if logits.ndim != 4 or logits.shape[1] != Q:
+            raise BadInputError(f"expected logits (N, {Q}, h, w), got {tuple(logits.shape)}")
+        return annealed_mean(logits, temperature=self.temperature, top_k=self.top_k)
+
+    @staticmethod
+    def resize_ab(ab: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+        """ab (N, 2, h, w) -> (N, 2, *size), bilinear (align_corners=False)."""
+        if ab.ndim != 4 or ab.shape[1] != 2:
+            raise BadInputError(f"expected ab (N, 2, h, w), got {tuple(ab.shape)}")
         size = (int(size[0]), int(size[1]))
         if tuple(ab.shape[-2:]) != size:
             ab = F.interpolate(ab, size=size, mode="bilinear", align_corners=False)
         return ab
+
+    def decode(self, out: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+        """The raw output of `predict` -> ab (N, 2, *size) in Lab units: the annealed mean for
+        "bins" models (at the model's resolution), then a bilinear resize."""
+        ab = self.decode_bins(out) if self.output == "bins" else out
+        return self.resize_ab(ab, size)
 
     def forward(self, L: torch.Tensor) -> torch.Tensor:
         """L (N, 1, H, W) in [0, 100] -> ab (N, 2, H, W)."""

@@ -13,18 +13,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bttf.pipeline.colorize import ColorizeConfig as ColorizeConfig
-    from bttf.pipeline.colorize import ColorizeStats as ColorizeStats
-    from bttf.pipeline.colorize import colorize as colorize
-    from bttf.pipeline.colorize import colorize_image as colorize_image
-    from bttf.pipeline.colorize import colorize_video as colorize_video
+    from bttf.pipeline.engine import ColorizeConfig as ColorizeConfig
+    from bttf.pipeline.engine import ColorizeStats as ColorizeStats
+    from bttf.pipeline.engine import colorize as colorize
+    from bttf.pipeline.engine import colorize_video as colorize_video
+    from bttf.pipeline.image import colorize_image as colorize_image
 
 _LAZY = {
-    "ColorizeConfig": "bttf.pipeline.colorize",
-    "ColorizeStats": "bttf.pipeline.colorize",
-    "colorize": "bttf.pipeline.colorize",
-    "colorize_image": "bttf.pipeline.colorize",
-    "colorize_video": "bttf.pipeline.colorize",
+    "ColorizeConfig": "bttf.pipeline.engine",
+    "ColorizeStats": "bttf.pipeline.engine",
+    "colorize": "bttf.pipeline.engine",
+    "colorize_image": "bttf.pipeline.image",
+    "colorize_video": "bttf.pipeline.engine",
 }
 
 __all__ = ["ColorizeConfig", "ColorizeStats", "colorize", "colorize_image", "colorize_video"]

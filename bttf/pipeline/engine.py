@@ -1,0 +1,654 @@
+"""The streaming engine: colorize a film while keeping its own luma, in one loop.
+
+    decode (thread) -> prepare -> model -> colour (stabilize, annealed mean) -> chroma -> encode
+                                                                               (thread)
+
+Each stage has one job and one output type (`bttf.pipeline.stages`); where the frames go is the
+sink (`bttf.pipeline.resume`): one output file for a short film, closed resumable segments in a
+work folder for a film longer than `segment_frames` (or with `resume`). That is the only thing
+that differs between them; `_stream` is the loop both run.
+
+The model sees lightness L at render size (short side `render_size`, rounded to the model's
+stride) and predicts ab; the chroma planes are built at the output's chroma plane size: ab is
+upsampled to it, combined with that size's L into Lab, converted to R'G'B' and then to Cb/Cr
+with the output's matrix (the source's tag, else BT.601 below 720 lines and BT.709 from 720)
+and range. The output frame is Y = the source's Y plane, untouched, plus those Cb/Cr planes.
+
+Threads (CPU): decode and encode beside the model (bounded queues, so memory does not grow
+with the film's length); the colour stage on a thread of its own, one batch behind the model
+(the stabilizer's fusion adds +2-9% wall time at 360p there, +15-18% on the model's thread);
+the chroma stage on another. On a GPU the colour and chroma stages run inline, the model under
+bf16/fp16 autocast in channels_last, and a batch that runs out of memory is split in halves and
+retried; no frame is ever written uncoloured.
+
+Seams: `colorize_video` takes an already built `colorizer` and `stabilizer`, and a `progress`
+callback (called on the model's thread after every batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bttf.errors import BadInputError
+from bttf.pipeline.decode import DECODE_ERROR_POLICIES, VideoInfo, probe_video
+from bttf.pipeline.encode import OUTPUT_PIX_FMTS, EncodeSettings, plan_encode
+from bttf.pipeline.media import (
+    Consumer,
+    Producer,
+    check_input,
+    check_output,
+    is_image_path,
+    output_errors,
+)
+from bttf.pipeline.resume import FileSink, SegmentSink, Sink
+from bttf.pipeline.segments import DEFAULT_SEGMENT_FRAMES
+from bttf.pipeline.stages import (
+    ChromaStage,
+    ColourStage,
+    ModelStage,
+    PreparedFrame,
+    Preparer,
+    render_dims,
+)
+from bttf.runtime import resolve_device, share_heap, torch_threads
+
+log = logging.getLogger(__name__)
+
+#: `progress(done, total)`: frames written so far and the expected total (None if unknown).
+ProgressCallback = Callable[[int, "int | None"], None]
+
+
+@dataclass(frozen=True)
+class ColorizeConfig:
+    """Every option of `bttf colorize` (see `bttf colorize --help`).
+
+    model / weights: the colorizer: a registered name (`default` when neither is given), and/or
+        a weights file (a bttf .safetensors names its own model, so it is enough alone).
+    device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N", "mps".
+    render_size: short side (pixels) the model works at, rounded to its stride; None = the
+        model's own (256 for the shipped models).
+    batch_size: frames per model call (halved automatically on CUDA out-of-memory).
+    temperature, top_k: decoding of 313-bin models (annealed mean; lower is more saturated).
+    temporal: fuse predictions across frames with `bttf.pipeline.temporal.Stabilizer`.
+    temporal_strength: 0..1, how much of the previous frames the stabilizer keeps where the
+        optical flow is trusted (0 = frame by frame); None = its measured default.
+    codec, crf, preset, pix_fmt: the video encoder (crf/preset are passed when not None).
+    start, duration: seconds, like ffmpeg's -ss and -t (output timestamps then start at 0).
+    audio: keep the source's audio streams.
+    overwrite: replace an existing output file.
+    threads: torch CPU threads (None: all cores but one, leaving room for decode/encode).
+    on_decode_error: a frame that cannot be decoded is "repeat"ed (the last good frame at its
+        time), "skip"ped (the previous frame lasts over it) or "fail"s the run.
+    segment_frames: a film with more frames is written in closed segments of this many frames
+        in a work folder beside the output, which `resume` continues; 0 = never.
+    resume: continue the interrupted run of the same output with the same settings (starts
+        afresh when there is nothing to continue; forces segments).
+    """
+
+    model: str | None = None
+    weights: str | Path | None = None
+    device: str = "auto"
+    render_size: int | None = None
+    batch_size: int = 8
+    temperature: float = 0.38
+    top_k: int | None = None
+    temporal: bool = True
+    temporal_strength: float | None = None
+    codec: str = "libx264"
+    crf: int | None = 18
+    preset: str | None = "medium"
+    pix_fmt: str = "yuv420p"
+    start: float | None = None
+    duration: float | None = None
+    audio: bool = True
+    overwrite: bool = False
+    threads: int | None = None
+    on_decode_error: str = "repeat"
+    segment_frames: int = DEFAULT_SEGMENT_FRAMES
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        def bad(what: str) -> BadInputError:
+            return BadInputError(f"invalid option: {what}")
+
+        if self.batch_size < 1:
+            raise bad(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.render_size is not None and not 16 <= self.render_size <= 4096:
+            raise bad(f"render_size must be in 16..4096, got {self.render_size}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise bad(f"temperature must be > 0, got {self.temperature}")
+        if self.start is not None and not (math.isfinite(self.start) and self.start >= 0):
+            raise bad(f"start must be >= 0 seconds, got {self.start}")
+        if self.duration is not None and not (math.isfinite(self.duration) and self.duration > 0):
+            raise bad(f"duration must be > 0 seconds, got {self.duration}")
+        if self.temporal_strength is not None and not 0.0 <= self.temporal_strength <= 1.0:
+            raise bad(f"temporal_strength must be in 0..1, got {self.temporal_strength}")
+        if self.threads is not None and self.threads < 1:
+            raise bad(f"threads must be at least 1, got {self.threads}")
+        if self.pix_fmt not in OUTPUT_PIX_FMTS:
+            raise bad(f"pix_fmt {self.pix_fmt!r}; choose one of {', '.join(OUTPUT_PIX_FMTS)}")
+        if self.on_decode_error not in DECODE_ERROR_POLICIES:
+            raise bad(
+                f"on_decode_error {self.on_decode_error!r}; choose one of "
+                f"{', '.join(DECODE_ERROR_POLICIES)}"
+            )
+        if self.segment_frames < 0:
+            raise bad(f"segment_frames must be 0 (off) or more, got {self.segment_frames}")
+        if self.resume and self.segment_frames == 0:
+            raise bad("resume needs segments; give segment_frames > 0")
+
+    def encode_settings(self) -> EncodeSettings:
+        return EncodeSettings(
+            codec=self.codec, crf=self.crf, preset=self.preset, pix_fmt=self.pix_fmt
+        )
+
+
+@dataclass(frozen=True)
+class ColorizeStats:
+    """What a run did. Stage times overlap (decode and encode run beside the model)."""
+
+    output: Path
+    frames: int
+    seconds: float
+    decode_s: float
+    model_s: float  # the model stage: model, stabilizer, chroma planes (on CPU, 2 threads)
+    encode_s: float
+    model: str
+    device: str
+    render_size: tuple[int, int]  # (w, h) the model saw
+    batch_size: int  # the batch size at the end (smaller after an out-of-memory retry)
+    size: tuple[int, int]  # (w, h) of the output
+    notices: tuple[str, ...] = field(default=())
+    stabilize_s: float = 0.0  # the part of model_s the stabilizer took
+    repeated: int = 0  # damaged frames shown as the last good one (--on-decode-error repeat)
+    dropped: int = 0  # damaged frames left out (--on-decode-error skip)
+    resumed_frames: int = 0  # frames an earlier, interrupted run had done
+    segments: int = 0  # closed segments the film was written in (0: in one go)
+
+    @property
+    def fps(self) -> float:
+        """Frames colorized by this run per second."""
+        return (self.frames - self.resumed_frames) / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        """One line: frames, time, speed, time per stage, and damaged or resumed frames."""
+        stab = f" (stabilizer {self.stabilize_s:.1f} s)" if self.stabilize_s else ""
+        extra = ""
+        if self.resumed_frames:
+            extra += f"; {self.resumed_frames} resumed from an earlier run"
+        if self.repeated:
+            extra += f"; {self.repeated} damaged frame{'s' if self.repeated != 1 else ''} repeated"
+        if self.dropped:
+            extra += f"; {self.dropped} damaged frame{'s' if self.dropped != 1 else ''} skipped"
+        return (
+            f"{self.frames} frame{'s' if self.frames != 1 else ''} in {self.seconds:.1f} s "
+            f"({self.fps:.1f} fps) — decode {self.decode_s:.1f} s, model {self.model_s:.1f} s"
+            f"{stab}, encode {self.encode_s:.1f} s [{self.model} on {self.device}, "
+            f"{self.render_size[0]}x{self.render_size[1]}]{extra}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up
+
+
+def build_colorizer(config: ColorizeConfig, device: torch.device):
+    """The `Colorizer` the config names, in eval mode on `device`."""
+    from bttf.models import Colorizer
+
+    if config.weights is not None and not Path(config.weights).is_file():
+        raise BadInputError(f"--weights {config.weights} is not a file; check the path")
+    colorizer = Colorizer.create(
+        name=config.model,
+        weights=config.weights,
+        temperature=config.temperature,
+        top_k=config.top_k,
+    )
+    return prepare_colorizer(colorizer, device)
+
+
+def prepare_colorizer(colorizer, device: torch.device):
+    """`colorizer` in eval mode on `device`, in the memory layout the engine runs it in."""
+    colorizer = colorizer.eval().to(device)
+    if device.type in ("cuda", "cpu"):
+        colorizer = colorizer.to(memory_format=torch.channels_last)
+    return colorizer
+
+
+def build_stabilizer(config: ColorizeConfig):
+    """The `Stabilizer` the config asks for, or None (`temporal` off)."""
+    if not config.temporal:
+        return None
+    from bttf.pipeline.temporal import Stabilizer
+
+    if config.temporal_strength is None:
+        return Stabilizer()
+    return Stabilizer(strength=config.temporal_strength)
+
+
+def model_name(colorizer) -> str:
+    return getattr(getattr(colorizer, "spec", None), "name", type(colorizer).__name__)
+
+
+def _expected_frames(info: VideoInfo, start: float | None, duration: float | None) -> int | None:
+    if info.frames is None:
+        return None
+    if start is None and duration is None:
+        return info.frames
+    if not info.rate:
+        return None
+    total = float(info.duration) if info.duration else info.frames / float(info.rate)
+    span = max(0.0, total - (start or 0.0))
+    if duration is not None:
+        span = min(span, duration)
+    return max(0, round(span * float(info.rate)))
+
+
+def _input_notices(
+    info: VideoInfo,
+    config: ColorizeConfig,
+    total: int | None,
+    done: int,
+    repeated: int,
+    dropped: int,
+) -> list[str]:
+    """What the user should hear about the input after a run (also logged as warnings)."""
+    out = []
+    if repeated:
+        out.append(
+            f"{repeated} damaged frame{'s' if repeated != 1 else ''} of {info.path} "
+            "replaced by the last good one"
+        )
+    if dropped:
+        out.append(
+            f"{dropped} damaged frame{'s' if dropped != 1 else ''} of {info.path} "
+            "left out (the previous frame lasts over each)"
+        )
+    if config.duration is None and total and done + dropped < total - max(2, total // 100):
+        out.append(
+            f"{info.path} declares about {total} frames but only {done + dropped} could "
+            "be read: it may be truncated"
+        )
+    if info.other_streams:
+        kinds = ", ".join(sorted(set(info.other_streams)))
+        out.append(f"{len(info.other_streams)} {kinds} stream(s) of {info.path} not carried over")
+    return out
+
+
+def _job_settings(
+    src: Path, config: ColorizeConfig, colorizer, model_hw, stabilized: bool, size
+) -> dict:
+    """Everything a resumed run must share with the one it continues (see segments.py)."""
+    from bttf import __version__
+    from bttf.pipeline.segments import input_fingerprint, model_digest
+
+    c = config
+    return {
+        "bttf": __version__,
+        "input": input_fingerprint(src),
+        "model": model_name(colorizer),
+        "weights": model_digest(colorizer),
+        "render": list(model_hw),
+        "batch_size": c.batch_size,
+        "temperature": c.temperature,
+        "top_k": c.top_k,
+        "temporal": stabilized,
+        "temporal_strength": c.temporal_strength,
+        "codec": c.codec,
+        "crf": c.crf,
+        "preset": c.preset,
+        "pix_fmt": c.pix_fmt,
+        "size": list(size),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class _Stages:
+    """The stages of one run, built by `colorize_video`."""
+
+    prepare: Preparer
+    model: ModelStage
+    colour: ColourStage
+    chroma: ChromaStage
+    batch_size: int
+    overlap: bool  # CPU: colour and chroma on threads of their own
+
+
+class _Lane:
+    """`fn` on one thread of its own beside the caller, one call at a time (`overlap`), or
+    inline; either way `submit` returns a Future. Submitting waits for the previous call, so
+    at most one batch is in the lane while the caller works on the next."""
+
+    def __init__(self, fn: Callable, overlap: bool) -> None:
+        self.fn = fn
+        self.pending: Future | None = None
+        self.pool = None
+        if overlap:
+            # a new thread starts with OpenMP's default team: give it the engine's size
+            self.pool = ThreadPoolExecutor(
+                1,
+                thread_name_prefix="bttf-colour",
+                initializer=torch.set_num_threads,
+                initargs=(torch.get_num_threads(),),
+            )
+
+    def submit(self, *args) -> Future:
+        if self.pool is None:
+            done: Future = Future()
+            done.set_result(self.fn(*args))
+            return done
+        self.wait()
+        self.pending = self.pool.submit(self.fn, *args)
+        return self.pending
+
+    def wait(self) -> None:
+        """The pending call done (its error, if any, is raised where its result is taken)."""
+        if self.pending is not None:
+            with contextlib.suppress(Exception):
+                self.pending.result()
+            self.pending = None
+
+    def close(self) -> None:
+        self.wait()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+
+
+class _NoFrames(Exception):
+    """The range held no frame (the caller says which)."""
+
+
+@dataclass
+class _Timing:
+    model_s: float = 0.0
+    decode_s: float = 0.0
+    encode_s: float = 0.0
+
+
+def _stream(
+    stages: _Stages,
+    sink: Sink,
+    progress: ProgressCallback | None,
+    total: int | None,
+    timing: _Timing,
+) -> int:
+    """Decode -> prepare -> model -> colour -> chroma -> encode the sink's source into the sink;
+    returns the frames written, counting those an interrupted run had written."""
+    s = stages
+    n_seg, bs = sink.segment_frames, s.batch_size
+    depth = 2 * bs
+
+    def prepared() -> Iterator[tuple[str, PreparedFrame]]:
+        source = sink.source()
+        with contextlib.closing(source):
+            for kind, f in source:
+                yield kind, s.prepare(f)
+
+    def encode(item: tuple) -> None:
+        if item[0] == "frame":
+            sink.write(*item[1:])
+        else:
+            sink.close_segment(item[1])
+
+    def colour_to_chroma(item: tuple) -> None:
+        if item[0] == "batch":
+            _, batch, ab = item
+            t0 = time.perf_counter()
+            cb, cr = s.chroma(batch, ab.result())
+            chroma_busy[0] += time.perf_counter() - t0
+            for k, p in enumerate(batch):
+                encoder.put(("frame", p.frame, cb[k], cr[k]))
+        else:
+            encoder.put(item)
+
+    chroma_busy = [0.0]
+    producer = Producer(prepared(), maxsize=depth, name="decode")
+    encoder = Consumer(encode, on_finish=sink.end, maxsize=depth, name="encode")
+    chroma = Consumer(colour_to_chroma, maxsize=1, name="chroma") if s.overlap else None
+    to_chroma = chroma.put if chroma is not None else colour_to_chroma
+    lane = _Lane(s.colour, s.overlap)
+    ring: deque[PreparedFrame] = deque(maxlen=sink.warmup)
+    done = sink.resumed_frames
+    k, in_seg = sink.first_segment, 0
+    out_hw: tuple[int, int] | None = None
+    batch: list[PreparedFrame] = []
+
+    def run(batch: list[PreparedFrame]) -> None:
+        nonlocal done, out_hw
+        t0 = time.perf_counter()
+        small = np.stack([p.small for p in batch])
+        plan = s.colour.plan(small, out_hw)  # its flow work beside the model's
+        out = s.model(small)
+        out_hw = tuple(out.shape[-2:])
+        if plan is None:  # the first batch: planned here, so batches are planned in order
+            plan = s.colour.plan(small, out_hw)
+        to_chroma(("batch", batch, lane.submit(small, out, plan)))
+        timing.model_s += time.perf_counter() - t0
+        ring.extend(batch)
+        done += len(batch)
+        if progress is not None:
+            progress(done, total)
+
+    try:
+        if progress is not None:
+            progress(done, total)
+        for kind, p in producer:
+            if kind == "warm":
+                ring.append(p)
+                continue
+            if in_seg == 0 and k > 0 and s.colour.stabilizer is not None:
+                t0 = time.perf_counter()
+                lane.wait()  # the stabilizer's state is the lane's until then
+                s.colour.restart(list(ring), s.model, bs)
+                timing.model_s += time.perf_counter() - t0
+            batch.append(p)
+            in_seg += 1
+            if len(batch) == bs or in_seg == n_seg:
+                run(batch)
+                batch = []
+            if in_seg == n_seg:
+                to_chroma(("close", k))
+                k, in_seg = k + 1, 0
+        if batch:
+            run(batch)
+        if in_seg and n_seg:
+            to_chroma(("close", k))
+        if done == 0:
+            raise _NoFrames
+        if chroma is not None:
+            chroma.finish()
+        encoder.finish()
+    except BaseException:
+        encoder.abort()
+        if chroma is not None:
+            chroma.abort()
+        raise
+    finally:
+        producer.close()
+        lane.close()
+        s.colour.close()
+        timing.decode_s += producer.busy_s
+        timing.encode_s += encoder.busy_s
+        timing.model_s += chroma_busy[0]
+    return done
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def colorize_video(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    config: ColorizeConfig | None = None,
+    progress: ProgressCallback | None = None,
+    *,
+    colorizer=None,
+    stabilizer=None,
+    overlap: bool = True,
+) -> ColorizeStats:
+    """Colorize the film `src` into `dst` (its suffix picks the container).
+
+    The output keeps the source's Y plane, frame count, every timestamp and duration, frame
+    rate, audio (copied when the container allows), rotation and colour tags; see the module
+    notes. The file appears at `dst` only when complete (written beside it, then renamed).
+
+    Args:
+        config: the options (`ColorizeConfig()` when None).
+        progress: `progress(done, total)` after every batch, on the model's thread; an
+            exception it raises stops the run as any other error would (segments kept).
+        colorizer: an already built `Colorizer` (or a module with its contract) to use instead
+            of the one `config.model` / `config.weights` name.
+        stabilizer: an already built `Stabilizer` to use instead of the one `config.temporal`
+            and `config.temporal_strength` describe (only when `config.temporal` is on).
+        overlap: on the CPU, run the colour and chroma stages on threads of their own beside
+            the model (False: inline on the model's thread). The output is the same either way.
+
+    Raises:
+        BadInputError: unreadable input, bad options, existing output without `overwrite`.
+        BttfError: other failures (e.g. out of memory at batch size 1).
+    """
+    config = config or ColorizeConfig()
+    t_begin = time.perf_counter()
+    share_heap()
+    src = check_input(src)
+    dst = check_output(src, dst, config.overwrite)
+    if is_image_path(dst):
+        raise BadInputError(
+            f"{src} is a film but OUTPUT {dst} is an image; give OUTPUT a video suffix (.mp4, .mkv)"
+        )
+    info = probe_video(src)
+    if config.start is not None and info.duration is not None and config.start >= info.duration:
+        raise BadInputError(
+            f"--start {config.start:g} is past the end of {src} ({info.duration:.2f} s)"
+        )
+    settings = config.encode_settings()
+    enc_w, enc_h = plan_encode(settings, info.width, info.height, info.time_base)
+    device = resolve_device(config.device)
+    if colorizer is None:
+        colorizer = build_colorizer(config, device)
+    else:
+        colorizer = prepare_colorizer(colorizer, device)
+    if stabilizer is None or not config.temporal:
+        stabilizer = build_stabilizer(config)
+    short = config.render_size or colorizer.render_size
+    rotate_k = (info.rotation // 90) % 4 if info.rotation % 90 == 0 else 0
+    rh, rw = render_dims(info.height, info.width, short, colorizer.stride)
+    model_hw = (rw, rh) if rotate_k % 2 else (rh, rw)
+    total = _expected_frames(info, config.start, config.duration)
+    log.info(
+        "%s: %dx%d %s, %s frames; model %s at %dx%d on %s",
+        src,
+        info.width,
+        info.height,
+        info.pix_fmt,
+        total,
+        model_name(colorizer),
+        model_hw[1],
+        model_hw[0],
+        device,
+    )
+    sx, sy, bits_out = OUTPUT_PIX_FMTS[settings.pix_fmt]
+    chroma_hw = (-(-enc_h // (1 << sy)), -(-enc_w // (1 << sx)))
+    model = ModelStage(colorizer, device, config.batch_size)
+    stages = _Stages(
+        prepare=Preparer(info, (rh, rw), rotate_k, chroma_hw),
+        model=model,
+        colour=ColourStage(colorizer, device, stabilizer, rotate_k),
+        chroma=ChromaStage(model, info.colorspace, info.full_range, bits_out),
+        batch_size=config.batch_size,
+        overlap=overlap and device.type == "cpu",
+    )
+    io = dict(
+        start=config.start,
+        duration=config.duration,
+        audio=config.audio,
+        on_decode_error=config.on_decode_error,
+    )
+    long_film = config.segment_frames and (total is None or total > config.segment_frames)
+    if config.resume or long_film:
+        job = _job_settings(
+            src, config, colorizer, model_hw, stabilizer is not None, (enc_w, enc_h)
+        )
+        sink = SegmentSink(
+            dst,
+            info,
+            settings,
+            (enc_w, enc_h),
+            job=job,
+            segment_frames=config.segment_frames or DEFAULT_SEGMENT_FRAMES,
+            stabilized=stabilizer is not None,
+            resume=config.resume,
+            **io,
+        )
+    else:
+        sink = FileSink(dst, info, settings, (enc_w, enc_h), **io)
+
+    timing = _Timing()
+    with output_errors(dst), sink:
+        try:
+            with torch_threads(device, config.threads):
+                done = _stream(stages, sink, progress, total, timing)
+        except _NoFrames:
+            raise BadInputError(
+                f"no frames of {src} fall in --start {config.start} --duration "
+                f"{config.duration}; check the range"
+            ) from None
+        t0 = time.perf_counter()
+        sink.complete()
+        timing.encode_s += time.perf_counter() - t0
+    notices = list(sink.notices)
+    for n in _input_notices(info, config, total, done, sink.repeated, sink.dropped):
+        log.warning("%s", n)
+        notices.append(n)
+    stats = ColorizeStats(
+        output=dst,
+        frames=done,
+        seconds=time.perf_counter() - t_begin,
+        decode_s=timing.decode_s,
+        model_s=timing.model_s,
+        encode_s=timing.encode_s,
+        model=model_name(colorizer),
+        device=str(device),
+        render_size=(model_hw[1], model_hw[0]),
+        batch_size=model.max_batch,
+        size=(enc_w, enc_h),
+        notices=tuple(notices),
+        stabilize_s=stages.colour.stabilize_s,
+        repeated=sink.repeated,
+        dropped=sink.dropped,
+        resumed_frames=sink.resumed_frames,
+        segments=sink.segments,
+    )
+    log.info("%s", stats.summary())
+    return stats
+
+
+def colorize(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    config: ColorizeConfig | None = None,
+    progress: ProgressCallback | None = None,
+) -> ColorizeStats:
+    """`colorize_image` when `src` has an image suffix, else `colorize_video`."""
+    if is_image_path(src):
+        from bttf.pipeline.image import colorize_image
+
+        return colorize_image(src, dst, config)
+    return colorize_video(src, dst, config, progress)

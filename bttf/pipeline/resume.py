@@ -1,0 +1,347 @@
+"""Where the engine's frames go: the only thing that differs between a short and a long film.
+
+- `FileSink`: one output file, written beside OUTPUT and renamed on success.
+- `SegmentSink`: closed segments in the work folder beside OUTPUT (`bttf.pipeline.segments`),
+  joined into OUTPUT at the end; after an interruption it tells the engine where to go on
+  (`source()`: the frames from the first unfinished segment on, after the stabilizer's warm-up
+  frames before it).
+
+A sink is used as a context manager by the engine's one loop (`bttf.pipeline.engine`):
+
+    with sink:
+        for kind, frame in sink.source(): ...        # ("warm" | "frame", SourceFrame)
+        sink.write(frame, cb, cr)                    # the encode thread, in order
+        sink.close_segment(k)                        # every `segment_frames` frames
+        sink.end()                                   # the encode thread, after the last frame
+        sink.complete()                              # the main thread: OUTPUT in place
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections import deque
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bttf.errors import BttfError
+from bttf.pipeline.decode import SourceFrame, VideoInfo, read_frames, to_fraction
+from bttf.pipeline.encode import EncodeSettings, VideoWriter
+from bttf.pipeline.media import atomic_output
+from bttf.pipeline import segments as work_folder
+from bttf.pipeline.segments import WARMUP_FRAMES, WorkDir
+
+log = logging.getLogger(__name__)
+
+Source = Iterator[tuple[str, SourceFrame]]
+
+
+def _tagged(frames: Iterator[SourceFrame]) -> Source:
+    with contextlib.closing(frames):
+        for f in frames:
+            yield "frame", f
+
+
+class FileSink:
+    """The whole film into one file (`dst` appears only when complete)."""
+
+    segment_frames = 0  # never closes a segment
+    warmup = 0
+    first_segment = 0
+    resumed_frames = 0
+    segments = 0
+
+    def __init__(
+        self,
+        dst: Path,
+        info: VideoInfo,
+        settings: EncodeSettings,
+        size: tuple[int, int],
+        *,
+        start: float | None,
+        duration: float | None,
+        audio: bool,
+        on_decode_error: str,
+    ) -> None:
+        self.dst, self.info = dst, info
+        self.settings, self.size = settings, size
+        self.start, self.duration, self.audio = start, duration, audio
+        self.on_decode_error = on_decode_error
+        self.notices: list[str] = []
+        self.repeated = self.dropped = 0
+        self.encode_s = 0.0  # work after the stream (none here)
+        self._stack = contextlib.ExitStack()
+        self._writer: VideoWriter | None = None
+        self._started = False
+
+    def __enter__(self) -> FileSink:
+        tmp = self._stack.enter_context(atomic_output(self.dst))
+        self._writer = VideoWriter(tmp, self.info, self.settings, self.size, audio=self.audio)
+        self._stack.callback(self._close_writer)
+        if self._writer.audio is not None:
+            self.notices.extend(self._writer.audio.notices)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.__exit__(*exc)
+
+    def _close_writer(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+
+    def source(self) -> Source:
+        return _tagged(
+            read_frames(self.info, self.start, self.duration, on_error=self.on_decode_error)
+        )
+
+    def write(self, f: SourceFrame, cb: np.ndarray, cr: np.ndarray) -> None:
+        if not self._started:
+            t_end = None
+            if self.duration is not None:
+                t_end = self.info.start + (to_fraction(self.start) or 0)
+                t_end += to_fraction(self.duration)
+            if self.start is not None:
+                self._writer.start(Fraction(f.pts) * f.time_base, t_end, f.pts)
+            else:
+                self._writer.start(None, t_end, 0)
+            self._started = True
+        self._writer.write(f.y, self.info.bits, cb, cr, f.pts, f.duration)
+        self.repeated += f.repeated
+        self.dropped += f.dropped
+
+    def close_segment(self, k: int) -> None:  # pragma: no cover - segment_frames is 0
+        raise AssertionError("a FileSink has no segments")
+
+    def end(self) -> None:
+        self._writer.finish()
+
+    def complete(self) -> None:
+        """Nothing to join: the file is renamed into place when the sink exits cleanly."""
+
+
+class SegmentSink:
+    """The film in closed segments of `segment_frames` in the work folder, then joined.
+
+    Opening it (`__enter__`) locks the work folder and reads what an interrupted run left
+    (`resumed_frames`); leaving it on an error keeps the finished segments for `--resume`.
+    """
+
+    def __init__(
+        self,
+        dst: Path,
+        info: VideoInfo,
+        settings: EncodeSettings,
+        size: tuple[int, int],
+        *,
+        job: dict[str, Any],
+        segment_frames: int,
+        stabilized: bool,
+        resume: bool,
+        start: float | None,
+        duration: float | None,
+        audio: bool,
+        on_decode_error: str,
+    ) -> None:
+        self.dst, self.info = dst, info
+        self.settings, self.size = settings, size
+        self.segment_frames = segment_frames
+        self.warmup = min(WARMUP_FRAMES, segment_frames) if stabilized else 0
+        self.job = {**job, "segment_frames": segment_frames, "warmup": self.warmup}
+        self.resume = resume
+        self.start, self.duration, self.audio = start, duration, audio
+        self.on_decode_error = on_decode_error
+        self.notices: list[str] = []
+        self.encode_s = 0.0
+        self.work: WorkDir | None = None
+        self._ok = False
+        self._writer: VideoWriter | None = None
+        self._frames = self._repeated = self._dropped = 0
+        self._first_pts = self._end_pts = 0
+
+    # --- the run's frame: open, leave ---------------------------------------------------------
+
+    def __enter__(self) -> SegmentSink:
+        self.work = WorkDir.open(self.dst, self.job, self.resume, self._probe)
+        self.resumed_frames = self.work.frames_done
+        self.first_segment = len(self.work.segments)
+        if self.resumed_frames:
+            log.info(
+                "resuming %s after %d frames (%d segments)",
+                self.dst,
+                self.resumed_frames,
+                self.first_segment,
+            )
+        return self
+
+    def __exit__(self, exc_type, *exc: object) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+            self._writer = None
+        work = self.work
+        if exc_type is None and self._ok:
+            work.remove()
+            return
+        if work.segments:
+            log.warning(
+                "%d colorized frames are kept in %s: run the same command with --resume "
+                "to continue",
+                work.frames_done,
+                work.path,
+            )
+        work.release()
+
+    def _probe(self, out):  # the stream a segment has, for WorkDir to see what the container does
+        vs = out.add_stream(
+            self.settings.codec, rate=self.info.rate or 24, options=self.settings.options()
+        )
+        vs.width, vs.height, vs.pix_fmt = *self.size, self.settings.pix_fmt
+        vs.time_base = vs.codec_context.time_base = self.info.time_base
+        return vs
+
+    @property
+    def segments(self) -> int:
+        return len(self.work.segments)
+
+    @property
+    def repeated(self) -> int:
+        return sum(s.repeated for s in self.work.segments)
+
+    @property
+    def dropped(self) -> int:
+        return sum(s.dropped for s in self.work.segments)
+
+    # --- the stream ---------------------------------------------------------------------------
+
+    def source(self) -> Source:
+        """Nothing when the film was finished; the frames after the last segment on resume."""
+        work = self.work
+        if work.finished:
+            return iter(())
+        if work.resume_pts is None:
+            return _tagged(
+                read_frames(self.info, self.start, self.duration, on_error=self.on_decode_error)
+            )
+        return self._resume_source(work.resume_pts, work.first_pts)
+
+    def _resume_source(self, target_pts: int, first_pts: int | None) -> Source:
+        """The film from source pts `target_pts` on, as ("frame", f), after its `warmup` frames
+        before it as ("warm", f).
+
+        Seeks a little before the target and checks it landed early enough to see every warm-up
+        frame (or the first frame of the range); else seeks further back, at worst decoding from
+        the start of the range. Ends at once when the range ended exactly at the target.
+        """
+        info, warmup = self.info, self.warmup
+        tb = info.time_base
+        t_start = info.start + (to_fraction(self.start) or 0)
+        back = Fraction(warmup + 2) / (info.rate or 24)
+        while True:
+            seek = target_pts * tb - back
+            from_start = seek <= t_start
+            frames = read_frames(
+                info,
+                self.start,
+                self.duration,
+                on_error=self.on_decode_error,
+                seek=None if from_start else seek,
+            )
+            ring: deque[SourceFrame] = deque(maxlen=warmup)
+            first = None
+            found = False
+            with contextlib.closing(frames):
+                for f in frames:
+                    if first is None:
+                        first = f.pts
+                    if not found:
+                        if f.pts < target_pts:
+                            ring.append(f)
+                            continue
+                        if f.pts != target_pts or not (len(ring) == warmup or first == first_pts):
+                            break  # landed too late: seek further back
+                        found = True
+                        for r in ring:
+                            yield "warm", r
+                    yield "frame", f
+                else:
+                    return  # done, or the range ended right where the interrupted run stopped
+            if from_start:
+                raise BttfError(
+                    f"cannot find the frame at {float(target_pts * tb - info.start):.3f} s of "
+                    f"{info.path} where the interrupted run stopped; delete {self.work.path} to "
+                    "start over"
+                )
+            back *= 4
+
+    def write(self, f: SourceFrame, cb: np.ndarray, cr: np.ndarray) -> None:
+        if self._writer is None:
+            self._open(f)
+        self._writer.write(f.y, self.info.bits, cb, cr, f.pts, f.duration)
+        self._frames += 1
+        self._repeated += f.repeated
+        self._dropped += f.dropped
+        self._end_pts = f.pts + f.duration
+
+    def _open(self, f: SourceFrame) -> None:
+        work = self.work
+        if work.first_pts is None:
+            work.first_pts = f.pts
+            work.shift_pts = f.pts if self.start is not None else 0
+        k = len(work.segments)
+        self._writer = VideoWriter(
+            work.segment_path(k, partial=True), self.info, self.settings, self.size, audio=False
+        )
+        self._writer.start(None, None, f.pts if work.relative else work.shift_pts)
+        self._frames = self._repeated = self._dropped = 0
+        self._first_pts = f.pts
+
+    def close_segment(self, k: int) -> None:
+        """Make segment `k` durable (WorkDir.commit)."""
+        self._writer.finish()
+        self._writer = None
+        self.work.commit(
+            k, self._frames, self._first_pts, self._end_pts, self._repeated, self._dropped
+        )
+
+    def end(self) -> None:
+        self.work.finish()
+
+    def complete(self) -> None:
+        """Join the segments, with the source's audio, into OUTPUT."""
+        work, info = self.work, self.info
+        t_end = None
+        if self.duration is not None:
+            t_end = info.start + (to_fraction(self.start) or 0) + to_fraction(self.duration)
+        t_from = None
+        if self.start is not None and work.first_pts is not None:
+            t_from = Fraction(work.first_pts) * info.time_base
+        offsets = None
+        if work.relative:
+            offsets = [s.first_pts - work.shift_pts for s in work.segments]
+        tmp = work.final_path()
+        try:
+            self.notices.extend(
+                work_folder.join_segments(
+                    [work.path / s.file for s in work.segments],
+                    tmp,
+                    info,
+                    audio=self.audio,
+                    t_from=t_from,
+                    t_end=t_end,
+                    shift_pts=work.shift_pts,
+                    offsets=offsets,
+                )
+            )
+            os.replace(tmp, self.dst)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        self._ok = True
+
+
+Sink = FileSink | SegmentSink
