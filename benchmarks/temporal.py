@@ -5,8 +5,8 @@ each test sequence is written as a gray video, colorized with the stabilizer off
 back and scored against its colour original:
 
   - flicker: warping error (Lai et al. 2018, OpenCV DIS flow on the gray input) and CDC
-    (Liu et al. 2021), both from bttf.pipeline.temporal_metrics; lower is better;
-  - fidelity: PSNR / SSIM against the truth (bttf.training.metrics), colourfulness;
+    (Liu et al. 2021), both from bttf.metrics.video; lower is better;
+  - fidelity: PSNR / SSIM against the truth (bttf.metrics.image), colourfulness;
   - a two-shot clip: the second shot colorized after the first must equal the second shot
     colorized alone (no colour carried across the cut);
   - cost: wall time of colorize_video at 360p on the CPU with and without the stabilizer, and
@@ -62,14 +62,14 @@ from bttf.models import create_model, get_spec, register_model, save_weights
 from bttf.models.bins import soft_encode
 from bttf.pipeline.cuts import detect_cuts, iter_frames, list_frame_files
 from bttf.pipeline.temporal import Stabilizer, StabilizerParams
-from bttf.pipeline.temporal_metrics import (
+from bttf.metrics.video import (
     FLOW_METHOD,
     cdc,
     pair_flows,
     pair_warping_error,
     rgb_to_gray,
 )
-from bttf.training.metrics import colorfulness, psnr, ssim
+from bttf.metrics.image import colorfulness, psnr, ssim
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SIZE = (640, 360)  # 360p, width x height

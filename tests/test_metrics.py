@@ -1,4 +1,4 @@
-"""bttf.training.metrics on inputs with known answers."""
+"""bttf.metrics.image on inputs with known answers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from bttf.color import lab_to_rgb, rgb_to_lab
 from bttf.models.bins import AB_BINS_NP, Q, rebalance_weights
-from bttf.training.metrics import (
+from bttf.metrics.image import (
     auc_ab,
     colorfulness,
     evaluate_images,

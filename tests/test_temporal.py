@@ -12,7 +12,7 @@ from test_cuts import pan, texture, two_shots
 from bttf.cli import cli
 from bttf.pipeline.flow import FlowEstimator, consistent_mask, warp
 from bttf.pipeline.temporal import Stabilizer
-from bttf.pipeline.temporal_metrics import cdc, evaluate_video, pair_flows, warping_error
+from bttf.metrics.video import cdc, evaluate_video, pair_flows, warping_error
 
 Q = 313
 

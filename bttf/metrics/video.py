@@ -262,8 +262,8 @@ def evaluate_video(
 
 
 def _quality_metrics() -> tuple[Callable, Callable, Callable]:
-    """psnr, ssim, colourfulness on uint8 (H, W, 3) RGB frames, from bttf.training.metrics."""
-    from bttf.training import metrics as tm
+    """psnr, ssim, colourfulness on uint8 (H, W, 3) RGB frames, from bttf.metrics.image."""
+    from bttf.metrics import image as tm
 
     def to_float(x: np.ndarray) -> np.ndarray:
         return x.astype(np.float32) / 255.0

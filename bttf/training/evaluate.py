@@ -44,7 +44,7 @@ class MetricAccumulator:
 
     def add(self, L: torch.Tensor, pred_ab: torch.Tensor, true_ab: torch.Tensor) -> None:
         from bttf.color import lab_to_rgb
-        from bttf.training import metrics as M
+        from bttf.metrics import image as M
 
         L, pred_ab, true_ab = L.float().cpu(), pred_ab.float().cpu(), true_ab.float().cpu()
         pred_rgb = lab_to_rgb(torch.cat([L, pred_ab], 1))
