@@ -183,9 +183,9 @@ def test_bare_bttf_prints_the_help(capsys: pytest.CaptureFixture) -> None:
 def test_interrupt_exits_130_and_cleans_up(
     tiny_video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    from bttf.pipeline import colorize as engine
+    from bttf.pipeline.stages import ModelStage
 
-    real = engine._ModelStage.__call__
+    real = ModelStage.__call__
     calls = []
 
     def interrupted(self, *a, **k):
@@ -194,7 +194,7 @@ def test_interrupt_exits_130_and_cleans_up(
             raise KeyboardInterrupt
         return real(self, *a, **k)
 
-    monkeypatch.setattr(engine._ModelStage, "__call__", interrupted)
+    monkeypatch.setattr(ModelStage, "__call__", interrupted)
     out = tmp_path / "int.mp4"
     code, err = run_main(["colorize", str(tiny_video), "-o", str(out), *FAST], capsys)
     assert code == 130 and "interrupted" in err

@@ -21,8 +21,8 @@ from test_training import cache, cfg_for  # noqa: F401 - `cache` is a fixture
 
 import bttf
 from bttf.models import Colorizer, create_model, get_spec, list_models, load_model
-from bttf.pipeline import colorize as engine
-from bttf.pipeline.colorize import ColorizeConfig
+from bttf.pipeline.stages import ModelStage
+from bttf.pipeline import ColorizeConfig
 from bttf.pipeline.temporal import Stabilizer
 from bttf.training.loop import train
 
@@ -104,11 +104,11 @@ def test_every_model_runs_under_the_engines_autocast(name: str) -> None:
     torch.manual_seed(0)
     colorizer = Colorizer(create_model(name, pretrained=False), spec).eval().to(dev)
     colorizer = colorizer.to(memory_format=torch.channels_last)  # as build_colorizer does
-    stage = engine._ModelStage(colorizer, dev, 2)
+    stage = ModelStage(colorizer, dev, 2)
     s = spec.stride * max(1, 64 // spec.stride)
     L = torch.rand(2, 1, s, 2 * s, device=dev) * 100
     with torch.inference_mode():
-        ab = colorizer.decode(stage._predict(L), (s, 2 * s))
+        ab = colorizer.decode(stage.predict(L), (s, 2 * s))
     assert ab.shape == (2, 2, s, 2 * s) and ab.dtype == torch.float32 and torch.isfinite(ab).all()
 
 

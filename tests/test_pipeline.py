@@ -17,8 +17,9 @@ from torch import nn
 import bttf
 from bttf.errors import BadInputError, BttfError, OutputExistsError
 from bttf.models import Colorizer, ModelSpec
-from bttf.pipeline import colorize as engine
-from bttf.pipeline.colorize import ColorizeConfig, chroma_planes, gray_lut, render_dims
+from bttf.pipeline import ColorizeConfig
+from bttf.pipeline import engine
+from bttf.pipeline.stages import chroma_planes, gray_lut, render_dims
 from bttf.pipeline.decode import SPACE_BT709, SPACE_SMPTE170M, probe_video
 from bttf.pipeline.encode import convert_depth
 from bttf.pipeline.media import Consumer, Producer, atomic_output

@@ -26,8 +26,8 @@ import bttf
 from bttf.cli import main
 from bttf.errors import BadInputError, WeightsError
 from bttf.models import create_model, load_model, save_weights
-from bttf.pipeline import colorize as engine
-from bttf.pipeline.colorize import ColorizeConfig
+from bttf.pipeline.encode import VideoWriter
+from bttf.pipeline import ColorizeConfig
 from bttf.pipeline.decode import MAX_SIDE, probe_video, read_frames
 
 FAST = {"render_size": 32, "batch_size": 4, "preset": "ultrafast", "device": "cpu", "threads": 1}
@@ -343,7 +343,7 @@ def test_unwritable_folder_simulated(
 def test_disk_full_mid_run(
     tiny_video: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = engine.VideoWriter.write
+    real = VideoWriter.write
     written = []
 
     def filling(self, *a, **k):
@@ -352,7 +352,7 @@ def test_disk_full_mid_run(
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(self, *a, **k)
 
-    monkeypatch.setattr(engine.VideoWriter, "write", filling)
+    monkeypatch.setattr(VideoWriter, "write", filling)
     code, err = run_main(
         ["colorize", str(tiny_video), "-o", str(tmp_path / "o.mp4"), *FAST_ARGS], capsys
     )

@@ -25,9 +25,10 @@ from conftest import make_video
 import bttf
 from bttf.cli import main
 from bttf.models import create_model, save_weights
-from bttf.pipeline import colorize as engine
+from bttf.pipeline.encode import VideoWriter
+from bttf.pipeline.stages import ModelStage
 from bttf.pipeline import segments
-from bttf.pipeline.colorize import ColorizeConfig
+from bttf.pipeline import ColorizeConfig
 from bttf.pipeline.segments import decode_timestamps, work_dir_for
 
 SEG = 8
@@ -183,12 +184,12 @@ def test_decode_timestamps() -> None:
 
 _SLOW = textwrap.dedent("""
     import sys, time
-    from bttf.pipeline import colorize as engine
-    real = engine._ModelStage.__call__
+    from bttf.pipeline.stages import ModelStage
+    real = ModelStage.__call__
     def slow(self, *a, **k):  # 2 s a segment: ample time to kill it between segments
         time.sleep(1.0)
         return real(self, *a, **k)
-    engine._ModelStage.__call__ = slow
+    ModelStage.__call__ = slow
     from bttf.cli import main
     main(sys.argv[1:])
 """)
@@ -235,7 +236,7 @@ def test_sigterm_is_like_ctrl_c_and_resumes(
     capsys,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = engine._ModelStage.__call__
+    real = ModelStage.__call__
     calls = []
 
     def terminated(self, *a, **k):
@@ -245,7 +246,7 @@ def test_sigterm_is_like_ctrl_c_and_resumes(
             time.sleep(1)  # the handler raises here
         return real(self, *a, **k)
 
-    monkeypatch.setattr(engine._ModelStage, "__call__", terminated)
+    monkeypatch.setattr(ModelStage, "__call__", terminated)
     out = tmp_path / "film.mp4"
     code, err = run_main(["colorize", str(tiny_video), "-o", str(out), *args_for(weights)], capsys)
     assert code == 143 and "terminated" in err
@@ -257,7 +258,7 @@ def test_sigterm_is_like_ctrl_c_and_resumes(
         "seg-00000.mp4",
         "seg-00001.mp4",
     ]
-    monkeypatch.setattr(engine._ModelStage, "__call__", real)
+    monkeypatch.setattr(ModelStage, "__call__", real)
     code, err = run_main(
         ["colorize", str(tiny_video), "-o", str(out), *args_for(weights, "--resume")], capsys
     )
@@ -270,7 +271,7 @@ def interrupted(
     tiny_video: Path, weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Path:
     """An output whose run stopped (KeyboardInterrupt) after two of its three segments."""
-    real = engine._ModelStage.__call__
+    real = ModelStage.__call__
     calls = []
 
     def interrupt(self, *a, **k):
@@ -279,11 +280,11 @@ def interrupted(
             raise KeyboardInterrupt
         return real(self, *a, **k)
 
-    monkeypatch.setattr(engine._ModelStage, "__call__", interrupt)
+    monkeypatch.setattr(ModelStage, "__call__", interrupt)
     out = tmp_path / "film.mp4"
     with pytest.raises(KeyboardInterrupt):
         bttf.colorize_video(tiny_video, out, config_for(weights))
-    monkeypatch.setattr(engine._ModelStage, "__call__", real)
+    monkeypatch.setattr(ModelStage, "__call__", real)
     assert len(json.loads((work_dir_for(out) / "manifest.json").read_text())["segments"]) == 2
     return out
 
@@ -356,7 +357,7 @@ def test_interrupted_while_joining_only_joins_again(
     def no_model(self, *a, **k):
         raise AssertionError("the model ran again")
 
-    monkeypatch.setattr(engine._ModelStage, "__call__", no_model)
+    monkeypatch.setattr(ModelStage, "__call__", no_model)
     stats = bttf.colorize_video(tiny_video, interrupted, config_for(weights, resume=True))
     assert stats.frames == stats.resumed_frames == 24
     assert same_film(interrupted, reference)
@@ -381,7 +382,7 @@ def test_disk_full_keeps_the_segments_for_resume(
 ) -> None:
     import errno
 
-    real = engine.VideoWriter.write
+    real = VideoWriter.write
     written = []
 
     def filling(self, *a, **k):
@@ -390,14 +391,14 @@ def test_disk_full_keeps_the_segments_for_resume(
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(self, *a, **k)
 
-    monkeypatch.setattr(engine.VideoWriter, "write", filling)
+    monkeypatch.setattr(VideoWriter, "write", filling)
     out = tmp_path / "film.mp4"
     code, err = run_main(["colorize", str(tiny_video), "-o", str(out), *args_for(weights)], capsys)
     assert code == 1 and err.count("\n") == 1 and "disk is full" in err
     work = work_dir_for(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == [work.name]
     assert sorted(p.name for p in work.glob("seg-*")) == ["seg-00000.mp4", "seg-00001.mp4"]
-    monkeypatch.setattr(engine.VideoWriter, "write", real)
+    monkeypatch.setattr(VideoWriter, "write", real)
     code, err = run_main(
         ["colorize", str(tiny_video), "-o", str(out), *args_for(weights, "--resume")], capsys
     )

@@ -174,7 +174,7 @@ def test_the_engine_runs_the_stabilizer_with_its_strength(tmp_path, monkeypatch)
     from test_cuts import write_video
 
     from bttf.pipeline import temporal
-    from bttf.pipeline.colorize import ColorizeConfig, colorize_video
+    from bttf.pipeline import ColorizeConfig, colorize_video
 
     made: list[Stabilizer] = []
 
@@ -214,18 +214,16 @@ def test_planned_batches_equal_unplanned_ones_even_for_a_wrong_size_guess():
     planned.close()
 
 
-def test_the_engine_fuses_the_same_on_its_own_thread_as_inline(tmp_path, monkeypatch):
+def test_the_engine_fuses_the_same_on_its_own_thread_as_inline(tmp_path):
     from test_cuts import write_video
 
-    from bttf.pipeline import colorize as engine
+    from bttf.pipeline import ColorizeConfig, colorize_video
 
     src = tmp_path / "pan.mkv"
     write_video(src, pan(texture(7), 20, 1.5))
     config = dict(temporal=True, render_size=64, audio=False, crf=0, batch_size=4)
-    monkeypatch.setattr(engine, "ASYNC_FUSION", True)
-    engine.colorize_video(src, tmp_path / "async.mkv", engine.ColorizeConfig(**config))
-    monkeypatch.setattr(engine, "ASYNC_FUSION", False)
-    engine.colorize_video(src, tmp_path / "inline.mkv", engine.ColorizeConfig(**config))
+    colorize_video(src, tmp_path / "async.mkv", ColorizeConfig(**config), overlap=True)
+    colorize_video(src, tmp_path / "inline.mkv", ColorizeConfig(**config), overlap=False)
     a, b = (read_planes(tmp_path / n) for n in ("async.mkv", "inline.mkv"))
     assert len(a) == 20 and all(np.array_equal(x, y) for x, y in zip(a, b))
 

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from bttf.errors import BadInputError, BttfError
-from bttf.pipeline.engine import ColorizeConfig, ColorizeStats, build_colorizer, model_name
+from bttf.pipeline import engine
+from bttf.pipeline.engine import ColorizeConfig, ColorizeStats, model_name
 from bttf.pipeline.media import (
     atomic_output,
     check_input,
@@ -61,7 +62,7 @@ def colorize_image(
     t_decode = time.perf_counter() - t0
     device = resolve_device(config.device)
     if colorizer is None:
-        colorizer = build_colorizer(config, device)
+        colorizer = engine.build_colorizer(config, device)
     h, w = gray.shape
     short = config.render_size or colorizer.render_size
     t0 = time.perf_counter()

@@ -47,6 +47,10 @@ def _tagged(frames: Iterator[SourceFrame]) -> Source:
             yield "frame", f
 
 
+def _nothing() -> Source:
+    yield from ()
+
+
 class FileSink:
     """The whole film into one file (`dst` appears only when complete)."""
 
@@ -222,7 +226,7 @@ class SegmentSink:
         """Nothing when the film was finished; the frames after the last segment on resume."""
         work = self.work
         if work.finished:
-            return iter(())
+            return _nothing()
         if work.resume_pts is None:
             return _tagged(
                 read_frames(self.info, self.start, self.duration, on_error=self.on_decode_error)

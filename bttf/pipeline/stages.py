@@ -167,7 +167,8 @@ class ModelStage:
                     torch.cuda.empty_cache()
         return outs
 
-    def _predict(self, L: torch.Tensor) -> torch.Tensor:
+    def predict(self, L: torch.Tensor) -> torch.Tensor:
+        """L (n, 1, h, w) on the device -> the raw output, float32, in one piece."""
         if self.device.type in ("cuda", "cpu"):
             L = L.contiguous(memory_format=torch.channels_last)
         # in the model's own layout: the decoder and the stabilizer take NCHW or channels_last
@@ -177,13 +178,17 @@ class ModelStage:
         return self.colorizer.predict(L).float()
 
     @torch.inference_mode()
-    def __call__(self, small: np.ndarray) -> torch.Tensor:
+    def run(self, small: np.ndarray) -> torch.Tensor:
         """uint8 gray (N, h, w) at render size -> raw output (N, C, h', w'), float32."""
+        L = self.lightness(self.to_device(small))
+        return _cat(self.split(len(small), lambda i, j: self.predict(L[i:j])))
+
+    def __call__(self, small: np.ndarray) -> torch.Tensor:
+        """`run` for the engine's next batch (on the CPU, the heap is trimmed every few)."""
         self._calls += 1
         if self.device.type == "cpu" and self._calls % TRIM_EVERY == 0:
             trim_heap()
-        L = self.lightness(self.to_device(small))
-        return _cat(self.split(len(small), lambda i, j: self._predict(L[i:j])))
+        return self.run(small)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +247,7 @@ class ColourStage:
         self.stabilizer.reset()
         for i in range(0, len(warmup), batch_size):
             small = np.stack([p.small for p in warmup[i : i + batch_size]])
-            out = model(small)
+            out = model.run(small)
             t0 = time.perf_counter()
             with torch.inference_mode():
                 self.stabilizer(small, out, self.colorizer.output)
@@ -339,5 +344,5 @@ def colorize_gray(
     stage = ModelStage(colorizer, device, 1)
     with torch.inference_mode():
         small = luma_to_l(torch.from_numpy(resize_plane(gray, (rh, rw))).float()).to(device)
-        out = stage.split(1, lambda i, j: stage._predict(small[None, None]))[0]
+        out = stage.split(1, lambda i, j: stage.predict(small[None, None]))[0]
         return colorizer.decode(out, (h, w))
