@@ -44,6 +44,7 @@ WARMUP_FRAMES = 16
 # (None: the model's render size) follow --preset and --render-size in every mode.
 CODEC, CRF, PRESET, PIX_FMT = "libx264", 18, "medium", "yuv420p"
 RENDER: int | None = None
+OVERLAP = True  # colour and chroma stages on threads of their own (`--variant stages-inline`: off)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,7 +156,7 @@ def run_transcode(clip: Path, out: Path, frames: int | None) -> dict:
 
 def _render_hw(clip: Path, model: str | None) -> tuple[int, int]:
     from bttf.models import get_spec
-    from bttf.pipeline.colorize import render_dims
+    from bttf.pipeline.stages import render_dims
     from bttf.pipeline.decode import probe_video
 
     info = probe_video(clip)
@@ -181,20 +182,22 @@ def run_model(
     render_hw: tuple[int, int] | None = None,
 ) -> dict:
     """(b) predict + decode on random L of render size, `batch` frames a call, run the way the
-    engine runs it (its model build, memory layout and autocast: `_ModelStage._predict`)."""
+    engine runs it (its model build, memory layout and autocast: `ModelStage.predict`)."""
     import torch
 
-    from bttf.pipeline import colorize as engine
+    from bttf.pipeline import engine
+    from bttf.pipeline.stages import ModelStage
+    from bttf.runtime import resolve_device
 
     rh, rw = render_hw or _render_hw(clip, model)
-    dev = engine.resolve_device(device)
+    dev = resolve_device(device)
     colorizer = engine.build_colorizer(engine.ColorizeConfig(model=model, device=device), dev)
-    stage = engine._ModelStage(colorizer, dev, batch)
+    stage = ModelStage(colorizer, dev, batch)
     L = torch.rand(batch, 1, rh, rw, generator=torch.Generator().manual_seed(0)).to(dev) * 100
     calls = max(1, math.ceil(frames / batch))
 
     def step() -> None:
-        colorizer.decode(stage._predict(L), (rh, rw))
+        colorizer.decode(stage.predict(L), (rh, rw))
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
@@ -315,7 +318,7 @@ def run_bttf(
     """(d) bttf.colorize_video, the engine behind `bttf colorize`."""
     import logging
 
-    from bttf.pipeline import colorize as engine
+    from bttf.pipeline import engine
 
     logging.getLogger("bttf.models").setLevel(logging.ERROR)
     cfg = engine.ColorizeConfig(
@@ -329,7 +332,7 @@ def run_bttf(
         preset=PRESET,
         render_size=RENDER,
     )
-    st = engine.colorize_video(clip, out, cfg)
+    st = engine.colorize_video(clip, out, cfg, overlap=OVERLAP)
     return {
         "frames": st.frames,
         "stats_seconds": st.seconds,
@@ -346,10 +349,8 @@ def run_bttf(
 VARIANTS = {
     "fp32": "float32 model (no bf16 autocast on CPU)",
     "nchw": "NCHW model (no channels_last on CPU)",
-    "whole-decode": "annealed mean on the whole batch at once",
     "inline-io": "decode + encode on the model's thread",
-    "chroma-inline": "chroma planes on the model's thread",
-    "stabilizer-inline": "stabilizer on the model's thread",
+    "stages-inline": "colour (stabilizer, annealed mean) and chroma stages on the model's thread",
     "cv2-serial": "OpenCV without its own worker threads (cv2.setNumThreads(1))",
     "compile": "torch.compile'd model (inductor; needs a C++ compiler on the CPU)",
 }
@@ -359,14 +360,17 @@ def apply_variants(variants: list[str]) -> None:
     """Put the engine back the way it was before the changes named in `variants`."""
     import torch
 
-    from bttf.models import bins
-    from bttf.pipeline import colorize as engine
+    from bttf import runtime
+    from bttf.pipeline import engine
+    from bttf.pipeline.stages import ModelStage
+
+    global OVERLAP
 
     for v in variants:
         if v not in VARIANTS:
             raise SystemExit(f"unknown variant {v}; choose from {', '.join(VARIANTS)}")
     if "fp32" in variants:
-        engine.cpu_autocast_dtype = lambda: None
+        runtime.cpu_autocast_dtype = lambda: None
     if "nchw" in variants:
         build = engine.build_colorizer
 
@@ -380,22 +384,9 @@ def apply_variants(variants: list[str]) -> None:
             return self.colorizer.predict(L).float().contiguous()
 
         engine.build_colorizer = build_nchw
-        engine._ModelStage._predict = predict_nchw
-    if "whole-decode" in variants:
-        bins._DECODE_CHUNK_ELEMENTS_CPU = bins._DECODE_CHUNK_ELEMENTS
-        bins.PIXEL_STEP = 1 << 30
-    if "chroma-inline" in variants:
-        init = engine._Colourer.__init__
-
-        def init_inline(self, *a, **k):
-            init(self, *a, **k)
-            if self._thread is not None:
-                self._thread.abort()
-                self._thread = None
-
-        engine._Colourer.__init__ = init_inline
-    if "stabilizer-inline" in variants:
-        engine.ASYNC_FUSION = False
+        ModelStage.predict = predict_nchw
+    if "stages-inline" in variants:
+        OVERLAP = False
     if "cv2-serial" in variants:
         import cv2
 
@@ -680,7 +671,8 @@ def colour_paths(width: int, height: int, model: str | None, reps: int = 20) -> 
 
     from bttf.color import L_LUT, lab_to_rgb, rgb_to_lab
     from bttf.models import get_spec
-    from bttf.pipeline.colorize import _resize, chroma_planes, render_dims
+    from bttf.pipeline.stages import chroma_planes, render_dims
+    from bttf.pipeline.stages import resize_plane as _resize
 
     torch.set_num_threads(1)  # per-frame cost on one core
     spec = get_spec(model or "default")

@@ -40,7 +40,6 @@ The default is `--source model` when the model has trained weights (the shipped 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
@@ -56,7 +55,8 @@ import numpy as np
 import torch
 from torch import nn
 
-import bttf.pipeline.colorize as engine
+from bttf.pipeline import engine
+from bttf.pipeline.stages import render_dims
 from bttf.color import rgb_to_lab
 from bttf.models import create_model, get_spec, register_model, save_weights
 from bttf.models.bins import soft_encode
@@ -240,44 +240,35 @@ class Setting:
     params: StabilizerParams | None = None  # None: the engine's default stabilizer
 
 
-@contextlib.contextmanager
-def stabilizer_override(params: StabilizerParams | None, timer: list[float] | None = None):
-    """Make the engine build Stabilizer(params) (and time its calls) instead of its default."""
-    original = engine._make_stabilizer
+def make_stabilizer(config, params: StabilizerParams | None, timer: list[float] | None = None):
+    """The stabilizer the engine would build for `config`, Stabilizer(params) in its place,
+    its calls timed into `timer`; None with the stabilizer off."""
+    st = engine.build_stabilizer(config)
+    if st is None:
+        return None
+    if params is not None:
+        st = Stabilizer(params)
+    if timer is None:
+        return st
 
-    def make(enabled: bool, strength: float | None = None):
-        st = original(enabled, strength)
-        if st is None:
-            return None
-        if params is not None:
-            st = Stabilizer(params)
-        if timer is None:
-            return st
+    class Timed:  # the stabilizer, its calls timed
+        def __getattr__(self, name):
+            return getattr(st, name)
 
-        class Timed:  # the stabilizer, its calls timed
-            def __getattr__(self, name):
-                return getattr(st, name)
+        def __call__(self, *args, **kw):
+            t = time.perf_counter()
+            try:
+                return st(*args, **kw)
+            finally:
+                timer[0] += time.perf_counter() - t
 
-            def __call__(self, *args, **kw):
-                t = time.perf_counter()
-                try:
-                    return st(*args, **kw)
-                finally:
-                    timer[0] += time.perf_counter() - t
-
-        return Timed()
-
-    engine._make_stabilizer = make
-    try:
-        yield
-    finally:
-        engine._make_stabilizer = original
+    return Timed()
 
 
 def colorize(src: Path, dst: Path, setting: Setting, base: dict, timer: list[float] | None = None):
     config = engine.ColorizeConfig(temporal=setting.temporal, overwrite=True, audio=False, **base)
-    with stabilizer_override(setting.params, timer):
-        return engine.colorize_video(src, dst, config)
+    stabilizer = make_stabilizer(config, setting.params, timer)
+    return engine.colorize_video(src, dst, config, stabilizer=stabilizer)
 
 
 def score(out: np.ndarray, truth: np.ndarray, pairs) -> dict[str, float]:
@@ -348,7 +339,7 @@ def measure_quality(source: str, seqs: dict[str, np.ndarray], args, work: Path) 
         for k, setting in enumerate(settings_for(args)):
             if source.startswith("proxy"):
                 short = args.render_size or 256
-                rh, rw = engine.render_dims(truth.shape[1], truth.shape[2], short, 4)
+                rh, rw = render_dims(truth.shape[1], truth.shape[2], short, 4)
                 ProxyColorizer.start(truth, (rh, rw))
             dst = work / f"{name}_{source}_{k}.mkv"
             t = time.perf_counter()
@@ -399,7 +390,7 @@ def two_shot_check(source: str, clips: dict[str, np.ndarray], args, work: Path) 
     for label, src, truth in (("both", both_src, np.concatenate([a, b])), ("b", b_src, b)):
         if source.startswith("proxy"):
             short = args.render_size or 256
-            rh, rw = engine.render_dims(truth.shape[1], truth.shape[2], short, 4)
+            rh, rw = render_dims(truth.shape[1], truth.shape[2], short, 4)
             ProxyColorizer.start(truth, (rh, rw))
         dst = work / f"two_shot_{label}.mkv"
         colorize(src, dst, Setting("default", True), base)
