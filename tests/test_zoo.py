@@ -236,7 +236,7 @@ def test_resnet18_loads_a_torchvision_trunk(name: str, tmp_path: Path) -> None:
 
 
 def test_train_init_accepts_a_torchvision_trunk(tmp_path: Path) -> None:
-    from bttf.training.loop import TrainConfig, _build_model
+    from bttf.training.loop import TrainConfig, build_model
 
     tv = _torchvision_resnet18_state(seed=3)
     path = tmp_path / "resnet18.pth"
@@ -244,7 +244,7 @@ def test_train_init_accepts_a_torchvision_trunk(tmp_path: Path) -> None:
     cfg = TrainConfig(
         data=(tmp_path,), model="resnet18", out=tmp_path / "run", steps=1, init=str(path)
     )
-    model = _build_model(cfg, get_spec("resnet18"))
+    model = build_model(cfg, get_spec("resnet18"))
     assert torch.equal(model.state_dict()["layer4.1.conv2.weight"], tv["layer4.1.conv2.weight"])
 
 
