@@ -242,7 +242,12 @@ def test_train_init_accepts_a_torchvision_trunk(tmp_path: Path) -> None:
     path = tmp_path / "resnet18.pth"
     torch.save({"module." + k: v for k, v in tv.items()}, path)  # as saved from DataParallel
     cfg = TrainConfig(
-        data=(tmp_path,), model="resnet18", out=tmp_path / "run", steps=1, init=str(path)
+        data=(tmp_path,),
+        model="resnet18",
+        out=tmp_path / "run",
+        steps=1,
+        image_size=192,  # a multiple of resnet18's stride, 32
+        init=str(path),
     )
     model = build_model(cfg, get_spec("resnet18"))
     assert torch.equal(model.state_dict()["layer4.1.conv2.weight"], tv["layer4.1.conv2.weight"])
