@@ -765,14 +765,14 @@ def _val_every(value: str) -> tuple[int, str]:
 )
 @click.option(
     "--size",
-    type=int,
+    type=click.IntRange(min=16),
     default=256,
     show_default=True,
     help="Working size: short side resized to this, centre-cropped square.",
 )
 @click.option(
     "--val-fraction",
-    type=float,
+    type=click.FloatRange(0, 1, max_open=True),
     default=0.05,
     show_default=True,
     help="Share of source files held out for validation (stable: by file hash).",
@@ -780,14 +780,14 @@ def _val_every(value: str) -> tuple[int, str]:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
 @click.option(
     "--frame-step",
-    type=int,
+    type=click.IntRange(min=1),
     default=30,
     show_default=True,
     help="Videos: keep every N-th frame (near-duplicates are skipped too).",
 )
 @click.option(
     "--workers",
-    type=int,
+    type=click.IntRange(min=0),
     default=0,
     show_default=True,
     help="Decoding threads (0: one per core, at most 4).",
@@ -810,14 +810,6 @@ def prepare_cmd(
 
     from bttf.training.data import PrepareConfig, prepare
 
-    if size < 16:
-        raise click.BadParameter("must be at least 16", param_hint="--size")
-    if not 0.0 <= val_fraction < 1.0:
-        raise click.BadParameter("must be in [0, 1)", param_hint="--val-fraction")
-    if frame_step < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--frame-step")
-    if workers < 0:
-        raise click.BadParameter("must be 0 or more", param_hint="--workers")
     cfg = PrepareConfig(
         inputs=tuple(Path(d) for d in data),
         out=Path(out),
@@ -870,11 +862,15 @@ def prepare_cmd(
     metavar="KEY=VALUE",
     help="Architecture option (value read as JSON, else text), e.g. variant=dropout.",
 )
-@click.option("--epochs", type=int, default=None, help="Length of the run in epochs.")
-@click.option("--steps", type=int, default=None, help="Length of the run in steps (wins).")
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=None, help="Length of the run in epochs."
+)
+@click.option(
+    "--steps", type=click.IntRange(min=1), default=None, help="Length of the run in steps (wins)."
+)
 @click.option(
     "--batch-size",
-    type=int,
+    type=click.IntRange(min=1),
     default=16,
     show_default=True,
     help="Images per step (per process under torchrun).",
@@ -886,7 +882,13 @@ def prepare_cmd(
     show_default=True,
     help="Training crop size (a multiple of the model's stride).",
 )
-@click.option("--lr", type=float, default=3e-4, show_default=True, help="Peak learning rate.")
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3e-4,
+    show_default=True,
+    help="Peak learning rate.",
+)
 @click.option("--weight-decay", type=float, default=0.01, show_default=True)
 @click.option(
     "--warmup-steps",
@@ -905,7 +907,7 @@ def prepare_cmd(
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--workers",
-    type=int,
+    type=click.IntRange(min=0),
     default=1,
     show_default=True,
     help="Background threads preparing batches (0: none).",
@@ -959,7 +961,7 @@ def prepare_cmd(
 @click.option("--grad-clip", type=float, default=1.0, show_default=True)
 @click.option(
     "--ema",
-    type=float,
+    type=click.FloatRange(0, 1, max_open=True),
     default=0.0,
     show_default=True,
     help="Validate and save a moving average of the weights with this decay, e.g. 0.998 (0: off).",
@@ -1058,26 +1060,7 @@ def train_cmd(
     from bttf.training.loop import TrainConfig, TrainEvent, train
 
     spec = get_spec(model)
-    if epochs is None and steps is None:
-        raise click.BadParameter("give --epochs or --steps", param_hint="--epochs/--steps")
-    for value, hint in ((epochs, "--epochs"), (steps, "--steps"), (batch_size, "--batch-size")):
-        if value is not None and value < 1:
-            raise click.BadParameter("must be at least 1", param_hint=hint)
-    if image_size < spec.stride or image_size % spec.stride:
-        raise click.BadParameter(
-            f"must be a multiple of {spec.stride} for {spec.name}", param_hint="--image-size"
-        )
-    if lr <= 0:
-        raise click.BadParameter("must be > 0", param_hint="--lr")
-    if workers < 0:
-        raise click.BadParameter("must be 0 or more", param_hint="--workers")
-    if unfreeze_at is not None and not freeze_encoder:
-        raise click.BadParameter("needs --freeze-encoder", param_hint="--unfreeze-at")
-    if resume and overwrite:
-        raise click.BadParameter(
-            "--resume and --overwrite exclude each other", param_hint="--resume"
-        )
-    every, unit = _val_every(val_every)
+    every, unit = _val_every(val_every)  # the other checks are TrainConfig's
     kwargs = []
     for arg in model_args:
         key, sep, value = arg.partition("=")
@@ -1196,17 +1179,17 @@ def train_cmd(
 )
 @click.option(
     "--size",
-    type=int,
+    type=click.IntRange(min=16),
     default=256,
     show_default=True,
     help="Raw images: short side resized to this, centre-cropped.",
 )
-@click.option("--limit", type=int, default=None, help="Score at most N images.")
-@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Score at most N images.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option(
     "--temperature",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=0.38,
     show_default=True,
     help="Annealed-mean temperature of bin models.",
@@ -1240,19 +1223,8 @@ def eval_cmd(
 
     from rich.table import Table
 
-    from bttf.models import get_spec
     from bttf.training.evaluate import EvalConfig, evaluate
 
-    for name in models:
-        get_spec(name)
-    if size < 16:
-        raise click.BadParameter("must be at least 16", param_hint="--size")
-    if limit is not None and limit < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--limit")
-    if batch_size < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--batch-size")
-    if not (temperature > 0):
-        raise click.BadParameter("must be > 0", param_hint="--temperature")
     cfg = EvalConfig(
         inputs=tuple(Path(d) for d in data),
         models=models,

@@ -331,6 +331,29 @@ def test_bad_configs_are_clear_errors(cache: Path, tmp_path: Path) -> None:
         train(cfg_for(cache, tmp_path / "r3", data=(tmp_path / "missing",)))
 
 
+def test_train_and_eval_options_are_checked_by_their_configs(cache: Path, tmp_path: Path) -> None:
+    for kw, words in (
+        ({"steps": None}, "--epochs or --steps"),
+        ({"steps": 0}, "at least 1"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"lr": 0.0}, "--lr"),
+        ({"workers": -1}, "--workers"),
+        ({"unfreeze_at": 1}, "--freeze-encoder"),
+        ({"resume": True, "overwrite": True}, "exclude each other"),
+        ({"best_metric": "fid"}, "--best-metric"),
+    ):
+        with pytest.raises(BadInputError, match=words):
+            cfg_for(cache, tmp_path / "r", **kw)
+    for kw, words in (({"size": 8}, "--size"), ({"limit": 0}, "--limit"), ({"split": "x"}, "x")):
+        with pytest.raises(BadInputError, match=words):
+            EvalConfig(inputs=(cache,), **kw)
+    with pytest.raises(BadInputError, match="(?i)cuda"):  # as `bttf colorize --device` says
+        train(cfg_for(cache, tmp_path / "r4", device="cuda:99"))
+    with pytest.raises(BadInputError, match="(?i)cuda"):
+        evaluate(EvalConfig(inputs=(cache,), device="cuda:99"))
+    assert not (tmp_path / "r4").exists()
+
+
 def test_model_kwargs_reach_the_checkpoint(cache: Path, tmp_path: Path) -> None:
     from bttf.models import load_model
 

@@ -58,6 +58,17 @@ class PrepareConfig:
     workers: int = 0  # decoding threads (0: one per core)
     overwrite: bool = False
 
+    def __post_init__(self) -> None:
+        """Every check of the options: BadInputError, one line."""
+        if self.size < 16:
+            raise BadInputError(f"cache size {self.size} is too small; use at least 16 (e.g. 256)")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise BadInputError(f"val fraction {self.val_fraction} must be in [0, 1)")
+        if self.frame_step < 1:
+            raise BadInputError(f"--frame-step {self.frame_step} must be at least 1")
+        if self.workers < 0:
+            raise BadInputError(f"--workers {self.workers} must be 0 or more")
+
 
 @dataclass
 class PrepareSummary:
@@ -221,10 +232,6 @@ def prepare(cfg: PrepareConfig, progress: ProgressFn | None = None) -> PrepareSu
     Unreadable and grayscale files are skipped and counted; an input with no usable colour image
     raises BadInputError. Reproducible: the same files and seed give the same cache.
     """
-    if cfg.size < 16:
-        raise BadInputError(f"cache size {cfg.size} is too small; use at least 16 (e.g. 256)")
-    if not 0.0 <= cfg.val_fraction < 1.0:
-        raise BadInputError(f"val fraction {cfg.val_fraction} must be in [0, 1)")
     out = Path(cfg.out)
     if (out / "index.json").exists() and not cfg.overwrite:
         raise OutputExistsError(f"{out} already holds a cache; pass --overwrite to rebuild it")

@@ -3,7 +3,7 @@
 Per model: PSNR and SSIM of the RGB result, colorfulness (Hasler & Süsstrunk 2003) of the result
 (the truth's is reported alongside), and the AuC of the per-pixel ab error CDF over thresholds
 0..150 (Zhang et al. 2016), raw and class-rebalanced by a bin prior. Every number is the mean
-over images. The functions are those of `bttf.training.metrics`, so training validation and
+over images. The functions are those of `bttf.metrics.image`, so training validation and
 `eval` agree.
 
 The rebalanced AuC weighs every row, the gray baseline included, by one prior: the one estimated
@@ -95,6 +95,27 @@ class EvalConfig:
     # brought back to the image's size; None = the image's own size
     render_size: int | None = None
 
+    def __post_init__(self) -> None:
+        """Every check of the options: BadInputError (UnknownModelError for a model), one line."""
+        from bttf.models import get_spec
+
+        for name in self.models:
+            get_spec(name)
+        if not self.models and not self.weights and not self.gray_baseline:
+            raise BadInputError("nothing to evaluate: give --model or --weights")
+        if self.split not in ("train", "val", "all"):
+            raise BadInputError(f"split {self.split!r}: choose train, val or all")
+        if self.size < 16:
+            raise BadInputError(f"--size {self.size} must be at least 16")
+        if self.limit is not None and self.limit < 1:
+            raise BadInputError(f"--limit {self.limit} must be at least 1")
+        if self.batch_size < 1:
+            raise BadInputError(f"--batch-size {self.batch_size} must be at least 1")
+        if not self.temperature > 0:
+            raise BadInputError(f"--temperature {self.temperature} must be > 0")
+        if self.render_size is not None and self.render_size < 16:
+            raise BadInputError(f"--render-size {self.render_size} must be at least 16")
+
 
 @dataclass
 class EvalRow:
@@ -141,8 +162,6 @@ def load_eval_images(cfg: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 L (N, S, S) and ab (N, 2, S, S) of the images to score (grayscale ones included)."""
     if len(cfg.inputs) == 1 and D.is_cache(cfg.inputs[0]):
         cache = D.LabCache(cfg.inputs[0])
-        if cfg.split not in ("train", "val", "all"):
-            raise BadInputError(f"split {cfg.split!r}: choose train, val or all")
         rows = cache.indices(cfg.split)
         if len(rows) == 0:
             raise BadInputError(f"{cfg.inputs[0]} has no {cfg.split!r} images; try --split all")
@@ -166,15 +185,6 @@ def load_eval_images(cfg: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
     if not Ls:
         raise BadInputError(f"no readable images in {', '.join(map(str, cfg.inputs))}")
     return torch.from_numpy(np.stack(Ls)), torch.from_numpy(np.stack(abs_))
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise BadInputError(f"unknown device {name!r}: {e}") from e
 
 
 @torch.no_grad()
@@ -201,7 +211,7 @@ def _score(
 def _model_predictor(
     colorizer, device: torch.device, render_size: int | None = None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    from bttf.pipeline.colorize import render_dims
+    from bttf.pipeline.stages import render_dims
 
     stride = colorizer.stride
 
@@ -225,11 +235,10 @@ def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:
     """Score every model of `cfg` (and the gray baseline) on the images of `cfg.inputs`."""
     from bttf.models import WEIGHTS_DIR, Colorizer, create_model, get_spec, load_model
     from bttf.models.bins import estimate_prior
+    from bttf.runtime import resolve_device
 
-    if not cfg.models and not cfg.weights and not cfg.gray_baseline:
-        raise BadInputError("nothing to evaluate: give --model or --weights")
+    device = resolve_device(cfg.device)
     L_u8, ab_u8 = load_eval_images(cfg)
-    device = _device(cfg.device)
     # every 4th pixel is plenty for a histogram and 16x cheaper
     image_prior = estimate_prior(
         D.decode_ab(ab_u8[i : i + 64, :, ::4, ::4].contiguous()) for i in range(0, len(ab_u8), 64)
@@ -272,7 +281,7 @@ def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:
             progress("gray", k, total)
     truth = None
     for label, source, build in jobs:
-        model, spec, meta = build()
+        model, spec, _meta = build()
         col = Colorizer(model.to(device).eval(), spec, temperature=cfg.temperature)
         name = spec.name
         m = _score(
