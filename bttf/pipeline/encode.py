@@ -50,7 +50,7 @@ _SKIP_METADATA = {
 }
 
 
-def _copy_metadata(src: dict[str, str], dst: dict[str, str]) -> None:
+def copy_metadata(src: dict[str, str], dst: dict[str, str]) -> None:
     for k, v in src.items():
         if k.lower() not in _SKIP_METADATA:
             dst[k] = v
@@ -215,7 +215,7 @@ class AudioRemux:
                     f"{fmt} cannot hold {s.codec_context.name} audio as it is; "
                     f"audio stream #{s.index} re-encoded to {codec}"
                 )
-            _copy_metadata(s.metadata, dst.metadata)
+            copy_metadata(s.metadata, dst.metadata)
             dst.disposition = s.disposition
             self.tracks.append(track)
         for n in self.notices:
@@ -371,9 +371,9 @@ class VideoWriter:
         if info.display_matrix is not None:
             vs.set_display_matrix(info.display_matrix)
         with open_input(info.path) as src:
-            _copy_metadata(src.metadata, self.out.metadata)
+            copy_metadata(src.metadata, self.out.metadata)
             if src.streams.video:
-                _copy_metadata(src.streams.video[0].metadata, vs.metadata)
+                copy_metadata(src.streams.video[0].metadata, vs.metadata)
             others = [s for s in src.streams if s.type not in ("video", "audio")]
             if others:
                 log.info(

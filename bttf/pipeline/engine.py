@@ -493,6 +493,51 @@ def _stream(
 # Public API
 
 
+def _open_input(src, dst, config: ColorizeConfig) -> tuple[Path, Path, VideoInfo]:
+    """The checked input and output paths and the input's stream facts."""
+    src = check_input(src)
+    dst = check_output(src, dst, config.overwrite)
+    if is_image_path(dst):
+        raise BadInputError(
+            f"{src} is a film but OUTPUT {dst} is an image; give OUTPUT a video suffix (.mp4, .mkv)"
+        )
+    info = probe_video(src)
+    if config.start is not None and info.duration is not None and config.start >= info.duration:
+        raise BadInputError(
+            f"--start {config.start:g} is past the end of {src} ({info.duration:.2f} s)"
+        )
+    return src, dst, info
+
+
+def _build_stages(
+    info: VideoInfo,
+    config: ColorizeConfig,
+    settings: EncodeSettings,
+    size: tuple[int, int],
+    colorizer,
+    stabilizer,
+    device: torch.device,
+    overlap: bool,
+) -> tuple[_Stages, tuple[int, int]]:
+    """The run's stages, and the (h, w) the model sees (upright)."""
+    short = config.render_size or colorizer.render_size
+    rotate_k = (info.rotation // 90) % 4 if info.rotation % 90 == 0 else 0
+    rh, rw = render_dims(info.height, info.width, short, colorizer.stride)
+    model_hw = (rw, rh) if rotate_k % 2 else (rh, rw)
+    sx, sy, bits_out = OUTPUT_PIX_FMTS[settings.pix_fmt]
+    chroma_hw = (-(-size[1] // (1 << sy)), -(-size[0] // (1 << sx)))
+    model = ModelStage(colorizer, device, config.batch_size)
+    stages = _Stages(
+        prepare=Preparer(info, (rh, rw), rotate_k, chroma_hw),
+        model=model,
+        colour=ColourStage(colorizer, device, stabilizer, rotate_k),
+        chroma=ChromaStage(model, info.colorspace, info.full_range, bits_out),
+        batch_size=config.batch_size,
+        overlap=overlap and device.type == "cpu",
+    )
+    return stages, model_hw
+
+
 def colorize_video(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -527,19 +572,9 @@ def colorize_video(
     config = config or ColorizeConfig()
     t_begin = time.perf_counter()
     share_heap()
-    src = check_input(src)
-    dst = check_output(src, dst, config.overwrite)
-    if is_image_path(dst):
-        raise BadInputError(
-            f"{src} is a film but OUTPUT {dst} is an image; give OUTPUT a video suffix (.mp4, .mkv)"
-        )
-    info = probe_video(src)
-    if config.start is not None and info.duration is not None and config.start >= info.duration:
-        raise BadInputError(
-            f"--start {config.start:g} is past the end of {src} ({info.duration:.2f} s)"
-        )
+    src, dst, info = _open_input(src, dst, config)
     settings = config.encode_settings()
-    enc_w, enc_h = plan_encode(settings, info.width, info.height, info.time_base)
+    size = plan_encode(settings, info.width, info.height, info.time_base)
     device = resolve_device(config.device)
     if colorizer is None:
         colorizer = build_colorizer(config, device)
@@ -547,10 +582,9 @@ def colorize_video(
         colorizer = prepare_colorizer(colorizer, device)
     if stabilizer is None or not config.temporal:
         stabilizer = build_stabilizer(config)
-    short = config.render_size or colorizer.render_size
-    rotate_k = (info.rotation // 90) % 4 if info.rotation % 90 == 0 else 0
-    rh, rw = render_dims(info.height, info.width, short, colorizer.stride)
-    model_hw = (rw, rh) if rotate_k % 2 else (rh, rw)
+    stages, model_hw = _build_stages(
+        info, config, settings, size, colorizer, stabilizer, device, overlap
+    )
     total = _expected_frames(info, config.start, config.duration)
     log.info(
         "%s: %dx%d %s, %s frames; model %s at %dx%d on %s",
@@ -564,17 +598,6 @@ def colorize_video(
         model_hw[0],
         device,
     )
-    sx, sy, bits_out = OUTPUT_PIX_FMTS[settings.pix_fmt]
-    chroma_hw = (-(-enc_h // (1 << sy)), -(-enc_w // (1 << sx)))
-    model = ModelStage(colorizer, device, config.batch_size)
-    stages = _Stages(
-        prepare=Preparer(info, (rh, rw), rotate_k, chroma_hw),
-        model=model,
-        colour=ColourStage(colorizer, device, stabilizer, rotate_k),
-        chroma=ChromaStage(model, info.colorspace, info.full_range, bits_out),
-        batch_size=config.batch_size,
-        overlap=overlap and device.type == "cpu",
-    )
     io = dict(
         start=config.start,
         duration=config.duration,
@@ -583,22 +606,19 @@ def colorize_video(
     )
     long_film = config.segment_frames and (total is None or total > config.segment_frames)
     if config.resume or long_film:
-        job = _job_settings(
-            src, config, colorizer, model_hw, stabilizer is not None, (enc_w, enc_h)
-        )
         sink = SegmentSink(
             dst,
             info,
             settings,
-            (enc_w, enc_h),
-            job=job,
+            size,
+            job=_job_settings(src, config, colorizer, model_hw, stabilizer is not None, size),
             segment_frames=config.segment_frames or DEFAULT_SEGMENT_FRAMES,
             stabilized=stabilizer is not None,
             resume=config.resume,
             **io,
         )
     else:
-        sink = FileSink(dst, info, settings, (enc_w, enc_h), **io)
+        sink = FileSink(dst, info, settings, size, **io)
 
     timing = _Timing()
     with output_errors(dst), sink:
@@ -627,8 +647,8 @@ def colorize_video(
         model=model_name(colorizer),
         device=str(device),
         render_size=(model_hw[1], model_hw[0]),
-        batch_size=model.max_batch,
-        size=(enc_w, enc_h),
+        batch_size=stages.model.max_batch,
+        size=size,
         notices=tuple(notices),
         stabilize_s=stages.colour.stabilize_s,
         repeated=sink.repeated,

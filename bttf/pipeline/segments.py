@@ -405,7 +405,7 @@ def join_segments(
     (`t_from`, `t_end`: source seconds; `shift_pts`: in the video's time base). Returns the
     audio notices.
     """
-    from bttf.pipeline.encode import AudioRemux, _copy_metadata
+    from bttf.pipeline.encode import AudioRemux, copy_metadata
 
     notices: list[str] = []
     out = av.open(str(dst), "w")
@@ -417,8 +417,8 @@ def join_segments(
             vs.time_base = template.time_base
             vs.codec_context.framerate = info.rate or 24  # the template does not carry it
             extradata = template.codec_context.extradata
-            _copy_metadata(first.metadata, out.metadata)
-            _copy_metadata(template.metadata, vs.metadata)
+            copy_metadata(first.metadata, out.metadata)
+            copy_metadata(template.metadata, vs.metadata)
         if info.display_matrix is not None:
             vs.set_display_matrix(info.display_matrix)
         if audio and info.n_audio:
