@@ -133,7 +133,7 @@ def colorize_folder(
         BadInputError: `src_dir` is not a folder or holds no film; `out_dir` is `src_dir` or
             cannot be made. Failures of single films are in the result, not raised.
     """
-    from bttf.pipeline.colorize import ColorizeConfig, colorize_video
+    from bttf.pipeline.engine import ColorizeConfig, colorize_video
     from bttf.pipeline.media import check_writable
 
     config = config or ColorizeConfig()

@@ -299,7 +299,7 @@ def compare(cfg: CompareConfig, progress: ProgressFn | None = None) -> CompareRe
     """
     from bttf.color import lab_to_rgb, rgb_to_lab
     from bttf.metrics.image import auc_ab, colorfulness, psnr
-    from bttf.pipeline.colorize import render_dims
+    from bttf.pipeline.stages import colorize_l
     from bttf.runtime import resolve_device
 
     src = check_input(cfg.input)
@@ -347,13 +347,9 @@ def compare(cfg: CompareConfig, progress: ProgressFn | None = None) -> CompareRe
             abs_: list[torch.Tensor] = [torch.zeros_like(true_ab)]
             L_full = lab[0].numpy()
             for _, colorizer in colorizers:
-                short = cfg.render_size or colorizer.render_size
-                rh, rw = render_dims(h, w, short, colorizer.stride)
-                L_in = cv2.resize(
-                    L_full, (rw, rh), interpolation=cv2.INTER_AREA if rh <= h else cv2.INTER_LINEAR
-                )
-                L_in = torch.from_numpy(L_in)[None, None].to(device)
-                ab = colorizer.decode(colorizer.predict(L_in), (th, tw))[0].float().cpu()
+                L_in = torch.from_numpy(L_full)[None, None]
+                ab = colorize_l(colorizer, L_in, device, cfg.render_size, (th, tw))
+                ab = ab[0].float().cpu()
                 abs_.append(ab)
                 tiles_rgb.append(lab_to_rgb(torch.cat([L_tile, ab])))
                 done += 1

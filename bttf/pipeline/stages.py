@@ -328,6 +328,15 @@ class ChromaStage:
 # Stills
 
 
+def _predict_decode(colorizer, L: torch.Tensor, device: torch.device, size) -> torch.Tensor:
+    """L (N, 1, h, w) at render size -> ab (N, 2, *size), as the engine runs the model."""
+    stage = ModelStage(colorizer, device, len(L))
+    L = L.to(device)
+    out = _cat(stage.split(len(L), lambda i, j: stage.predict(L[i:j])))
+    return colorizer.decode(out, size)
+
+
+@torch.inference_mode()
 def colorize_gray(
     colorizer, gray: np.ndarray, device: torch.device, render_size: int | None = None
 ) -> torch.Tensor:
@@ -341,8 +350,25 @@ def colorize_gray(
 
     h, w = gray.shape
     rh, rw = render_dims(h, w, render_size or colorizer.render_size, colorizer.stride)
-    stage = ModelStage(colorizer, device, 1)
-    with torch.inference_mode():
-        small = luma_to_l(torch.from_numpy(resize_plane(gray, (rh, rw))).float()).to(device)
-        out = stage.split(1, lambda i, j: stage.predict(small[None, None]))[0]
-        return colorizer.decode(out, (h, w))
+    small = luma_to_l(torch.from_numpy(resize_plane(gray, (rh, rw))).float())
+    return _predict_decode(colorizer, small[None, None], device, (h, w))
+
+
+@torch.inference_mode()
+def colorize_l(
+    colorizer,
+    L: torch.Tensor,
+    device: torch.device,
+    render_size: int | None = None,
+    size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Run `colorizer` on lightness L (N, 1, H, W) in [0, 100] the way the engine does: each
+    image resized to the render size (`resize_plane`), the model under the device's autocast,
+    ab decoded and resized to `size` (default (H, W)). Returns ab (N, 2, *size) on `device`.
+    Used by `bttf eval` and `bttf compare`."""
+    n, _, h, w = L.shape
+    rh, rw = render_dims(h, w, render_size or colorizer.render_size, colorizer.stride)
+    if (rh, rw) != (h, w):
+        planes = [resize_plane(x[0].numpy(), (rh, rw)) for x in L.float().cpu()]
+        L = torch.from_numpy(np.stack(planes))[:, None]
+    return _predict_decode(colorizer, L, device, size or (h, w))

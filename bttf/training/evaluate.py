@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from bttf.errors import BadInputError
 from bttf.training import data as D
@@ -211,22 +210,13 @@ def _score(
 def _model_predictor(
     colorizer, device: torch.device, render_size: int | None = None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    from bttf.pipeline.stages import render_dims
-
-    stride = colorizer.stride
+    """L -> ab the way `bttf colorize` runs the model, at `render_size` (None: the images' own
+    short side)."""
+    from bttf.pipeline.stages import colorize_l
 
     def predict(L: torch.Tensor) -> torch.Tensor:
-        h, w = L.shape[-2:]
-        hs, ws = render_dims(h, w, render_size or min(h, w), stride)
-        x = L.to(device)
-        if hs < h and ws < w:  # down, as the engine does (area)
-            x = F.interpolate(x, size=(hs, ws), mode="area")
-        elif (hs, ws) != (h, w):
-            x = F.interpolate(x, size=(hs, ws), mode="bilinear", align_corners=False)
-        ab = colorizer.decode(colorizer.predict(x), (hs, ws))
-        if (hs, ws) != (h, w):
-            ab = F.interpolate(ab, size=(h, w), mode="bilinear", align_corners=False)
-        return ab.float().cpu()
+        short = render_size or min(L.shape[-2:])
+        return colorize_l(colorizer, L, device, short).float().cpu()
 
     return predict
 
