@@ -66,7 +66,8 @@ def test_prepare_writes_a_compact_cache(tmp_path: Path) -> None:
     names = [it["name"] for it in cache.items]
     assert "sub/img00.png" in names and names == sorted(names)
     assert len(cache.indices("train")) == s.train and len(cache.indices("val")) == s.val
-    L, ab = cache.lab([0, 1])
+    L_u8, ab_u8 = cache.read([0, 1])
+    L, ab = D.decode_l(torch.from_numpy(L_u8)).unsqueeze(1), D.decode_ab(torch.from_numpy(ab_u8))
     assert L.shape == (2, 1, 32, 32) and 0 <= float(L.min()) and float(L.max()) <= 100
     assert ab.shape == (2, 2, 32, 32) and float(ab.abs().max()) > 10
 
@@ -80,7 +81,8 @@ def test_cache_values_match_rgb_to_lab(tmp_path: Path) -> None:
     D.prepare(D.PrepareConfig(inputs=(p,), out=tmp_path / "c", size=32, val_fraction=0.0))
     rgb = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
     lab = rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
-    L, ab = D.LabCache(tmp_path / "c").lab([0])
+    L_u8, ab_u8 = D.LabCache(tmp_path / "c").read([0])
+    L, ab = D.decode_l(torch.from_numpy(L_u8)).unsqueeze(1), D.decode_ab(torch.from_numpy(ab_u8))
     assert float((L[0] - lab[:1]).abs().max()) <= 0.2 + 1e-4  # half a uint8 step of L * 2.55
     assert float((ab[0] - lab[1:]).abs().max()) <= 0.5 + 1e-4
 

@@ -9,15 +9,9 @@ import pytest
 import torch
 
 from bttf.color import lab_to_rgb, rgb_to_lab
+from bttf.metrics.image import auc_ab, colorfulness, pixel_weights, psnr, ssim
 from bttf.models.bins import AB_BINS_NP, Q, rebalance_weights
-from bttf.metrics.image import (
-    auc_ab,
-    colorfulness,
-    evaluate_images,
-    pixel_weights,
-    psnr,
-    ssim,
-)
+from bttf.training.evaluate import MetricAccumulator
 
 
 def _colourful_image(h: int = 32, w: int = 40, seed: int = 0) -> np.ndarray:
@@ -36,6 +30,26 @@ def _gray_baseline(rgb: np.ndarray) -> np.ndarray:
     lab = rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1).double())
     lab[1:] = 0
     return lab_to_rgb(lab).permute(1, 2, 0).numpy()
+
+
+def _lab(rgb) -> torch.Tensor:
+    """(1, 3, H, W) Lab of an (H, W, 3) float or uint8 array, or of a (3, H, W) tensor."""
+    if isinstance(rgb, torch.Tensor):
+        return rgb_to_lab(rgb.float())[None]
+    a = np.asarray(rgb)
+    chw = torch.from_numpy(a / 255.0 if a.dtype == np.uint8 else a).permute(2, 0, 1)
+    return rgb_to_lab(chw.float())[None]
+
+
+def _scores(preds: list, truths: list, bin_weights=None) -> dict[str, float]:
+    """Every image metric averaged over (prediction, truth) RGB pairs, as `bttf eval` and the
+    training validation average them (`MetricAccumulator`, one image at a time)."""
+    acc = MetricAccumulator(bin_weights)
+    for pred, true in zip(preds, truths, strict=True):
+        lab_p, lab_t = _lab(pred), _lab(true)
+        acc.add(lab_t[:, :1], lab_p[:, 1:], lab_t[:, 1:])
+    m = acc.result()
+    return m | {"n": acc.n, "auc_raw": m["auc"]}
 
 
 def _ab(rgb: np.ndarray) -> np.ndarray:
@@ -115,7 +129,7 @@ def test_gray_baseline_is_sane() -> None:
     preds = [_gray_baseline(t) for t in truth]
     # weights from a prior peaked at gray, like natural images: saturated colours weigh more
     prior = np.exp(-np.hypot(AB_BINS_NP[:, 0], AB_BINS_NP[:, 1]) / 20)
-    m = evaluate_images(preds, truth, bin_weights=rebalance_weights(prior))
+    m = _scores(preds, truth, bin_weights=rebalance_weights(prior))
     assert m["n"] == 3
     assert 10 < m["psnr"] < 40
     assert 0 < m["ssim"] < 1
@@ -130,18 +144,18 @@ def test_gray_baseline_is_sane() -> None:
 
 def test_evaluate_identical_images() -> None:
     imgs = [_colourful_image(seed=1), (_colourful_image(16, 12) * 255).astype(np.uint8)]
-    m = evaluate_images(imgs, imgs)
+    m = _scores(imgs, imgs)
     assert m["psnr"] == math.inf and m["ssim"] == pytest.approx(1.0)
     assert m["auc_raw"] == 1.0 and math.isnan(m["auc_rebal"])
     assert m["colorfulness"] == m["colorfulness_truth"]
     chw = [torch.from_numpy(imgs[0]).permute(2, 0, 1)]
-    assert evaluate_images(chw, chw)["auc_raw"] == 1.0
+    assert _scores(chw, chw)["auc_raw"] == 1.0
 
 
 def test_zhang_rebalanced_weights_lower_the_gray_auc(shared_dir) -> None:
     prior = np.load(shared_dir / "reference" / "zhang" / "prior_probs.npy")
     truth = [_colourful_image(seed=2)]
-    m = evaluate_images([_gray_baseline(truth[0])], truth, rebalance_weights(prior))
+    m = _scores([_gray_baseline(truth[0])], truth, rebalance_weights(prior))
     assert 0 < m["auc_rebal"] < m["auc_raw"] < 1
 
 
@@ -155,5 +169,5 @@ def test_metric_input_errors() -> None:
         colorfulness(torch.zeros(1, 4, 8, 8))
     with pytest.raises(ValueError, match="weights"):
         auc_ab(np.zeros((4, 4, 2)), np.zeros((4, 4, 2)), weights=np.ones((4, 5)))
-    with pytest.raises(ValueError):
-        evaluate_images([img], [img, img])
+    with pytest.raises(ValueError):  # one prediction for two truths
+        psnr(np.stack([img]), np.stack([img, img]))

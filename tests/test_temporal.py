@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from test_cuts import pan, texture, two_shots
 
 from bttf.cli import cli
+from bttf.metrics.video import cdc, evaluate_video, pair_flows, warping_error
 from bttf.pipeline.flow import FlowEstimator, consistent_mask, warp
 from bttf.pipeline.temporal import Stabilizer
-from bttf.metrics.video import cdc, evaluate_video, pair_flows, warping_error
 
 Q = 313
 

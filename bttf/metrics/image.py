@@ -9,9 +9,6 @@ ab is in Lab units. A batch gives the mean of the per-image values.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 from skimage.metrics import structural_similarity
@@ -20,7 +17,6 @@ __all__ = [
     "AUC_MAX_THRESHOLD",
     "auc_ab",
     "colorfulness",
-    "evaluate_images",
     "pixel_weights",
     "psnr",
     "ssim",
@@ -230,63 +226,3 @@ def pixel_weights(true_ab: ArrayLike, bin_weights: ArrayLike) -> np.ndarray:
     idx = encode_nearest(torch.from_numpy(np.moveaxis(_batched(ab, 3), -1, 1).astype(np.float32)))
     out = bw[idx.numpy()]
     return out[0] if single else out
-
-
-def _to_chw_tensor(x: ArrayLike, fn: str) -> torch.Tensor:
-    rgb = _channel_last(x, 3, "rgb", fn)
-    if rgb.ndim != 3:
-        raise ValueError(f"{fn} expects one image (H, W, 3) per list entry, got {rgb.shape}")
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(rgb, -1, 0), dtype=np.float32))
-
-
-def evaluate_images(
-    pred_rgb_list: Sequence[ArrayLike],
-    true_rgb_list: Sequence[ArrayLike],
-    bin_weights: ArrayLike | None = None,
-) -> dict[str, float]:
-    """All image metrics for paired predictions and ground truths, averaged over the pairs.
-
-    Each entry is one RGB image, ``(H, W, 3)`` numpy or ``(3, H, W)`` tensor; sizes may vary between
-    pairs. ab comes from ``bttf.color.rgb_to_lab`` of each image.
-
-    Args:
-        pred_rgb_list, true_rgb_list: the predictions and their ground truths, same length.
-        bin_weights: ``(313,)`` rebalancing weights for ``auc_rebal``; None leaves it NaN.
-
-    Returns:
-        ``{"n", "psnr", "ssim", "colorfulness", "colorfulness_truth", "auc_raw", "auc_rebal"}``:
-        ``n`` the number of pairs, the others means of the per-image values (see each function).
-    """
-    from bttf.color import rgb_to_lab
-
-    if len(pred_rgb_list) != len(true_rgb_list):
-        raise ValueError(
-            f"evaluate_images: {len(pred_rgb_list)} predictions for "
-            f"{len(true_rgb_list)} ground truths"
-        )
-    if len(pred_rgb_list) == 0:
-        raise ValueError("evaluate_images: no images to evaluate")
-    keys = ("psnr", "ssim", "colorfulness", "colorfulness_truth", "auc_raw", "auc_rebal")
-    sums = dict.fromkeys(keys, 0.0)
-    for pred, true in zip(pred_rgb_list, true_rgb_list, strict=True):
-        p = _to_chw_tensor(pred, "evaluate_images")
-        t = _to_chw_tensor(true, "evaluate_images")
-        if p.shape != t.shape:
-            raise ValueError(
-                f"evaluate_images: prediction {tuple(p.shape)} vs truth {tuple(t.shape)}"
-            )
-        p_hwc, t_hwc = p.permute(1, 2, 0).numpy(), t.permute(1, 2, 0).numpy()
-        sums["psnr"] += psnr(p_hwc, t_hwc)
-        sums["ssim"] += ssim(p_hwc, t_hwc)
-        sums["colorfulness"] += colorfulness(p_hwc)
-        sums["colorfulness_truth"] += colorfulness(t_hwc)
-        ab_p = rgb_to_lab(p)[1:][None]
-        ab_t = rgb_to_lab(t)[1:][None]
-        sums["auc_raw"] += auc_ab(ab_p, ab_t)
-        if bin_weights is not None:
-            sums["auc_rebal"] += auc_ab(ab_p, ab_t, pixel_weights(ab_t, bin_weights))
-    n = len(pred_rgb_list)
-    out: dict[str, float] = {"n": n} | {k: v / n for k, v in sums.items()}
-    if bin_weights is None:
-        out["auc_rebal"] = math.nan
-    return out

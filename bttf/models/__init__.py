@@ -34,9 +34,6 @@ from bttf.models.weights import (
     save_weights,
 )
 
-# The name the interface contract uses for `load_model`.
-load_weights_file = load_model
-
 __all__ = [
     "WEIGHTS_DIR",
     "Colorizer",
@@ -47,7 +44,6 @@ __all__ = [
     "list_models",
     "load_model",
     "load_state_into",
-    "load_weights_file",
     "read_weights",
     "register_model",
     "save_weights",

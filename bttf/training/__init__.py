@@ -1,5 +1,6 @@
-"""Training and evaluation: the Lab cache (`data`), objectives (`losses`), the loop (`loop`),
-metrics (`metrics`) and the `eval` report (`evaluate`).
+"""Training and evaluation: the Lab cache (`data`), objectives (`losses`), the loop (`loop`, over
+`checkpoint`, `runlog`, `distributed`, `optim`, `batches`, `validation`) and the `eval` report
+(`evaluate`). The metrics themselves are `bttf.metrics`.
 
     from bttf.training import PrepareConfig, TrainConfig, EvalConfig, prepare, train, evaluate
 
@@ -8,12 +9,21 @@ The names are imported on first use, so `import bttf.training` stays cheap.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bttf.training.data import LabCache, PrepareConfig, PrepareSummary, prepare
-    from bttf.training.evaluate import EvalConfig, EvalReport, evaluate
-    from bttf.training.loop import TrainConfig, TrainEvent, TrainResult, train
+    from bttf.training.data import LabCache as LabCache
+    from bttf.training.data import PrepareConfig as PrepareConfig
+    from bttf.training.data import PrepareSummary as PrepareSummary
+    from bttf.training.data import prepare as prepare
+    from bttf.training.evaluate import EvalConfig as EvalConfig
+    from bttf.training.evaluate import EvalReport as EvalReport
+    from bttf.training.evaluate import evaluate as evaluate
+    from bttf.training.loop import TrainConfig as TrainConfig
+    from bttf.training.loop import TrainEvent as TrainEvent
+    from bttf.training.loop import TrainResult as TrainResult
+    from bttf.training.loop import train as train
 
 _LAZY = {
     "LabCache": "data",
@@ -29,12 +39,22 @@ _LAZY = {
     "train": "loop",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "EvalConfig",
+    "EvalReport",
+    "LabCache",
+    "PrepareConfig",
+    "PrepareSummary",
+    "TrainConfig",
+    "TrainEvent",
+    "TrainResult",
+    "evaluate",
+    "prepare",
+    "train",
+]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(f"bttf.training.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'bttf.training' has no attribute {name!r}")

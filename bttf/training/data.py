@@ -392,11 +392,6 @@ class LabCache:
         srt = rows[order]
         return np.asarray(self.L[srt])[inv], np.asarray(self.ab[srt])[inv]
 
-    def lab(self, rows: np.ndarray | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Float L (B, 1, S, S) in [0, 100] and ab (B, 2, S, S) in Lab units."""
-        L, ab = self.read(rows)
-        return decode_l(torch.from_numpy(L)).unsqueeze(1), decode_ab(torch.from_numpy(ab))
-
 
 def decode_l(L_u8: torch.Tensor) -> torch.Tensor:
     return L_u8.float().div_(L_SCALE)
