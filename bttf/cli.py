@@ -753,6 +753,76 @@ def _val_every(value: str) -> tuple[int, str]:
     return int(m.group(1)), unit
 
 
+def _model_kwargs(model_args: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
+    """--model-arg KEY=VALUE ...: each value read as JSON, else kept as text."""
+    import json
+
+    kwargs = []
+    for arg in model_args:
+        key, sep, value = arg.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{arg!r}: give KEY=VALUE", param_hint="--model-arg")
+        try:
+            kwargs.append((key.strip(), json.loads(value)))
+        except ValueError:
+            kwargs.append((key.strip(), value))
+    return tuple(kwargs)
+
+
+@contextlib.contextmanager
+def _train_progress(model_name: str) -> Iterator[Callable[[Any], None]]:
+    """Progress bars for data preparation and training, and a line per validation, driven by
+    the `TrainEvent` callback this yields."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        prep = None
+        task = None
+
+        def on_event(e) -> None:
+            nonlocal prep, task
+            if e.kind == "prepare":
+                if prep is None:
+                    prep = bar.add_task("preparing data", total=e.total, info="")
+                bar.update(prep, completed=e.done, total=e.total)
+            elif e.kind == "start":
+                console.print(f"{model_name}: {e.message}", highlight=False)
+                task = bar.add_task("training", total=e.total_steps, completed=e.step, info="")
+            elif e.kind in ("step", "val") and task is not None:
+                info = (
+                    f"epoch {e.epoch + 1}/{e.epochs}  loss {e.loss:.4f}  {e.images_per_s:.1f} img/s"
+                )
+                bar.update(task, completed=e.step, info=info)
+                if e.kind == "val":
+                    m = e.metrics
+                    console.print(
+                        f"step {e.step}: val loss {m.get('loss', float('nan')):.4f}  "
+                        f"PSNR {m.get('psnr', float('nan')):.2f}  "
+                        f"AuC {m.get('auc', float('nan')):.3f}  "
+                        f"AuC rebal {m.get('auc_rebal', float('nan')):.3f}  "
+                        f"colorfulness {m.get('colorfulness', float('nan')):.1f}",
+                        highlight=False,
+                    )
+
+        yield on_event
+
+
 @cli.command("prepare")
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option(
@@ -1044,39 +1114,20 @@ def train_cmd(
     # Spinning OpenMP workers collapse throughput (5-10x) when the CPU is shared; read by the
     # OpenMP runtime when torch loads, so only effective if nothing imported torch yet.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import json
     from pathlib import Path
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from bttf.models import get_spec
-    from bttf.training.loop import TrainConfig, TrainEvent, train
+    from bttf.training.loop import TrainConfig, train
 
     spec = get_spec(model)
     every, unit = _val_every(val_every)  # the other checks are TrainConfig's
-    kwargs = []
-    for arg in model_args:
-        key, sep, value = arg.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"{arg!r}: give KEY=VALUE", param_hint="--model-arg")
-        try:
-            kwargs.append((key.strip(), json.loads(value)))
-        except ValueError:
-            kwargs.append((key.strip(), value))
     cfg = TrainConfig(
         data=tuple(Path(d) for d in data),
         model=model,
         out=Path(out),
         epochs=epochs,
         steps=steps,
-        model_kwargs=tuple(kwargs),
+        model_kwargs=_model_kwargs(model_args),
         batch_size=batch_size,
         image_size=image_size,
         lr=lr,
@@ -1109,44 +1160,7 @@ def train_cmd(
     if os.environ.get("RANK", "0") != "0":
         train(cfg)
         return
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console) as bar:
-        prep = None
-        task = None
-
-        def on_event(e: TrainEvent) -> None:
-            nonlocal prep, task
-            if e.kind == "prepare":
-                if prep is None:
-                    prep = bar.add_task("preparing data", total=e.total, info="")
-                bar.update(prep, completed=e.done, total=e.total)
-            elif e.kind == "start":
-                console.print(f"{spec.name}: {e.message}", highlight=False)
-                task = bar.add_task("training", total=e.total_steps, completed=e.step, info="")
-            elif e.kind in ("step", "val") and task is not None:
-                info = (
-                    f"epoch {e.epoch + 1}/{e.epochs}  loss {e.loss:.4f}  {e.images_per_s:.1f} img/s"
-                )
-                bar.update(task, completed=e.step, info=info)
-                if e.kind == "val":
-                    m = e.metrics
-                    console.print(
-                        f"step {e.step}: val loss {m.get('loss', float('nan')):.4f}  "
-                        f"PSNR {m.get('psnr', float('nan')):.2f}  "
-                        f"AuC {m.get('auc', float('nan')):.3f}  "
-                        f"AuC rebal {m.get('auc_rebal', float('nan')):.3f}  "
-                        f"colorfulness {m.get('colorfulness', float('nan')):.1f}",
-                        highlight=False,
-                    )
-
+    with _train_progress(spec.name) as on_event:
         result = train(cfg, on_event)
     console.print(
         f"done: {result.steps} steps; best {result.best}, last {result.last}", highlight=False
