@@ -52,7 +52,7 @@ from bttf.pipeline.media import (
     is_image_path,
     output_errors,
 )
-from bttf.pipeline.resume import FileSink, SegmentSink, Sink
+from bttf.pipeline.resume import FileSink, SegmentSink, Sink, Target
 from bttf.pipeline.segments import DEFAULT_SEGMENT_FRAMES
 from bttf.pipeline.stages import (
     ChromaStage,
@@ -598,7 +598,11 @@ def colorize_video(
         model_hw[0],
         device,
     )
-    io = dict(
+    target = Target(
+        dst,
+        info,
+        settings,
+        size,
         start=config.start,
         duration=config.duration,
         audio=config.audio,
@@ -607,18 +611,14 @@ def colorize_video(
     long_film = config.segment_frames and (total is None or total > config.segment_frames)
     if config.resume or long_film:
         sink = SegmentSink(
-            dst,
-            info,
-            settings,
-            size,
+            target,
             job=_job_settings(src, config, colorizer, model_hw, stabilizer is not None, size),
             segment_frames=config.segment_frames or DEFAULT_SEGMENT_FRAMES,
             stabilized=stabilizer is not None,
             resume=config.resume,
-            **io,
         )
     else:
-        sink = FileSink(dst, info, settings, size, **io)
+        sink = FileSink(target)
 
     timing = _Timing()
     with output_errors(dst), sink:

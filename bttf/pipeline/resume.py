@@ -23,6 +23,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,20 @@ def _nothing() -> Source:
     yield from ()
 
 
+@dataclass(frozen=True)
+class Target:
+    """What both sinks write: OUTPUT, the source's facts, the encoder and the range."""
+
+    dst: Path
+    info: VideoInfo
+    settings: EncodeSettings
+    size: tuple[int, int]  # (w, h) encoded
+    start: float | None
+    duration: float | None
+    audio: bool
+    on_decode_error: str
+
+
 class FileSink:
     """The whole film into one file (`dst` appears only when complete)."""
 
@@ -60,22 +75,8 @@ class FileSink:
     resumed_frames = 0
     segments = 0
 
-    def __init__(
-        self,
-        dst: Path,
-        info: VideoInfo,
-        settings: EncodeSettings,
-        size: tuple[int, int],
-        *,
-        start: float | None,
-        duration: float | None,
-        audio: bool,
-        on_decode_error: str,
-    ) -> None:
-        self.dst, self.info = dst, info
-        self.settings, self.size = settings, size
-        self.start, self.duration, self.audio = start, duration, audio
-        self.on_decode_error = on_decode_error
+    def __init__(self, target: Target) -> None:
+        self.target = target
         self.notices: list[str] = []
         self.repeated = self.dropped = 0
         self.encode_s = 0.0  # work after the stream (none here)
@@ -84,8 +85,10 @@ class FileSink:
         self._started = False
 
     def __enter__(self) -> FileSink:
-        tmp = self._stack.enter_context(atomic_output(self.dst))
-        self._writer = VideoWriter(tmp, self.info, self.settings, self.size, audio=self.audio)
+        tmp = self._stack.enter_context(atomic_output(self.target.dst))
+        self._writer = VideoWriter(
+            tmp, self.target.info, self.target.settings, self.target.size, audio=self.target.audio
+        )
         self._stack.callback(self._close_writer)
         if self._writer.audio is not None:
             self.notices.extend(self._writer.audio.notices)
@@ -100,21 +103,26 @@ class FileSink:
 
     def source(self) -> Source:
         return _tagged(
-            read_frames(self.info, self.start, self.duration, on_error=self.on_decode_error)
+            read_frames(
+                self.target.info,
+                self.target.start,
+                self.target.duration,
+                on_error=self.target.on_decode_error,
+            )
         )
 
     def write(self, f: SourceFrame, cb: np.ndarray, cr: np.ndarray) -> None:
         if not self._started:
             t_end = None
-            if self.duration is not None:
-                t_end = self.info.start + (to_fraction(self.start) or 0)
-                t_end += to_fraction(self.duration)
-            if self.start is not None:
+            if self.target.duration is not None:
+                t_end = self.target.info.start + (to_fraction(self.target.start) or 0)
+                t_end += to_fraction(self.target.duration)
+            if self.target.start is not None:
                 self._writer.start(Fraction(f.pts) * f.time_base, t_end, f.pts)
             else:
                 self._writer.start(None, t_end, 0)
             self._started = True
-        self._writer.write(f.y, self.info.bits, cb, cr, f.pts, f.duration)
+        self._writer.write(f.y, self.target.info.bits, cb, cr, f.pts, f.duration)
         self.repeated += f.repeated
         self.dropped += f.dropped
 
@@ -137,28 +145,18 @@ class SegmentSink:
 
     def __init__(
         self,
-        dst: Path,
-        info: VideoInfo,
-        settings: EncodeSettings,
-        size: tuple[int, int],
+        target: Target,
         *,
         job: dict[str, Any],
         segment_frames: int,
         stabilized: bool,
         resume: bool,
-        start: float | None,
-        duration: float | None,
-        audio: bool,
-        on_decode_error: str,
     ) -> None:
-        self.dst, self.info = dst, info
-        self.settings, self.size = settings, size
+        self.target = target
         self.segment_frames = segment_frames
         self.warmup = min(WARMUP_FRAMES, segment_frames) if stabilized else 0
         self.job = {**job, "segment_frames": segment_frames, "warmup": self.warmup}
         self.resume = resume
-        self.start, self.duration, self.audio = start, duration, audio
-        self.on_decode_error = on_decode_error
         self.notices: list[str] = []
         self.encode_s = 0.0
         self.work: WorkDir | None = None
@@ -170,13 +168,13 @@ class SegmentSink:
     # --- the run's frame: open, leave ---------------------------------------------------------
 
     def __enter__(self) -> SegmentSink:
-        self.work = WorkDir.open(self.dst, self.job, self.resume, self._probe)
+        self.work = WorkDir.open(self.target.dst, self.job, self.resume, self._probe)
         self.resumed_frames = self.work.frames_done
         self.first_segment = len(self.work.segments)
         if self.resumed_frames:
             log.info(
                 "resuming %s after %d frames (%d segments)",
-                self.dst,
+                self.target.dst,
                 self.resumed_frames,
                 self.first_segment,
             )
@@ -202,10 +200,12 @@ class SegmentSink:
 
     def _probe(self, out):  # the stream a segment has, for WorkDir to see what the container does
         vs = out.add_stream(
-            self.settings.codec, rate=self.info.rate or 24, options=self.settings.options()
+            self.target.settings.codec,
+            rate=self.target.info.rate or 24,
+            options=self.target.settings.options(),
         )
-        vs.width, vs.height, vs.pix_fmt = *self.size, self.settings.pix_fmt
-        vs.time_base = vs.codec_context.time_base = self.info.time_base
+        vs.width, vs.height, vs.pix_fmt = *self.target.size, self.target.settings.pix_fmt
+        vs.time_base = vs.codec_context.time_base = self.target.info.time_base
         return vs
 
     @property
@@ -229,7 +229,12 @@ class SegmentSink:
             return _nothing()
         if work.resume_pts is None:
             return _tagged(
-                read_frames(self.info, self.start, self.duration, on_error=self.on_decode_error)
+                read_frames(
+                    self.target.info,
+                    self.target.start,
+                    self.target.duration,
+                    on_error=self.target.on_decode_error,
+                )
             )
         return self._resume_source(work.resume_pts, work.first_pts)
 
@@ -241,18 +246,18 @@ class SegmentSink:
         frame (or the first frame of the range); else seeks further back, at worst decoding from
         the start of the range. Ends at once when the range ended exactly at the target.
         """
-        info, warmup = self.info, self.warmup
+        info, warmup = self.target.info, self.warmup
         tb = info.time_base
-        t_start = info.start + (to_fraction(self.start) or 0)
+        t_start = info.start + (to_fraction(self.target.start) or 0)
         back = Fraction(warmup + 2) / (info.rate or 24)
         while True:
             seek = target_pts * tb - back
             from_start = seek <= t_start
             frames = read_frames(
                 info,
-                self.start,
-                self.duration,
-                on_error=self.on_decode_error,
+                self.target.start,
+                self.target.duration,
+                on_error=self.target.on_decode_error,
                 seek=None if from_start else seek,
             )
             ring: deque[SourceFrame] = deque(maxlen=warmup)
@@ -285,7 +290,7 @@ class SegmentSink:
     def write(self, f: SourceFrame, cb: np.ndarray, cr: np.ndarray) -> None:
         if self._writer is None:
             self._open(f)
-        self._writer.write(f.y, self.info.bits, cb, cr, f.pts, f.duration)
+        self._writer.write(f.y, self.target.info.bits, cb, cr, f.pts, f.duration)
         self._frames += 1
         self._repeated += f.repeated
         self._dropped += f.dropped
@@ -295,10 +300,14 @@ class SegmentSink:
         work = self.work
         if work.first_pts is None:
             work.first_pts = f.pts
-            work.shift_pts = f.pts if self.start is not None else 0
+            work.shift_pts = f.pts if self.target.start is not None else 0
         k = len(work.segments)
         self._writer = VideoWriter(
-            work.segment_path(k, partial=True), self.info, self.settings, self.size, audio=False
+            work.segment_path(k, partial=True),
+            self.target.info,
+            self.target.settings,
+            self.target.size,
+            audio=False,
         )
         self._writer.start(None, None, f.pts if work.relative else work.shift_pts)
         self._frames = self._repeated = self._dropped = 0
@@ -317,12 +326,16 @@ class SegmentSink:
 
     def complete(self) -> None:
         """Join the segments, with the source's audio, into OUTPUT."""
-        work, info = self.work, self.info
+        work, info = self.work, self.target.info
         t_end = None
-        if self.duration is not None:
-            t_end = info.start + (to_fraction(self.start) or 0) + to_fraction(self.duration)
+        if self.target.duration is not None:
+            t_end = (
+                info.start
+                + (to_fraction(self.target.start) or 0)
+                + to_fraction(self.target.duration)
+            )
         t_from = None
-        if self.start is not None and work.first_pts is not None:
+        if self.target.start is not None and work.first_pts is not None:
             t_from = Fraction(work.first_pts) * info.time_base
         offsets = None
         if work.relative:
@@ -334,14 +347,14 @@ class SegmentSink:
                     [work.path / s.file for s in work.segments],
                     tmp,
                     info,
-                    audio=self.audio,
+                    audio=self.target.audio,
                     t_from=t_from,
                     t_end=t_end,
                     shift_pts=work.shift_pts,
                     offsets=offsets,
                 )
             )
-            os.replace(tmp, self.dst)
+            os.replace(tmp, self.target.dst)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
