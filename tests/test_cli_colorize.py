@@ -11,8 +11,8 @@ import cv2
 import pytest
 from click.testing import CliRunner
 
-from bttf import cli as cli_mod
 from bttf.cli import cli, main
+from bttf.cli.colorize import colorize_cmd
 
 FAST = [
     "--render-size",
@@ -230,4 +230,4 @@ def test_help_lists_the_options() -> None:
         "--quiet",
     ):
         assert opt in result.output
-    assert cli_mod.colorize_cmd.name == "colorize"
+    assert colorize_cmd.name == "colorize"

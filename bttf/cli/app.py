@@ -1,0 +1,116 @@
+"""The `bttf` group, the console, and what several commands share: option types, default
+output names, timecodes.
+
+Only `bttf.cli` imports click and owns the rich console.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bttf")
+@click.option("-v", "--verbose", is_flag=True, help="Log what each stage does.")
+def cli(verbose: bool) -> None:
+    """Colorize black-and-white films and photographs."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s"
+    )
+
+
+DEVICE_RE = r"^(auto|cpu|mps|cuda(:\d+)?)$"
+
+
+class DeviceParam(click.ParamType):
+    """auto, cpu, cuda, cuda:N or mps (whether that device exists is the library's question)."""
+
+    name = "DEVICE"
+
+    def convert(self, value, param, ctx):
+        import re
+
+        if not re.match(DEVICE_RE, str(value).strip().lower()):
+            self.fail(f"{value!r}; use auto, cpu, cuda, cuda:N or mps", param, ctx)
+        return value
+
+
+class PixFmtParam(click.ParamType):
+    """One of the encoder's output pixel formats (`bttf.pipeline.encode.OUTPUT_PIX_FMTS`, read
+    when an option is parsed: importing the encoder at startup would slow every command)."""
+
+    name = "PIX_FMT"
+
+    def convert(self, value, param, ctx):
+        from bttf.pipeline.encode import OUTPUT_PIX_FMTS
+
+        if value not in OUTPUT_PIX_FMTS:
+            self.fail(f"{value!r}; choose one of {', '.join(OUTPUT_PIX_FMTS)}", param, ctx)
+        return value
+
+
+class TimeParam(click.ParamType):
+    """Seconds, as `12.5`, `1:02.5` (MM:SS) or `0:01:02.5` (HH:MM:SS), like ffmpeg's -ss/-t.
+    `positive`: 0 is refused too (a duration)."""
+
+    name = "TIME"
+
+    def __init__(self, positive: bool = False) -> None:
+        self.positive = positive
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            seconds = float(value)
+        else:
+            try:
+                parts = [float(p) for p in str(value).strip().split(":")]
+                if not 1 <= len(parts) <= 3 or any(p < 0 for p in parts[:-1]):
+                    raise ValueError
+                seconds = 0.0
+                for p in parts:
+                    seconds = seconds * 60.0 + p
+            except ValueError:
+                self.fail(
+                    f"{value!r} is not a time; use seconds (12.5) or [HH:]MM:SS[.ms]", param, ctx
+                )
+        if not seconds >= 0 or seconds == float("inf"):
+            self.fail(f"{value!r} must be a time >= 0", param, ctx)
+        if self.positive and seconds == 0:
+            self.fail("must be more than 0", param, ctx)
+        return seconds
+
+
+def default_output(src: str) -> str:
+
+    from bttf.pipeline.media import is_image_path
+
+    p = Path(src)
+    return str(p.with_name(f"{p.stem}_color{p.suffix if is_image_path(p) else '.mp4'}"))
+
+
+def timecode(seconds: float) -> str:
+    m, s = divmod(max(seconds, 0.0), 60.0)
+    h, m = divmod(int(m), 60)
+    return f"{h:02d}:{m:02d}:{s:06.3f}"
+
+
+class SizeParam(click.ParamType):
+    """A file size: 5MB, 800KB, 2.5M, 1MiB or plain bytes."""
+
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        from bttf.pipeline.gif import parse_size
+
+        try:
+            return parse_size(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)

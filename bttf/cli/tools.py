@@ -1,0 +1,268 @@
+"""`bttf models`, `bttf cuts`, `bttf eval-video`, `bttf compare`: looking at models and films."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from bttf.cli.app import DeviceParam, cli, console, timecode
+
+
+@cli.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (for scripts).")
+def models_cmd(as_json: bool) -> None:
+    """List the registered colorizers."""
+    import json
+
+    from rich.table import Table
+
+    from bttf.models import describe_models
+
+    rows = describe_models()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(
+        title="bttf colorizers", caption="weights: yes shipped / missing / no: use --weights FILE"
+    )
+    for column, justify in (
+        ("model", "left"),
+        ("output", "left"),
+        ("params", "right"),
+        ("render size", "right"),
+        ("weights", "left"),
+    ):
+        table.add_column(column, justify=justify, no_wrap=column == "model")
+    for r in rows:
+        name = r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else "")
+        weights = "no" if r["shipped"] is None else "yes" if r["weights_present"] else "missing"
+        output = "313 bins" if r["output"] == "bins" else "ab"
+        table.add_row(name, output, f"{r['params']:,}", str(r["render_size"]), weights)
+    Console().print(table)
+
+
+@cli.command("cuts")
+@click.argument("input", type=click.Path(dir_okay=True, file_okay=True))
+@click.option("--json", "as_json", is_flag=True, help="Print the cuts as a JSON list.")
+@click.option(
+    "--fps",
+    type=click.FloatRange(min=0, min_open=True),
+    default=24.0,
+    show_default=True,
+    help="Frame rate of a folder of frames (a video file's own timing is used).",
+)
+@click.option(
+    "--min-scene-len",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Shortest shot in frames; no cut closer than this to the previous one.",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(min=1.0),
+    default=3.0,
+    show_default=True,
+    help="How many times the recent median frame difference a cut must reach.",
+)
+def cuts_cmd(input: str, as_json: bool, fps: float, min_scene_len: int, threshold: float) -> None:
+    """Print the hard scene cuts of INPUT (a video file or a folder of frames).
+
+    One line per cut: the time of the first frame of the new shot and its index.
+    """
+    import json
+
+    from bttf.pipeline.cuts import CutParams, detect_cuts
+
+    params = CutParams(min_scene_len=min_scene_len, ratio=threshold)
+    with console.status(f"looking for cuts in {input}"):
+        cuts = detect_cuts(input, params, fps=fps)
+    if as_json:
+        click.echo(json.dumps([c.to_dict() for c in cuts], indent=2))
+        return
+    for c in cuts:
+        click.echo(f"{timecode(c.time)}  frame {c.frame}")
+    console.print(f"{len(cuts)} cut(s), {len(cuts) + 1} shot(s)", highlight=False)
+
+
+@cli.command("eval-video")
+@click.argument("output", type=click.Path(dir_okay=True, file_okay=True))
+@click.option(
+    "--truth",
+    type=click.Path(dir_okay=True, file_okay=True),
+    default=None,
+    help="The colour original (video or folder of frames): adds PSNR, SSIM, colourfulness.",
+)
+@click.option(
+    "--max-frames",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Evaluate only the first N frames.",
+)
+@click.option(
+    "--fps",
+    type=click.FloatRange(min=0, min_open=True),
+    default=24.0,
+    show_default=True,
+    help="Frame rate of a folder of frames.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def eval_video_cmd(
+    output: str, truth: str | None, max_frames: int | None, fps: float, as_json: bool
+) -> None:
+    """Temporal consistency of a colorized video OUTPUT: warping error and CDC (lower is better).
+
+    Warping error follows Lai et al. 2018 with OpenCV DIS flow (not FlowNet2: compare numbers
+    only with this tool's); CDC follows Liu et al. 2021. With --truth, flow is computed on the
+    truth's luma and the truth's own values are shown for reference.
+    """
+    import json
+
+    from bttf.metrics.video import evaluate_video
+
+    with console.status(f"evaluating {output}"):
+        m = evaluate_video(output, truth, max_frames=max_frames, fps=fps)
+    if as_json:
+        click.echo(json.dumps(m.to_dict(), indent=2))
+        return
+    rows = [
+        ("frames", f"{m.frames}", None),
+        ("warping error", f"{m.warping_error:.6f}", m.truth_warping_error),
+        ("CDC", f"{m.cdc:.6f}", m.truth_cdc),
+    ]
+    if m.psnr is not None:
+        rows += [
+            ("PSNR (dB)", f"{m.psnr:.2f}", None),
+            ("SSIM", f"{m.ssim:.4f}", None),
+            ("colourfulness", f"{m.colorfulness:.2f}", m.truth_colorfulness),
+        ]
+    for name, value, ref in rows:
+        extra = f"   (truth: {ref:.6g})" if ref is not None else ""
+        click.echo(f"{name:<15}{value}{extra}")
+    click.echo(f"flow: {m.flow_method}")
+    for note in m.notes:
+        console.print(f"note: {note}", highlight=False)
+
+
+# --- colorize -------------------------------------------------------------------------------
+
+
+@cli.command("compare")
+@click.argument("input", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "-m",
+    "--models",
+    "models",
+    multiple=True,
+    help="Models to compare, comma-separated or repeated (`bttf models`); each uses "
+    "its shipped weights, or runs untrained (its caption says so).",
+)
+@click.option(
+    "-w",
+    "--weights",
+    "weights",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A checkpoint, one more column (a .safetensors names its model; repeatable).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The sheet (.png, .jpg ...). [default: INPUT_compare.png]",
+)
+@click.option(
+    "--frames",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="A film: this many evenly spaced frames, one row each.",
+)
+@click.option(
+    "--height",
+    "tile_height",
+    type=click.IntRange(16, 2048),
+    default=256,
+    show_default=True,
+    help="Height of each tile in pixels (a 36 px caption is added).",
+)
+@click.option(
+    "--render-size",
+    type=click.IntRange(16, 4096),
+    default=None,
+    help="Short side the models work at. [default: each model's own]",
+)
+@click.option(
+    "--device",
+    type=DeviceParam(),
+    default="auto",
+    show_default=True,
+    help="auto, cpu, cuda, cuda:N or mps.",
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.38,
+    show_default=True,
+    help="Annealed-mean temperature of bin models.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def compare_cmd(
+    input: str,
+    models: tuple[str, ...],
+    weights: tuple[str, ...],
+    output: str | None,
+    frames: int,
+    tile_height: int,
+    render_size: int | None,
+    device: str,
+    temperature: float,
+    overwrite: bool,
+) -> None:
+    """Colorize INPUT (image or film) with several models into one side-by-side sheet:
+    gray | each model | truth (when INPUT is in colour, it is turned gray first), captioned
+    with PSNR, AuC and colourfulness against the truth. The sheet is
+    (columns x tile width) wide and (rows x (height + 36)) high."""
+    import math
+
+    from bttf.models import get_spec
+    from bttf.pipeline.compare import CompareConfig, compare
+
+    names = tuple(n.strip() for m in models for n in m.split(",") if n.strip())
+    for name in names:
+        get_spec(name)
+    if not names and not weights:
+        names = ("default",)
+    src = Path(input)
+    out = Path(output) if output else src.with_name(f"{src.stem}_compare.png")
+    cfg = CompareConfig(
+        input=src,
+        output=out,
+        models=names,
+        weights=tuple(Path(w) for w in weights),
+        frames=frames,
+        tile_height=tile_height,
+        device=device,
+        temperature=temperature,
+        render_size=render_size,
+        overwrite=overwrite,
+    )
+    with console.status("comparing") as status:
+        result = compare(cfg, lambda k, n: status.update(f"comparing: {k}/{n} tiles"))
+
+    def f(v: float, fmt: str) -> str:
+        return "inf" if math.isinf(v) else ("-" if math.isnan(v) else format(v, fmt))
+
+    console.print(
+        f"wrote {result.output} ({result.width}x{result.height}, {result.rows} "
+        f"row{'s' if result.rows > 1 else ''})",
+        highlight=False,
+    )
+    for col in result.columns:
+        line = f"  {col.label:<28} colourfulness {f(col.mean('colorfulness'), '.1f')}"
+        if result.has_truth and col.kind != "truth":
+            line += f"  PSNR {f(col.mean('psnr'), '.2f')}  AuC {f(col.mean('auc'), '.4f')}"
+        console.print(line, highlight=False)
