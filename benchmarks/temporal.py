@@ -1,6 +1,6 @@
 """Acceptance measurement of the temporal stabilizer (bttf.pipeline.temporal.Stabilizer).
 
-Everything runs through the real streaming engine (`bttf.pipeline.colorize.colorize_video`):
+Everything runs through the real streaming engine (`bttf.pipeline.engine.colorize_video`):
 each test sequence is written as a gray video, colorized with the stabilizer off and on, read
 back and scored against its colour original:
 

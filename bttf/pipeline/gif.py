@@ -352,7 +352,7 @@ def make_gif(
     """Make a looping GIF preview of `src` (colorized) at `dst`.
 
     Colorizes only [start, start + duration], at the GIF's size and frame rate, with
-    `bttf.pipeline.colorize.colorize_video` into a temporary directory (removed afterwards), unless
+    `bttf.pipeline.engine.colorize_video` into a temporary directory (removed afterwards), unless
     `config.colorized` names a colorized version already. The GIF is written beside `dst` and
     renamed into place on success. `progress` is passed to the colorizer.
 
