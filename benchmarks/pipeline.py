@@ -156,8 +156,8 @@ def run_transcode(clip: Path, out: Path, frames: int | None) -> dict:
 
 def _render_hw(clip: Path, model: str | None) -> tuple[int, int]:
     from bttf.models import get_spec
-    from bttf.pipeline.stages import render_dims
     from bttf.pipeline.decode import probe_video
+    from bttf.pipeline.stages import render_dims
 
     info = probe_video(clip)
     spec = get_spec(model or "default")

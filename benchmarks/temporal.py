@@ -55,10 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bttf.pipeline import engine
-from bttf.pipeline.stages import render_dims
 from bttf.color import rgb_to_lab
-from bttf.models import create_model, get_spec, register_model, save_weights
 from bttf.metrics.image import colorfulness, psnr, ssim
 from bttf.metrics.video import (
     FLOW_METHOD,
@@ -67,8 +64,11 @@ from bttf.metrics.video import (
     pair_warping_error,
     rgb_to_gray,
 )
+from bttf.models import create_model, get_spec, register_model, save_weights
 from bttf.models.bins import soft_encode
+from bttf.pipeline import engine
 from bttf.pipeline.cuts import detect_cuts, iter_frames, list_frame_files
+from bttf.pipeline.stages import render_dims
 from bttf.pipeline.temporal import Stabilizer, StabilizerParams
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

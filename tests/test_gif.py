@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from bttf.errors import BadInputError, BttfError, OutputExistsError
-from bttf.pipeline.gif import GifConfig, _label_png, _ladder, make_gif, parse_size
+from bttf.pipeline.gif import GifConfig, label_png, make_gif, parse_size, size_ladder
 
 W, H, RATE, N = 160, 120, 24, 48  # 2 s
 
@@ -106,7 +106,7 @@ def test_side_by_side_is_twice_as_wide_gray_left_labelled(clips, tmp_path):
 
 def test_label_image_has_text_in_both_halves(tmp_path):
     png = tmp_path / "l.png"
-    _label_png(png, 200, 100, ("original", "bttf fastcolor"))
+    label_png(png, 200, 100, ("original", "bttf fastcolor"))
     with Image.open(png) as im:
         a = np.asarray(im.convert("RGBA"))
     assert a.shape == (100, 400, 4)
@@ -123,13 +123,13 @@ def test_max_size_lowers_fps_then_width(clips, tmp_path):
     r = make_gif(bw, out, _cfg(color, width=160, max_size=budget))
     assert r.reduced and r.attempts >= 2
     assert out.stat().st_size == r.size_bytes <= budget
-    assert (r.fps, r.width) in _ladder(12, 160)[1:]
+    assert (r.fps, r.width) in size_ladder(12, 160)[1:]
     (w, _), frames, loop = _gif_info(out)
     assert w == r.width and loop == 0 and abs(frames - r.fps) <= 1
 
 
 def test_ladder_order():
-    steps = _ladder(12, 480)
+    steps = size_ladder(12, 480)
     assert steps[:4] == [(12, 480), (10, 480), (8, 480), (6, 480)]
     assert all(f == 6 for f, _ in steps[4:])
     widths = [w for _, w in steps[3:]]

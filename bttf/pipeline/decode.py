@@ -401,6 +401,47 @@ def _requantize(y: np.ndarray, bits: int, target: int) -> np.ndarray:
     return v.astype(np.uint8 if target <= 8 else np.uint16)
 
 
+def _seek(container, stream, target: Fraction, info: VideoInfo) -> None:
+    """Seek to the keyframe at or before `target` seconds (a stream that cannot: from the start)."""
+    try:
+        container.seek(int(target / info.time_base), stream=stream, backward=True)
+    except av.FFmpegError:
+        log.info("%s cannot seek; decoding from the beginning", info.path)
+
+
+def _report_damaged(
+    info: VideoInfo, pts: int, on_error: str, error: Exception | None, log_it: bool
+) -> None:
+    """A frame that cannot be decoded: BadInputError under "fail", else a warning (if `log_it`)."""
+    when = float(pts * info.time_base - info.start)
+    reason = str(error) if error is not None else "the decoder dropped it"
+    if on_error == "fail":
+        raise BadInputError(
+            f"{info.path}: the frame at {when:.3f} s cannot be decoded ({reason}); pass "
+            "--on-decode-error repeat or skip to go past damaged frames"
+        )
+    if log_it:
+        log.warning(
+            "%s: the frame at %.3f s cannot be decoded (%s); %s",
+            info.path,
+            when,
+            reason,
+            "the previous frame is shown again"
+            if on_error == "repeat"
+            else "the previous frame lasts over it",
+        )
+
+
+def _increasing_pts(pts: int | None, last_pts: int | None, step: int) -> int:
+    """The frame's timestamp, or the previous one plus a frame's duration where it is missing or
+    does not increase (the encoder needs increasing timestamps)."""
+    if pts is not None and (last_pts is None or pts > last_pts):
+        return pts
+    if pts is not None:
+        log.warning("frame timestamp %s does not increase; using %s", pts, last_pts + step)
+    return last_pts + step if last_pts is not None else 0
+
+
 def read_frames(
     info: VideoInfo,
     start: float | None = None,
@@ -436,10 +477,7 @@ def read_frames(
         stream = _video_stream(container, info.path)
         stream.thread_type = "AUTO"
         if target is not None:
-            try:
-                container.seek(int(target / tb), stream=stream, backward=True)
-            except av.FFmpegError:
-                log.info("%s cannot seek; decoding from the beginning", info.path)
+            _seek(container, stream, target, info)
         sent: list[int] = []  # heap: timestamps of packets whose frame has not come out yet
         track = True  # off once a frame without a timestamp shows up
         last_pts: int | None = None
@@ -458,23 +496,7 @@ def read_frames(
             if not timeline.inside(q) or (last_pts is not None and q <= last_pts):
                 return []
             damaged += 1
-            when = float(q * tb - info.start)
-            reason = str(error) if error is not None else "the decoder dropped it"
-            if on_error == "fail":
-                raise BadInputError(
-                    f"{info.path}: the frame at {when:.3f} s cannot be decoded ({reason}); pass "
-                    "--on-decode-error repeat or skip to go past damaged frames"
-                )
-            if damaged <= _LOG_DAMAGED:
-                log.warning(
-                    "%s: the frame at %.3f s cannot be decoded (%s); %s",
-                    info.path,
-                    when,
-                    reason,
-                    "the previous frame is shown again"
-                    if on_error == "repeat"
-                    else "the previous frame lasts over it",
-                )
+            _report_damaged(info, q, on_error, error, log_it=damaged <= _LOG_DAMAGED)
             if on_error == "skip":
                 timeline.drop()
                 return []
@@ -505,12 +527,7 @@ def read_frames(
                         yield from lose(heapq.heappop(sent))
                     while sent and sent[0] == pts:
                         heapq.heappop(sent)
-                if pts is None or (last_pts is not None and pts <= last_pts):
-                    if pts is not None:
-                        log.warning(
-                            "frame timestamp %s does not increase; using %s", pts, last_pts + step
-                        )
-                    pts = last_pts + step if last_pts is not None else 0
+                pts = _increasing_pts(pts, last_pts, step)
                 y, bits, _ = luma_plane(frame)
                 if bits != info.bits:
                     y = _requantize(y, bits, info.bits)

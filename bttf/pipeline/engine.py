@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -381,6 +382,22 @@ class _Timing:
     encode_s: float = 0.0
 
 
+def _prepared(sink: Sink, prepare: Preparer) -> Iterator[tuple[str, PreparedFrame]]:
+    """The sink's source ("warm" and "frame" items), each frame prepared for the model."""
+    source = sink.source()
+    with contextlib.closing(source):
+        for kind, f in source:
+            yield kind, prepare(f)
+
+
+def _encode(sink: Sink, item: tuple) -> None:
+    """The encode thread's job: a frame's planes into the sink, or a segment closed."""
+    if item[0] == "frame":
+        sink.write(*item[1:])
+    else:
+        sink.close_segment(item[1])
+
+
 def _stream(
     stages: _Stages,
     sink: Sink,
@@ -394,18 +411,6 @@ def _stream(
     n_seg, bs = sink.segment_frames, s.batch_size
     depth = 2 * bs
 
-    def prepared() -> Iterator[tuple[str, PreparedFrame]]:
-        source = sink.source()
-        with contextlib.closing(source):
-            for kind, f in source:
-                yield kind, s.prepare(f)
-
-    def encode(item: tuple) -> None:
-        if item[0] == "frame":
-            sink.write(*item[1:])
-        else:
-            sink.close_segment(item[1])
-
     def colour_to_chroma(item: tuple) -> None:
         if item[0] == "batch":
             _, batch, ab = item
@@ -418,8 +423,8 @@ def _stream(
             encoder.put(item)
 
     chroma_busy = [0.0]
-    producer = Producer(prepared(), maxsize=depth, name="decode")
-    encoder = Consumer(encode, on_finish=sink.end, maxsize=depth, name="encode")
+    producer = Producer(_prepared(sink, s.prepare), maxsize=depth, name="decode")
+    encoder = Consumer(partial(_encode, sink), on_finish=sink.end, maxsize=depth, name="encode")
     chroma = Consumer(colour_to_chroma, maxsize=1, name="chroma") if s.overlap else None
     to_chroma = chroma.put if chroma is not None else colour_to_chroma
     lane = _Lane(s.colour, s.overlap)
@@ -538,6 +543,41 @@ def _build_stages(
     return stages, model_hw
 
 
+def _make_sink(
+    src: Path,
+    dst: Path,
+    info: VideoInfo,
+    config: ColorizeConfig,
+    settings: EncodeSettings,
+    size: tuple[int, int],
+    total: int | None,
+    colorizer,
+    model_hw: tuple[int, int],
+    stabilizer,
+) -> Sink:
+    """One output file for a short film; closed, resumable segments for a long one (or --resume)."""
+    target = Target(
+        dst,
+        info,
+        settings,
+        size,
+        start=config.start,
+        duration=config.duration,
+        audio=config.audio,
+        on_decode_error=config.on_decode_error,
+    )
+    long_film = config.segment_frames and (total is None or total > config.segment_frames)
+    if not (config.resume or long_film):
+        return FileSink(target)
+    return SegmentSink(
+        target,
+        job=_job_settings(src, config, colorizer, model_hw, stabilizer is not None, size),
+        segment_frames=config.segment_frames or DEFAULT_SEGMENT_FRAMES,
+        stabilized=stabilizer is not None,
+        resume=config.resume,
+    )
+
+
 def colorize_video(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -598,27 +638,9 @@ def colorize_video(
         model_hw[0],
         device,
     )
-    target = Target(
-        dst,
-        info,
-        settings,
-        size,
-        start=config.start,
-        duration=config.duration,
-        audio=config.audio,
-        on_decode_error=config.on_decode_error,
+    sink = _make_sink(
+        src, dst, info, config, settings, size, total, colorizer, model_hw, stabilizer
     )
-    long_film = config.segment_frames and (total is None or total > config.segment_frames)
-    if config.resume or long_film:
-        sink = SegmentSink(
-            target,
-            job=_job_settings(src, config, colorizer, model_hw, stabilizer is not None, size),
-            segment_frames=config.segment_frames or DEFAULT_SEGMENT_FRAMES,
-            stabilized=stabilizer is not None,
-            resume=config.resume,
-        )
-    else:
-        sink = FileSink(target)
 
     timing = _Timing()
     with output_errors(dst), sink:

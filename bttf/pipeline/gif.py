@@ -199,7 +199,7 @@ def _height_for(width: int, probe: _Probe) -> int:
     return max(1, round(width * probe.height / probe.width))
 
 
-def _label_png(path: Path, panel_w: int, panel_h: int, labels: tuple[str, str]) -> None:
+def label_png(path: Path, panel_w: int, panel_h: int, labels: tuple[str, str]) -> None:
     """Write a transparent RGBA image (2 panels wide) with a dark box and white text per label."""
     img = np.zeros((panel_h, 2 * panel_w, 4), np.uint8)
     font = cv2.FONT_HERSHEY_SIMPLEX
@@ -299,7 +299,7 @@ def _count_frames(path: Path) -> int:
         return sum(1 for p in container.demux(container.streams.video[0]) if p.size)
 
 
-def _ladder(fps: float, width: int) -> list[tuple[float, int]]:
+def size_ladder(fps: float, width: int) -> list[tuple[float, int]]:
     """Settings to try, best first: lower fps (down to half), then narrower at that fps."""
     steps: list[tuple[float, int]] = [(fps, width)]
     for r in _FPS_STEPS:
@@ -343,6 +343,23 @@ def _check_inputs(
     return src, dst, probe, color_probe
 
 
+def _geometry(config: GifConfig, probe, color_probe) -> tuple[float, int, int]:
+    """The GIF's fps, width and height: never upscaled and never above the source's frame rate
+    (both only make the file bigger)."""
+    fps = config.fps if probe.fps is None else min(config.fps, round(probe.fps, 3))
+    width = min(config.width, probe.width, color_probe.width)
+    if fps != config.fps or width != config.width:
+        log.info(
+            "source is %dx%d at %s fps: GIF at %d px, %g fps",
+            probe.width,
+            probe.height,
+            probe.fps,
+            width,
+            fps,
+        )
+    return fps, width, _height_for(width, probe)
+
+
 def make_gif(
     src: str | Path,
     dst: str | Path,
@@ -362,19 +379,7 @@ def make_gif(
     """
     src, dst, probe, color_probe = _check_inputs(src, dst, config)
 
-    # never upscale or add duplicate frames: they only make the file bigger
-    fps = config.fps if probe.fps is None else min(config.fps, round(probe.fps, 3))
-    width = min(config.width, probe.width, color_probe.width)
-    height = _height_for(width, probe)
-    if fps != config.fps or width != config.width:
-        log.info(
-            "source is %dx%d at %s fps: GIF at %d px, %g fps",
-            probe.width,
-            probe.height,
-            probe.fps,
-            width,
-            fps,
-        )
+    fps, width, height = _geometry(config, probe, color_probe)
 
     with tempfile.TemporaryDirectory(prefix="bttf-gif-") as tmp_name, atomic_output(dst) as part:
         tmp = Path(tmp_name)
@@ -392,7 +397,7 @@ def make_gif(
             model = config.colorize.model if config.colorize is not None else None
         labels = ("original", config.label or (f"bttf {model}" if model else "bttf"))
 
-        candidates = _ladder(fps, width) if config.max_size else [(fps, width)]
+        candidates = size_ladder(fps, width) if config.max_size else [(fps, width)]
         attempts, measured = 0, None
         chosen: tuple[float, int, int] | None = None
         for i, (f, w) in enumerate(candidates):
@@ -406,7 +411,7 @@ def make_gif(
             png = None
             if config.side_by_side:
                 png = tmp / f"labels_{w}.png"
-                _label_png(png, w, h, labels)
+                label_png(png, w, h, labels)
             _encode_gif(
                 part,
                 color,

@@ -26,16 +26,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bttf.errors import BttfError
+from bttf.pipeline import segments as work_folder
 from bttf.pipeline.decode import SourceFrame, VideoInfo, read_frames, to_fraction
 from bttf.pipeline.encode import EncodeSettings, VideoWriter
 from bttf.pipeline.media import atomic_output
-from bttf.pipeline import segments as work_folder
 from bttf.pipeline.segments import WARMUP_FRAMES, WorkDir
+
+if TYPE_CHECKING:
+    from typing import Self  # 3.11+, for type checkers only
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +87,7 @@ class FileSink:
         self._writer: VideoWriter | None = None
         self._started = False
 
-    def __enter__(self) -> FileSink:
+    def __enter__(self) -> Self:
         tmp = self._stack.enter_context(atomic_output(self.target.dst))
         self._writer = VideoWriter(
             tmp, self.target.info, self.target.settings, self.target.size, audio=self.target.audio
@@ -167,7 +170,7 @@ class SegmentSink:
 
     # --- the run's frame: open, leave ---------------------------------------------------------
 
-    def __enter__(self) -> SegmentSink:
+    def __enter__(self) -> Self:
         self.work = WorkDir.open(self.target.dst, self.job, self.resume, self._probe)
         self.resumed_frames = self.work.frames_done
         self.first_segment = len(self.work.segments)

@@ -366,7 +366,7 @@ def colorize_l(
     image resized to the render size (`resize_plane`), the model under the device's autocast,
     ab decoded and resized to `size` (default (H, W)). Returns ab (N, 2, *size) on `device`.
     Used by `bttf eval` and `bttf compare`."""
-    n, _, h, w = L.shape
+    h, w = L.shape[-2:]
     rh, rw = render_dims(h, w, render_size or colorizer.render_size, colorizer.stride)
     if (rh, rw) != (h, w):
         planes = [resize_plane(x[0].numpy(), (rh, rw)) for x in L.float().cpu()]

@@ -109,9 +109,13 @@ def find_media(inputs: tuple[Path, ...] | list[Path]) -> list[tuple[Path, Path]]
             found.append((p, p.parent))
         elif p.is_dir():
             for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
-                    if not any(part.startswith(".") for part in f.relative_to(p).parts):
-                        found.append((f, p))
+                hidden = any(part.startswith(".") for part in f.relative_to(p).parts)
+                if (
+                    f.is_file()
+                    and f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+                    and not hidden
+                ):
+                    found.append((f, p))
         else:
             raise BadInputError(f"{p} does not exist; give image/video files or folders")
     return found
@@ -204,7 +208,7 @@ class _NpyWriter:
     def __init__(self, path: Path, row_shape: tuple[int, ...]):
         self.path, self.row_shape, self.n = path, row_shape, 0
         self.raw = path.with_suffix(".raw")
-        self.f = open(self.raw, "wb")
+        self.f = open(self.raw, "wb")  # noqa: SIM115 - closed by finish() or abort()
 
     def append(self, row: np.ndarray) -> None:
         assert row.shape == self.row_shape and row.dtype == np.uint8
@@ -224,6 +228,35 @@ class _NpyWriter:
     def abort(self) -> None:
         self.f.close()
         self.raw.unlink(missing_ok=True)
+
+
+def _ensure_val(items: list[dict], u_values: list[float]) -> None:
+    """A tiny set must still validate on something: the most "val-like" file goes there."""
+    if any(it["split"] == "val" for it in items):
+        return
+    if len({(it["source"], it["name"]) for it in items}) < 2:
+        return
+    k = int(np.argmin(u_values))
+    key = (items[k]["source"], items[k]["name"])
+    for it in items:
+        if (it["source"], it["name"]) == key:
+            it["split"] = "val"
+
+
+def _write_index(out: Path, cfg: PrepareConfig, items: list[dict], summary: PrepareSummary) -> None:
+    """index.json, written atomically (its presence marks a complete cache)."""
+    index = {
+        "version": CACHE_VERSION,
+        "size": cfg.size,
+        "seed": cfg.seed,
+        "inputs": sorted(str(Path(p).resolve()) for p in cfg.inputs),
+        "val_fraction": cfg.val_fraction,
+        "items": items,
+        "summary": summary.to_dict(),
+    }
+    tmp = out / "index.json.tmp"
+    tmp.write_text(json.dumps(index, indent=1))
+    os.replace(tmp, out / "index.json")
 
 
 def prepare(cfg: PrepareConfig, progress: ProgressFn | None = None) -> PrepareSummary:
@@ -316,15 +349,8 @@ def prepare(cfg: PrepareConfig, progress: ProgressFn | None = None) -> PrepareSu
                 f"({summary.unreadable} unreadable, {summary.grayscale} grayscale); "
                 "training needs colour photographs or videos"
             )
-        # A tiny set must still validate on something: move the most "val-like" file there.
-        if cfg.val_fraction > 0 and not any(it["split"] == "val" for it in items):
-            sources = {(it["source"], it["name"]) for it in items}
-            if len(sources) >= 2:
-                k = int(np.argmin(u_values))
-                key = (items[k]["source"], items[k]["name"])
-                for it in items:
-                    if (it["source"], it["name"]) == key:
-                        it["split"] = "val"
+        if cfg.val_fraction > 0:
+            _ensure_val(items, u_values)
         wl.finish()
         wab.finish()
     except BaseException:
@@ -333,18 +359,7 @@ def prepare(cfg: PrepareConfig, progress: ProgressFn | None = None) -> PrepareSu
         raise
     summary.val = sum(it["split"] == "val" for it in items)
     summary.train = len(items) - summary.val
-    index = {
-        "version": CACHE_VERSION,
-        "size": s,
-        "seed": cfg.seed,
-        "inputs": sorted(str(Path(p).resolve()) for p in cfg.inputs),
-        "val_fraction": cfg.val_fraction,
-        "items": items,
-        "summary": summary.to_dict(),
-    }
-    tmp = out / "index.json.tmp"
-    tmp.write_text(json.dumps(index, indent=1))
-    os.replace(tmp, out / "index.json")
+    _write_index(out, cfg, items, summary)
     log.info("cache %s: %d train, %d val", out, summary.train, summary.val)
     return summary
 
