@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 
 
-def _luma(i: int, w: int, h: int) -> np.ndarray:
+def luma(i: int, w: int, h: int) -> np.ndarray:
     """A moving gradient with a bright square: some structure, limited-range values."""
     yy, xx = np.mgrid[0:h, 0:w]
     img = 40.0 + 120.0 * ((xx + 2 * i) % w) / w + 40.0 * yy / h
@@ -86,7 +86,7 @@ def make_video(
             aus = out.add_stream(audio, rate=audio_rate)
             aus.layout = "mono"
         for i, p in enumerate(stamps):
-            y = _luma(i, width, height)
+            y = luma(i, width, height)
             if pix_fmt.startswith("gray"):
                 frame = av.VideoFrame.from_ndarray(y, format="gray")
             else:
@@ -177,5 +177,5 @@ def audio_only(media_dir: Path) -> Path:
 def gray_png(media_dir: Path) -> Path:
     """A 64×48 8-bit gray PNG."""
     path = media_dir / "photo.png"
-    cv2.imwrite(str(path), _luma(5, 64, 48))
+    cv2.imwrite(str(path), luma(5, 64, 48))
     return path

@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial import ConvexHull
 
-import bttf.models.bins as bins_mod
 from bttf.errors import BadInputError
 from bttf.models.bins import (
     AB_BINS,
@@ -82,11 +81,10 @@ def test_soft_encode_at_a_bin_centre() -> None:
     assert enc.argmax().item() == ZERO_BIN
 
 
-def test_soft_encode_chunked_equals_unchunked(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_soft_encode_chunked_equals_unchunked() -> None:
     ab = torch.rand(3, 2, 7, 9) * 200 - 100
     whole = soft_encode(ab)
-    monkeypatch.setattr(bins_mod, "_KNN_CHUNK_ELEMENTS", Q * 10)  # 10 pixels per chunk
-    assert torch.equal(soft_encode(ab), whole)
+    assert torch.equal(soft_encode(ab, chunk_elements=Q * 10), whole)  # 10 pixels per chunk
 
 
 def test_soft_encode_far_out_of_gamut_and_half() -> None:
@@ -285,11 +283,25 @@ def test_annealed_mean_top_k_all_equals_none() -> None:
 
 @pytest.mark.parametrize("top_k", [None, 5])
 @pytest.mark.parametrize("chunk", [Q * 5 * 6 * 2, Q * 6 * 2])  # by images, by rows
-def test_annealed_mean_chunked_equals_whole(monkeypatch, top_k, chunk) -> None:
+def test_annealed_mean_chunked_equals_whole(top_k, chunk) -> None:
     logits = torch.randn(4, Q, 5, 6) * 4
     whole = annealed_mean(logits, top_k=top_k)
-    monkeypatch.setattr(bins_mod, "_DECODE_CHUNK_ELEMENTS", chunk)
-    assert torch.allclose(annealed_mean(logits, top_k=top_k), whole, atol=1e-5)
+    assert torch.allclose(
+        annealed_mean(logits, top_k=top_k, chunk_elements=chunk), whole, atol=1e-5
+    )
+
+
+def test_chunk_elements_must_be_a_positive_integer() -> None:
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="chunk_elements"):
+            annealed_mean(torch.zeros(1, Q, 2, 2), chunk_elements=bad)
+        with pytest.raises(ValueError, match="chunk_elements"):
+            soft_encode(torch.zeros(1, 2, 2, 2), chunk_elements=bad)
+    # fewer values than one row / one pixel: still one row / one pixel at a time
+    logits = torch.randn(1, Q, 3, 4)
+    assert torch.allclose(annealed_mean(logits, chunk_elements=1), annealed_mean(logits), atol=1e-5)
+    ab = torch.rand(1, 2, 3, 4) * 100 - 50
+    assert torch.equal(soft_encode(ab, chunk_elements=1), soft_encode(ab))
 
 
 def test_annealed_mean_half() -> None:

@@ -183,18 +183,19 @@ def test_bare_bttf_prints_the_help(capsys: pytest.CaptureFixture) -> None:
 def test_interrupt_exits_130_and_cleans_up(
     tiny_video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    from bttf.pipeline.stages import ModelStage
+    from bttf.models import Colorizer
 
-    real = ModelStage.__call__
+    real = Colorizer.predict
     calls = []
 
     def interrupted(self, *a, **k):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == 2:  # the second batch
             raise KeyboardInterrupt
         return real(self, *a, **k)
 
-    monkeypatch.setattr(ModelStage, "__call__", interrupted)
+    # the CLI builds its own colorizer: the public Colorizer class's predict is the seam
+    monkeypatch.setattr(Colorizer, "predict", interrupted)
     out = tmp_path / "int.mp4"
     code, err = run_main(["colorize", str(tiny_video), "-o", str(out), *FAST], capsys)
     assert code == 130 and "interrupted" in err

@@ -17,12 +17,11 @@ from torch import nn
 import bttf
 from bttf.errors import BadInputError, BttfError, OutputExistsError
 from bttf.models import Colorizer, ModelSpec
-from bttf.pipeline import ColorizeConfig
-from bttf.pipeline import engine
-from bttf.pipeline.stages import chroma_planes, gray_lut, render_dims
+from bttf.pipeline import ColorizeConfig, engine
 from bttf.pipeline.decode import SPACE_BT709, SPACE_SMPTE170M, probe_video
 from bttf.pipeline.encode import convert_depth
 from bttf.pipeline.media import Consumer, Producer, atomic_output
+from bttf.pipeline.stages import chroma_planes, gray_lut, render_dims
 
 FAST = {"render_size": 32, "batch_size": 4, "preset": "ultrafast", "device": "cpu", "threads": 1}
 
@@ -459,7 +458,7 @@ def test_producer_close_stops_an_endless_source() -> None:
     it = iter(p)
     assert [next(it) for _ in range(5)] == [0, 1, 2, 3, 4]
     p.close()
-    assert not p._thread.is_alive()
+    assert not p.is_alive()
 
 
 def test_consumer_raises_the_threads_error() -> None:

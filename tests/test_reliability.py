@@ -26,9 +26,9 @@ import bttf
 from bttf.cli import main
 from bttf.errors import BadInputError, WeightsError
 from bttf.models import create_model, load_model, save_weights
-from bttf.pipeline.encode import VideoWriter
 from bttf.pipeline import ColorizeConfig
 from bttf.pipeline.decode import MAX_SIDE, probe_video, read_frames
+from bttf.pipeline.encode import VideoWriter
 
 FAST = {"render_size": 32, "batch_size": 4, "preset": "ultrafast", "device": "cpu", "threads": 1}
 FAST_ARGS = [
@@ -148,7 +148,7 @@ def test_declared_size_is_checked_before_decoding(tmp_path: Path) -> None:
 
 def _several_streams(path: Path, subtitle: str) -> Path:
     """H.264 video, two AAC tracks (48 and 44.1 kHz) and a subtitle track (pre-encoded)."""
-    from conftest import _luma
+    from conftest import luma
 
     with av.open(str(path), "w") as out:
         vs = out.add_stream("libx264", rate=24, options={"preset": "ultrafast"})
@@ -163,7 +163,7 @@ def _several_streams(path: Path, subtitle: str) -> Path:
             f = av.VideoFrame(64, 48, "yuv420p")
             for k, plane in enumerate(f.planes):
                 a = np.frombuffer(plane, dtype=np.uint8).reshape(plane.height, -1)
-                a[:, : plane.width] = _luma(i, 64, 48) if k == 0 else 128
+                a[:, : plane.width] = luma(i, 64, 48) if k == 0 else 128
             f.pts, f.time_base = i, Fraction(1, 24)
             out.mux(vs.encode(f))
         out.mux(vs.encode(None))

@@ -24,14 +24,18 @@ from conftest import make_video
 
 import bttf
 from bttf.cli import main
-from bttf.models import create_model, save_weights
+from bttf.models import Colorizer, create_model, save_weights
+from bttf.pipeline import ColorizeConfig, segments
 from bttf.pipeline.encode import VideoWriter
-from bttf.pipeline.stages import ModelStage
-from bttf.pipeline import segments
-from bttf.pipeline import ColorizeConfig
-from bttf.pipeline.segments import decode_timestamps, work_dir_for
+from bttf.pipeline.segments import WARMUP_FRAMES, decode_timestamps, work_dir_for
 
 SEG = 8
+BATCH = 4
+# The `Colorizer.predict` call of the first batch of the third segment: SEG // BATCH batches a
+# segment and, before segments 1 and 2, the stabilizer's restart over the (up to WARMUP_FRAMES)
+# frames before the segment, in batches too.
+WARMUP_CALLS = -(-min(WARMUP_FRAMES, SEG) // BATCH)
+THIRD_SEGMENT_CALL = 2 * (SEG // BATCH) + 2 * WARMUP_CALLS + 1
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +51,7 @@ def args_for(weights: Path, *extra: str) -> list[str]:
         "--render-size",
         "32",
         "--batch-size",
-        "4",
+        str(BATCH),
         "--preset",
         "ultrafast",
         "--device",
@@ -68,7 +72,7 @@ def args_for(weights: Path, *extra: str) -> list[str]:
 def config_for(weights: Path, **kw) -> ColorizeConfig:
     base = {
         "render_size": 32,
-        "batch_size": 4,
+        "batch_size": BATCH,
         "preset": "ultrafast",
         "device": "cpu",
         "threads": 1,
@@ -184,12 +188,12 @@ def test_decode_timestamps() -> None:
 
 _SLOW = textwrap.dedent("""
     import sys, time
-    from bttf.pipeline.stages import ModelStage
-    real = ModelStage.__call__
-    def slow(self, *a, **k):  # 2 s a segment: ample time to kill it between segments
+    from bttf.models import Colorizer
+    real = Colorizer.predict
+    def slow(self, *a, **k):  # 1 s a batch, 2-4 s a segment: ample time to kill it between
         time.sleep(1.0)
         return real(self, *a, **k)
-    ModelStage.__call__ = slow
+    Colorizer.predict = slow
     from bttf.cli import main
     main(sys.argv[1:])
 """)
@@ -236,17 +240,18 @@ def test_sigterm_is_like_ctrl_c_and_resumes(
     capsys,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = ModelStage.__call__
+    real = Colorizer.predict
     calls = []
 
     def terminated(self, *a, **k):
         calls.append(1)
-        if len(calls) == 5:  # the first batch of the third segment
+        if len(calls) == THIRD_SEGMENT_CALL:  # the first batch of the third segment
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(1)  # the handler raises here
         return real(self, *a, **k)
 
-    monkeypatch.setattr(ModelStage, "__call__", terminated)
+    # the CLI builds its own colorizer: the public Colorizer class's predict is the seam
+    monkeypatch.setattr(Colorizer, "predict", terminated)
     out = tmp_path / "film.mp4"
     code, err = run_main(["colorize", str(tiny_video), "-o", str(out), *args_for(weights)], capsys)
     assert code == 143 and "terminated" in err
@@ -258,7 +263,7 @@ def test_sigterm_is_like_ctrl_c_and_resumes(
         "seg-00000.mp4",
         "seg-00001.mp4",
     ]
-    monkeypatch.setattr(ModelStage, "__call__", real)
+    monkeypatch.undo()
     code, err = run_main(
         ["colorize", str(tiny_video), "-o", str(out), *args_for(weights, "--resume")], capsys
     )
@@ -267,24 +272,16 @@ def test_sigterm_is_like_ctrl_c_and_resumes(
 
 
 @pytest.fixture
-def interrupted(
-    tiny_video: Path, weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Path:
+def interrupted(tiny_video: Path, weights: Path, tmp_path: Path) -> Path:
     """An output whose run stopped (KeyboardInterrupt) after two of its three segments."""
-    real = ModelStage.__call__
-    calls = []
 
-    def interrupt(self, *a, **k):
-        calls.append(1)
-        if len(calls) == 5:
+    def interrupt(done: int, total: int | None) -> None:
+        if done > 2 * SEG:  # after the first batch of the third segment
             raise KeyboardInterrupt
-        return real(self, *a, **k)
 
-    monkeypatch.setattr(ModelStage, "__call__", interrupt)
     out = tmp_path / "film.mp4"
     with pytest.raises(KeyboardInterrupt):
-        bttf.colorize_video(tiny_video, out, config_for(weights))
-    monkeypatch.setattr(ModelStage, "__call__", real)
+        bttf.colorize_video(tiny_video, out, config_for(weights), progress=interrupt)
     assert len(json.loads((work_dir_for(out) / "manifest.json").read_text())["segments"]) == 2
     return out
 
@@ -354,11 +351,15 @@ def test_interrupted_while_joining_only_joins_again(
     assert not interrupted.exists()
     monkeypatch.setattr(segments, "join_segments", real_join)
 
-    def no_model(self, *a, **k):
-        raise AssertionError("the model ran again")
+    class NoModel(Colorizer):  # the same model and weights, so the resume is allowed
+        def predict(self, L: torch.Tensor) -> torch.Tensor:
+            raise AssertionError("the model ran again")
 
-    monkeypatch.setattr(ModelStage, "__call__", no_model)
-    stats = bttf.colorize_video(tiny_video, interrupted, config_for(weights, resume=True))
+    built = Colorizer.create(weights=weights)
+    no_model = NoModel(built.model, built.spec, built.temperature, built.top_k)
+    stats = bttf.colorize_video(
+        tiny_video, interrupted, config_for(weights, resume=True), colorizer=no_model
+    )
     assert stats.frames == stats.resumed_frames == 24
     assert same_film(interrupted, reference)
 

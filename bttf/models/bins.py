@@ -13,6 +13,7 @@ Shapes: ab images are ``(N, 2, H, W)`` (a, b in Lab units, about [-110, 110]); c
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -109,6 +110,17 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _check_chunk(chunk_elements: int, fn: str) -> None:
+    if (
+        isinstance(chunk_elements, bool)
+        or not isinstance(chunk_elements, numbers.Integral)
+        or chunk_elements < 1
+    ):
+        raise ValueError(
+            f"{fn}: chunk_elements must be an integer >= 1 or None, got {chunk_elements!r}"
+        )
+
+
 def _check_map(x: Tensor, channels: int, name: str, fn: str) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{fn} expects a torch.Tensor, got {type(x).__name__}")
@@ -120,17 +132,20 @@ def _check_map(x: Tensor, channels: int, name: str, fn: str) -> None:
         raise TypeError(f"{fn} expects a floating-point {name} tensor, got {x.dtype}")
 
 
-def _knn(ab_flat: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def _knn(
+    ab_flat: Tensor, k: int, chunk_elements: int = _KNN_CHUNK_ELEMENTS
+) -> tuple[Tensor, Tensor]:
     """The k nearest bins of each ab point: (P, 2) -> indices (P, k) long, squared distances (P, k).
 
-    Works in pixel chunks so the (chunk, 313) distance matrix stays small.
+    Works in pixel chunks so the (chunk, 313) distance matrix (at most `chunk_elements` values,
+    at least one pixel) stays small.
     """
     bins = _bins_on(ab_flat.device, ab_flat.dtype)
     bins_sq = (bins * bins).sum(1)
     n = ab_flat.shape[0]
     idx = torch.empty(n, k, dtype=torch.long, device=ab_flat.device)
     d2 = torch.empty(n, k, dtype=ab_flat.dtype, device=ab_flat.device)
-    step = max(1, _KNN_CHUNK_ELEMENTS // Q)
+    step = max(1, chunk_elements // Q)
     for s in range(0, n, step):
         x = ab_flat[s : s + step]
         # |x|^2 is the same for every bin of a pixel, so the ranking needs only |c|^2 - 2 x.c
@@ -149,7 +164,9 @@ def _flatten_ab(ab: Tensor) -> Tensor:
     return ab.to(_work_dtype(ab.dtype)).permute(0, 2, 3, 1).reshape(-1, 2)
 
 
-def soft_encode_topk(ab: Tensor, k: int = 5, sigma: float = 5.0) -> tuple[Tensor, Tensor]:
+def soft_encode_topk(
+    ab: Tensor, k: int = 5, sigma: float = 5.0, *, chunk_elements: int | None = None
+) -> tuple[Tensor, Tensor]:
     """Sparse soft encoding: the k nearest bins of each pixel and their Gaussian weights.
 
     The dense ``soft_encode`` is this scattered into zeros; a loss can use it directly
@@ -159,6 +176,9 @@ def soft_encode_topk(ab: Tensor, k: int = 5, sigma: float = 5.0) -> tuple[Tensor
         ab: ``(N, 2, H, W)`` float, a and b in Lab units.
         k: number of nearest bins, 1..313.
         sigma: Gaussian width in ab units.
+        chunk_elements: at most this many values of the (pixels x 313) distance matrix are
+            worked on at once (at least one pixel), bounding temporary memory whatever the
+            batch size; None is the default, 2**23 (32 MiB of float32). The result is the same.
 
     Returns:
         ``idx`` ``(N, k, H, W)`` long bin indices and ``w`` ``(N, k, H, W)`` weights (float32, or
@@ -169,8 +189,12 @@ def soft_encode_topk(ab: Tensor, k: int = 5, sigma: float = 5.0) -> tuple[Tensor
         raise ValueError(f"soft_encode: k must be in 1..{Q}, got {k}")
     if not sigma > 0:
         raise ValueError(f"soft_encode: sigma must be > 0, got {sigma}")
+    if chunk_elements is None:
+        chunk_elements = _KNN_CHUNK_ELEMENTS
+    else:
+        _check_chunk(chunk_elements, "soft_encode")
     n, _, h, w = ab.shape
-    idx, d2 = _knn(_flatten_ab(ab), k)
+    idx, d2 = _knn(_flatten_ab(ab), k, chunk_elements)
     # shift by the nearest distance so far-out-of-gamut pixels do not underflow to 0/0
     weights = torch.exp(-(d2 - d2.min(1, keepdim=True).values) / (2 * sigma**2))
     weights = weights / weights.sum(1, keepdim=True)
@@ -180,7 +204,9 @@ def soft_encode_topk(ab: Tensor, k: int = 5, sigma: float = 5.0) -> tuple[Tensor
     )
 
 
-def soft_encode(ab: Tensor, k: int = 5, sigma: float = 5.0) -> Tensor:
+def soft_encode(
+    ab: Tensor, k: int = 5, sigma: float = 5.0, *, chunk_elements: int | None = None
+) -> Tensor:
     """Soft-encode ab into a distribution over the 313 bins (the training target of Zhang et al.).
 
     Each pixel puts Gaussian weights ``exp(-d^2 / 2 sigma^2)`` on its ``k`` nearest bins, normalised
@@ -191,11 +217,13 @@ def soft_encode(ab: Tensor, k: int = 5, sigma: float = 5.0) -> Tensor:
         ab: ``(N, 2, H, W)`` float, a and b in Lab units; any device.
         k: number of nearest bins, 1..313.
         sigma: Gaussian width in ab units.
+        chunk_elements: as in ``soft_encode_topk``: the distance matrix's values worked on at
+            once (None: the default).
 
     Returns:
         ``(N, 313, H, W)`` in the input's dtype, summing to 1 over dim 1.
     """
-    idx, weights = soft_encode_topk(ab, k, sigma)
+    idx, weights = soft_encode_topk(ab, k, sigma, chunk_elements=chunk_elements)
     n, _, h, w = ab.shape
     out = torch.zeros(n, Q, h, w, dtype=weights.dtype, device=ab.device)
     out.scatter_(1, idx, weights)
@@ -343,7 +371,13 @@ def _decode_slices(n: int, h: int, w: int, limit: int) -> list[tuple[slice, slic
     return [(slice(i, i + 1), slice(r, r + rows)) for i in range(n) for r in range(0, h, rows)]
 
 
-def annealed_mean(logits: Tensor, temperature: float = 0.38, top_k: int | None = None) -> Tensor:
+def annealed_mean(
+    logits: Tensor,
+    temperature: float = 0.38,
+    top_k: int | None = None,
+    *,
+    chunk_elements: int | None = None,
+) -> Tensor:
     """Decode class logits into ab with Zhang et al.'s annealed mean.
 
     Per pixel: p = softmax(logits); optionally keep the ``top_k`` most probable bins and
@@ -357,6 +391,10 @@ def annealed_mean(logits: Tensor, temperature: float = 0.38, top_k: int | None =
         logits: ``(N, 313, H, W)`` unnormalised class scores (any device, any float dtype).
         temperature: T > 0.
         top_k: keep only the k most probable bins per pixel (1..313), or None for all.
+        chunk_elements: at most this many logits are worked on at once (whole images, else
+            rows of one image; at least one row); None is the default, 2**26 (2**18 on the CPU,
+            where a chunk then stays in a core's L2 cache). Pixel-major (channels_last) CPU
+            logits without ``top_k`` go pixel by pixel and ignore it. The result is the same.
 
     Returns:
         ``(N, 2, H, W)`` ab in the input's dtype, inside the convex hull of ``AB_BINS``.
@@ -366,15 +404,19 @@ def annealed_mean(logits: Tensor, temperature: float = 0.38, top_k: int | None =
         raise ValueError(f"annealed_mean: temperature must be > 0, got {temperature}")
     if top_k is not None and not 1 <= top_k <= Q:
         raise ValueError(f"annealed_mean: top_k must be in 1..{Q} or None, got {top_k}")
+    if chunk_elements is not None:
+        _check_chunk(chunk_elements, "annealed_mean")
     n, _, h, w = logits.shape
     wd = _work_dtype(logits.dtype)
     inv_t = 1.0 / temperature
     if top_k is None and logits.device.type == "cpu" and is_pixel_major(logits):
         return _annealed_mean_pixels(logits, inv_t, wd).to(logits.dtype)
     out = torch.empty(n, 2, h, w, dtype=wd, device=logits.device)
-    limit = _DECODE_CHUNK_ELEMENTS
-    if logits.device.type == "cpu":
-        limit = min(limit, _DECODE_CHUNK_ELEMENTS_CPU)
+    limit = chunk_elements
+    if limit is None:
+        limit = _DECODE_CHUNK_ELEMENTS
+        if logits.device.type == "cpu":
+            limit = min(limit, _DECODE_CHUNK_ELEMENTS_CPU)
     for bs, rs in _decode_slices(n, h, w, limit):
         # softmax(log_softmax(x) / T) == softmax(x / T): log_softmax only shifts each pixel's
         # scores by a constant, so the one softmax below does both steps.

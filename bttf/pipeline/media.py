@@ -326,6 +326,10 @@ class Producer(Generic[T]):
         if self._error is not None:
             raise self._error
 
+    def is_alive(self) -> bool:
+        """True while the producing thread runs (False once the source is done or `close()`d)."""
+        return self._thread.is_alive()
+
     def close(self) -> None:
         self._stop.set()
         with contextlib.suppress(queue.Empty):
