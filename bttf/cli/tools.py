@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -112,11 +113,17 @@ def cuts_cmd(input: str, as_json: bool, fps: float, min_scene_len: int, threshol
 def eval_video_cmd(
     output: str, truth: str | None, max_frames: int | None, fps: float, as_json: bool
 ) -> None:
-    """Temporal consistency of a colorized video OUTPUT: warping error and CDC (lower is better).
+    """Temporal consistency and colour statistics of a colorized video OUTPUT.
 
     Warping error follows Lai et al. 2018 with OpenCV DIS flow (not FlowNet2: compare numbers
-    only with this tool's); CDC follows Liu et al. 2021. With --truth, flow is computed on the
-    truth's luma and the truth's own values are shown for reference.
+    only with this tool's); CDC follows Liu et al. 2021 (lower is better for both). With
+    --truth, flow is computed on the truth's luma and the truth's own values are shown for
+    reference.
+
+    Colour, on every 5th frame at 160 px wide: mean a* (< 0 green, > 0 red) and b* (< 0 blue,
+    > 0 yellow), the share of strongly coloured pixels (chroma > 20), the hue shares among
+    them, and the Jensen-Shannon divergence (nats) of the ab-bin histogram to Zhang et al.'s
+    ImageNet prior (0.42 for a gray film; see bttf.metrics.colour).
     """
     import json
 
@@ -138,12 +145,38 @@ def eval_video_cmd(
             ("SSIM", f"{m.ssim:.4f}", None),
             ("colourfulness", f"{m.colorfulness:.2f}", m.truth_colorfulness),
         ]
+    if m.colour is not None:
+        rows += _colour_rows(m.colour, m.truth_colour)
+    width = max(15, *(len(name) + 2 for name, _, _ in rows))
     for name, value, ref in rows:
         extra = f"   (truth: {ref:.6g})" if ref is not None else ""
-        click.echo(f"{name:<15}{value}{extra}")
+        click.echo(f"{name:<{width}}{value}{extra}")
     click.echo(f"flow: {m.flow_method}")
     for note in m.notes:
         console.print(f"note: {note}", highlight=False)
+
+
+def _colour_rows(c, truth) -> list[tuple[str, str, float | None]]:
+    """eval-video's rows for ColourStats `c` and the truth's (or None); shares in %."""
+
+    def row(name: str, get, fmt: str) -> tuple[str, str, float | None]:
+        value = get(c)
+        ref = get(truth) if truth is not None else None
+        return (
+            name,
+            "n/a" if math.isnan(value) else format(value, fmt),
+            None if ref is None or math.isnan(ref) else ref,
+        )
+
+    rows = [
+        row("mean a*", lambda s: s.mean_a, "+.2f"),
+        row("mean b*", lambda s: s.mean_b, "+.2f"),
+        row("strong colour %", lambda s: 100 * s.strong_share, ".1f"),
+    ]
+    for hue in c.hue_shares:
+        rows.append(row(f"  {hue} %", lambda s, h=hue: 100 * s.hue_shares[h], ".1f"))
+    rows.append(row("JS to prior", lambda s: s.js_prior, ".4f"))
+    return rows
 
 
 # --- colorize -------------------------------------------------------------------------------

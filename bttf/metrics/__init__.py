@@ -2,6 +2,7 @@
 
     from bttf.metrics.image import psnr, ssim, colorfulness, auc_ab   # per image or batch
     from bttf.metrics.video import evaluate_video, warping_error, cdc  # temporal consistency
+    from bttf.metrics.colour import colour_stats, ColourStats         # colour cast of a film
 
 The names below are imported on first use, so importing `bttf.metrics.image` does not pull in
 OpenCV and the flow code.
@@ -13,6 +14,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from bttf.metrics.colour import ColourStats as ColourStats
+    from bttf.metrics.colour import colour_stats as colour_stats
     from bttf.metrics.image import auc_ab as auc_ab
     from bttf.metrics.image import colorfulness as colorfulness
     from bttf.metrics.image import pixel_weights as pixel_weights
@@ -24,6 +27,8 @@ if TYPE_CHECKING:
     from bttf.metrics.video import warping_error as warping_error
 
 _LAZY = {
+    "ColourStats": "bttf.metrics.colour",
+    "colour_stats": "bttf.metrics.colour",
     "auc_ab": "bttf.metrics.image",
     "colorfulness": "bttf.metrics.image",
     "pixel_weights": "bttf.metrics.image",
@@ -36,10 +41,12 @@ _LAZY = {
 }
 
 __all__ = [
+    "ColourStats",
     "VideoMetrics",
     "auc_ab",
     "cdc",
     "colorfulness",
+    "colour_stats",
     "evaluate_video",
     "pixel_weights",
     "psnr",

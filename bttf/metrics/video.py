@@ -16,6 +16,9 @@ over frames and over R, G, B, then averaged over d in {1, 2, 4}.
 
 Lower is better for both; a ground-truth colour video has non-zero values of its own (things
 move, light changes), which `evaluate_video` reports for reference when given the truth.
+
+`evaluate_video` also measures the colour statistics of `bttf.metrics.colour` (mean a*, b*,
+strongly coloured share, hue shares, JS divergence to the ImageNet prior) on the same pass.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import zip_longest
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -33,6 +37,9 @@ import numpy as np
 from bttf.errors import BadInputError
 from bttf.pipeline.cuts import iter_frames
 from bttf.pipeline.flow import FlowEstimator, consistent_mask, warp
+
+if TYPE_CHECKING:
+    from bttf.metrics.colour import ColourStats
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +168,15 @@ class VideoMetrics:
     truth_cdc: float | None = None
     truth_colorfulness: float | None = None
     notes: list[str] = field(default_factory=list)
+    colour: ColourStats | None = None  # None when colour statistics were not asked for
+    truth_colour: ColourStats | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        colour, truth_colour = self.colour, self.truth_colour
+        d = asdict(replace(self, colour=None, truth_colour=None))
+        d["colour"] = colour.to_dict() if colour is not None else None
+        d["truth_colour"] = truth_colour.to_dict() if truth_colour is not None else None
+        return d
 
 
 def evaluate_video(
@@ -172,6 +185,7 @@ def evaluate_video(
     max_frames: int | None = None,
     fps: float = 24.0,
     progress: Callable[[int], None] | None = None,
+    colour_step: int | None = 5,
 ) -> VideoMetrics:
     """Warping error and CDC of a colorized video (file or folder of frames), streaming.
 
@@ -179,6 +193,9 @@ def evaluate_video(
     gray input the colorizer saw) and PSNR / SSIM / colourfulness are averaged over frames; the
     truth's own warping error and CDC are given for reference. Without it, flow is computed on
     the output's luma (a colorizer keeps the input's lightness).
+
+    On the same pass, `colour` (and `truth_colour`) get the colour statistics of
+    `bttf.metrics.colour` over every `colour_step`-th frame; None skips them.
     """
     est = FlowEstimator("medium")
     notes: list[str] = []
@@ -189,6 +206,11 @@ def evaluate_video(
         else iter(())
     )
     quality = _quality_metrics() if truth is not None else None
+    colour_out = colour_truth = None
+    if colour_step is not None:
+        from bttf.metrics.colour import ColourAccumulator
+
+        colour_out, colour_truth = ColourAccumulator(colour_step), ColourAccumulator(colour_step)
 
     cdc_out, cdc_truth = _CdcAccumulator(), _CdcAccumulator()
     we_out: list[float] = []
@@ -232,7 +254,11 @@ def evaluate_video(
             if true_rgb is not None:
                 we_truth.append(pair_warping_error(p_true, true_rgb, pair))
         cdc_out.update(rgb)
+        if colour_out is not None:
+            colour_out.add(rgb)
         if true_rgb is not None:
+            if colour_truth is not None:
+                colour_truth.add(true_rgb)
             cdc_truth.update(true_rgb)
             psnr, ssim, colourfulness = quality
             psnrs.append(float(psnr(rgb, true_rgb)))
@@ -250,6 +276,7 @@ def evaluate_video(
         warping_error=float(np.mean(we_out)) if we_out else 0.0,
         cdc=cdc_out.value(),
         notes=notes,
+        colour=colour_out.stats if colour_out is not None else None,
     )
     if truth is not None:
         m.psnr = float(np.mean(psnrs))
@@ -258,6 +285,8 @@ def evaluate_video(
         m.truth_warping_error = float(np.mean(we_truth)) if we_truth else 0.0
         m.truth_cdc = cdc_truth.value()
         m.truth_colorfulness = float(np.mean(colf_truth))
+        if colour_truth is not None:
+            m.truth_colour = colour_truth.stats
     return m
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "annealed_mean",
     "encode_nearest",
     "estimate_prior",
+    "imagenet_prior",
     "load_reference_prior",
     "rebalance_weights",
     "smooth_prior",
@@ -340,7 +341,8 @@ def rebalance_weights(
 def load_reference_prior(path: str | Path) -> Tensor:
     """Load a bin prior saved as a ``.npy`` of shape (313,), e.g. Zhang's ``prior_probs.npy``.
 
-    bttf does not ship the ImageNet prior; training estimates its own with ``estimate_prior``.
+    bttf ships Zhang's ImageNet prior (``imagenet_prior()``); this reads another one, and
+    training estimates its own with ``estimate_prior``.
 
     Returns:
         ``(313,)`` float32 on the CPU, normalised to sum to 1.
@@ -357,6 +359,30 @@ def load_reference_prior(path: str | Path) -> Tensor:
         return _as_prior(arr, "load_reference_prior").float()
     except ValueError as e:
         raise BadInputError(f"{path} is not a usable bin prior: {e}") from e
+
+
+#: Zhang et al.'s ImageNet prior, stored as float32 beside this module.
+PRIOR_FILE = Path(__file__).with_name("zhang_prior.npy")
+
+
+@functools.lru_cache(maxsize=1)
+def _imagenet_prior() -> Tensor:
+    with torch.inference_mode(False):
+        return load_reference_prior(PRIOR_FILE)
+
+
+def imagenet_prior() -> Tensor:
+    """Zhang et al.'s empirical ImageNet probability of each of the 313 bins.
+
+    ``resources/prior_probs.npy`` of richzhang/colorization (already smoothed with the σ = 5
+    Gaussian of the soft targets; peak 0.201 at (0, 0)), shipped as float32 in
+    ``bttf/models/zhang_prior.npy``. Data of "Colorful Image Colorization", Copyright (c) 2016,
+    Richard Zhang, Phillip Isola, Alexei A. Efros; BSD-2-Clause.
+
+    Returns:
+        ``(313,)`` float32 on the CPU, in ``AB_BINS`` order, summing to 1 (a fresh copy).
+    """
+    return _imagenet_prior().clone()
 
 
 def _decode_slices(n: int, h: int, w: int, limit: int) -> list[tuple[slice, slice]]:
