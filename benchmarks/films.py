@@ -224,10 +224,10 @@ def table(col: Column, films: list[Path]) -> str:
 
 def _stamp(img: np.ndarray, text: str) -> np.ndarray:
     """`text` in white on a dark strip at the bottom left of an RGB tile."""
-    from bttf.pipeline.compare import _fit_text
+    from bttf.pipeline.compare import fit_text
 
     out = img.copy()
-    text, scale = _fit_text(text, max(1, out.shape[1] - 6), 0.4)
+    text, scale = fit_text(text, max(1, out.shape[1] - 6), 0.4)
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     y0 = max(0, out.shape[0] - th - base - 4)
     out[y0:, : tw + 6] = (out[y0:, : tw + 6] * 0.35).astype(np.uint8)
@@ -252,11 +252,11 @@ def write_sheet(
     columns: list[tuple[str, str, dict[int, np.ndarray]]],
 ) -> None:
     """gray | model ... with a label band on top (compare.py's caption) and shots apart."""
-    from bttf.pipeline.compare import _caption
+    from bttf.pipeline.compare import caption
 
     th, tw = gray_tiles[0].shape
-    header = [_caption(tw, ["gray input", film.stem])]
-    header += [_caption(tw, [label, line]) for label, line, _ in columns]
+    header = [caption(tw, ["gray input", film.stem])]
+    header += [caption(tw, [label, line]) for label, line, _ in columns]
     parts = [np.concatenate(header, axis=1)]
     blank = np.zeros((th, tw, 3), np.uint8)
     prev_shot = None

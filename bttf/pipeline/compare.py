@@ -221,7 +221,7 @@ def _decode_all(
 # drawing
 
 
-def _fit_text(text: str, width: int, scale: float) -> tuple[str, float]:
+def fit_text(text: str, width: int, scale: float) -> tuple[str, float]:
     """Shrink the font (to 0.3 at least), then cut the text, until it fits `width` pixels."""
     font = cv2.FONT_HERSHEY_SIMPLEX
     while scale > 0.3 and cv2.getTextSize(text, font, scale, 1)[0][0] > width:
@@ -231,11 +231,11 @@ def _fit_text(text: str, width: int, scale: float) -> tuple[str, float]:
     return text, scale
 
 
-def _caption(width: int, lines: Sequence[str]) -> np.ndarray:
+def caption(width: int, lines: Sequence[str]) -> np.ndarray:
     """A white band (CAPTION_HEIGHT, width, 3) uint8 RGB with up to two lines of dark text."""
     band = np.full((CAPTION_HEIGHT, width, 3), 255, np.uint8)
     for i, line in enumerate(lines[:2]):
-        text, scale = _fit_text(line, max(1, width - 6), 0.45 if i == 0 else 0.4)
+        text, scale = fit_text(line, max(1, width - 6), 0.45 if i == 0 else 0.4)
         y = 15 + 16 * i
         cv2.putText(
             band, text, (3, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (20, 20, 20), 1, cv2.LINE_AA
@@ -368,7 +368,7 @@ def compare(cfg: CompareConfig, progress: ProgressFn | None = None) -> CompareRe
                     m["auc"] = auc_ab(ab[None], true_ab[None])
                 col.metrics.append(m)
                 img = np.rint(np.clip(hwc, 0, 1) * 255).astype(np.uint8)
-                band = _caption(tw, [col.label, _fmt_metrics(m)])
+                band = caption(tw, [col.label, _fmt_metrics(m)])
                 row_tiles.append(np.concatenate([img, band], axis=0))
             rows.append(np.concatenate(row_tiles, axis=1))
     sheet = np.concatenate(rows, axis=0)

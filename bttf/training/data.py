@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from bttf.errors import BadInputError, OutputExistsError
-from bttf.pipeline.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, is_video_path
+from bttf.pipeline.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, decode_image, is_video_path
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +155,15 @@ def _split_of(digest: str, seed: int, val_fraction: float) -> float:
     return int(h[:12], 16) / float(1 << 48)
 
 
-def _load_image(path: Path, size: int) -> tuple[np.ndarray | None, str]:
+def load_image(path: Path, size: int) -> tuple[np.ndarray | None, str]:
+    """A photo as uint8 RGB (size, size, 3) (None when unreadable) and the SHA-1 of its bytes."""
     import cv2
 
     data = path.read_bytes()
     digest = hashlib.sha1(data).hexdigest()
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None or bgr.size == 0:
+    try:
+        bgr = decode_image(data, path, cv2.IMREAD_COLOR)
+    except BadInputError:
         return None, digest
     return _resize_crop(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size), digest
 
@@ -306,7 +308,7 @@ def prepare(cfg: PrepareConfig, progress: ProgressFn | None = None) -> PrepareSu
 
     def load(fr: tuple[Path, Path]):
         try:
-            return _load_image(fr[0], s)
+            return load_image(fr[0], s)
         except Exception as e:  # noqa: BLE001 - cv2.error, OSError...: skip the file, count it
             log.warning("cannot read %s: %s", fr[0], e)
             return None, ""

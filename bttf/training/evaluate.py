@@ -173,7 +173,7 @@ def load_eval_images(cfg: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
     Ls, abs_ = [], []
     for f in media:
         try:
-            rgb, _ = D._load_image(f, cfg.size)
+            rgb, _ = D.load_image(f, cfg.size)
         except Exception:  # noqa: BLE001 - unreadable: not scored
             rgb = None
         if rgb is None:
