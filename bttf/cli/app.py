@@ -41,6 +41,23 @@ class DeviceParam(click.ParamType):
         return value
 
 
+class UnsureParam(click.ParamType):
+    """auto, off, or LO,HI (two normalised entropies, 0 <= LO < HI <= 1)."""
+
+    name = "auto|off|LO,HI"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple) or value in ("auto", "off"):
+            return value
+        try:
+            lo, hi = (float(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r}; use auto, off or LO,HI such as 0.3,0.6", param, ctx)
+        if not 0 <= lo < hi <= 1:
+            self.fail(f"{value!r}; LO,HI need 0 <= LO < HI <= 1", param, ctx)
+        return (lo, hi)
+
+
 class PixFmtParam(click.ParamType):
     """One of the encoder's output pixel formats (`bttf.pipeline.encode.OUTPUT_PIX_FMTS`, read
     when an option is parsed: importing the encoder at startup would slow every command)."""
@@ -114,3 +131,22 @@ class SizeParam(click.ParamType):
             return parse_size(str(value))
         except ValueError as e:
             self.fail(str(e), param, ctx)
+
+
+#: The decoding of 313-bin models, shared by colorize, gif, eval and compare.
+TEMPERATURE_OPTION = click.option(
+    "--temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.38,
+    show_default=True,
+    help="Annealed-mean temperature of 313-bin models; lower is more saturated.",
+)
+UNSURE_OPTION = click.option(
+    "--unsure",
+    type=UnsureParam(),
+    default="auto",
+    show_default=True,
+    help="Where the model is unsure of a colour (its entropy from LO to HI), raise the "
+    "temperature to 1 so the colour comes out muted, not vivid and wrong; auto: the "
+    "model's own setting (the default model's: 0.3,0.6); off: one temperature everywhere.",
+)

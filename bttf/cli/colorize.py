@@ -11,6 +11,8 @@ from typing import Any
 import click
 
 from bttf.cli.app import (
+    TEMPERATURE_OPTION,
+    UNSURE_OPTION,
     DeviceParam,
     PixFmtParam,
     SizeParam,
@@ -52,13 +54,8 @@ COLORIZER_OPTIONS = [
         show_default=True,
         help="Frames per model call (halved automatically on CUDA out-of-memory).",
     ),
-    click.option(
-        "--temperature",
-        type=click.FloatRange(min=0, min_open=True),
-        default=0.38,
-        show_default=True,
-        help="Annealed-mean temperature; lower is more saturated.",
-    ),
+    TEMPERATURE_OPTION,
+    UNSURE_OPTION,
     click.option(
         "--top-k",
         type=click.IntRange(1, 313),

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from bttf.cli.app import DeviceParam, cli, console, timecode
+from bttf.cli.app import TEMPERATURE_OPTION, UNSURE_OPTION, DeviceParam, cli, console, timecode
 
 
 @cli.command("models")
@@ -235,13 +235,8 @@ def _colour_rows(c, truth) -> list[tuple[str, str, float | None]]:
     show_default=True,
     help="auto, cpu, cuda, cuda:N or mps.",
 )
-@click.option(
-    "--temperature",
-    type=click.FloatRange(min=0, min_open=True),
-    default=0.38,
-    show_default=True,
-    help="Annealed-mean temperature of bin models.",
-)
+@TEMPERATURE_OPTION
+@UNSURE_OPTION
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 def compare_cmd(
     input: str,
@@ -253,6 +248,7 @@ def compare_cmd(
     render_size: int | None,
     device: str,
     temperature: float,
+    unsure,
     overwrite: bool,
 ) -> None:
     """Colorize INPUT (image or film) with several models into one side-by-side sheet:
@@ -280,6 +276,7 @@ def compare_cmd(
         tile_height=tile_height,
         device=device,
         temperature=temperature,
+        unsure=unsure,
         render_size=render_size,
         overwrite=overwrite,
     )

@@ -11,7 +11,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from bttf.cli.app import cli, console
+from bttf.cli.app import TEMPERATURE_OPTION, UNSURE_OPTION, cli, console
 
 
 def _val_every(value: str) -> tuple[int, str]:
@@ -473,13 +473,8 @@ def train_cmd(
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Score at most N images.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option(
-    "--temperature",
-    type=click.FloatRange(min=0, min_open=True),
-    default=0.38,
-    show_default=True,
-    help="Annealed-mean temperature of bin models.",
-)
+@TEMPERATURE_OPTION
+@UNSURE_OPTION
 @click.option(
     "--render-size",
     type=click.IntRange(16, 4096),
@@ -498,6 +493,7 @@ def eval_cmd(
     batch_size: int,
     device: str,
     temperature: float,
+    unsure,
     render_size: int | None,
     as_json: bool,
 ) -> None:
@@ -520,6 +516,7 @@ def eval_cmd(
         batch_size=batch_size,
         device=device,
         temperature=temperature,
+        unsure=unsure,
         render_size=render_size,
     )
     with console.status("evaluating") as status:

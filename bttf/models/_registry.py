@@ -35,6 +35,7 @@ class ModelSpec:
     stride: int
     render_size: int
     shipped: str | None = None  # file name under bttf/weights/, if weights ship with the package
+    unsure: tuple[float, float] | None = None  # default per-pixel decoding (`bins.annealed_mean`)
     aliases: tuple[str, ...] = field(default=())
     description: str = ""
 
@@ -50,6 +51,7 @@ def register_model(
     stride: int,
     render_size: int,
     shipped: str | None = None,
+    unsure: tuple[float, float] | None = None,
     aliases: tuple[str, ...] = (),
     description: str = "",
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -67,6 +69,7 @@ def register_model(
             stride=stride,
             render_size=render_size,
             shipped=shipped,
+            unsure=unsure,
             aliases=tuple(aliases),
             description=doc if isinstance(doc, str) else "".join(doc),
         )

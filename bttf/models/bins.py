@@ -13,6 +13,7 @@ Shapes: ab images are ``(N, 2, H, W)`` (a, b in Lab units, about [-110, 110]); c
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,10 +29,12 @@ __all__ = [
     "AB_BINS_NP",
     "Q",
     "annealed_mean",
+    "check_unsure",
     "encode_nearest",
     "estimate_prior",
     "imagenet_prior",
     "load_reference_prior",
+    "normalized_entropy",
     "rebalance_weights",
     "smooth_prior",
     "soft_encode",
@@ -385,6 +388,40 @@ def imagenet_prior() -> Tensor:
     return _imagenet_prior().clone()
 
 
+Unsure = tuple[float, float]
+
+
+def check_unsure(unsure: Unsure | None, fn: str = "annealed_mean") -> Unsure | None:
+    """`unsure` as a checked (lo, hi) pair of floats, 0 <= lo < hi <= 1, or None."""
+    if unsure is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in unsure)
+    except (TypeError, ValueError):
+        raise ValueError(f"{fn}: unsure must be a pair (lo, hi) or None, got {unsure!r}") from None
+    if not (0.0 <= lo < hi <= 1.0):
+        raise ValueError(f"{fn}: unsure needs 0 <= lo < hi <= 1, got ({lo}, {hi})")
+    return lo, hi
+
+
+def normalized_entropy(logits: Tensor, dim: int = 1) -> Tensor:
+    """Entropy of softmax(logits) along `dim`, divided by log(313): 0 for a certain pixel, 1 for
+    a uniform one (the size of `dim` kept as 1)."""
+    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    p = torch.softmax(x, dim)
+    h = torch.logsumexp(x, dim, keepdim=True) - (p * x).sum(dim, keepdim=True)
+    return h / math.log(Q)
+
+
+def _unsure_inv_t(h_norm: Tensor, inv_t: float, unsure: Unsure) -> Tensor:
+    """Per-pixel 1/T for normalised entropies `h_norm`: the colorizer's T up to `lo`, rising
+    linearly to 1 (the plain mean, which hedges between the candidate colours) at `hi`."""
+    lo, hi = unsure
+    t0 = 1.0 / inv_t
+    a = ((h_norm - lo) * (1.0 / (hi - lo))).clamp_(0.0, 1.0)
+    return a.mul_(max(t0, 1.0) - t0).add_(t0).reciprocal_()
+
+
 def _decode_slices(n: int, h: int, w: int, limit: int) -> list[tuple[slice, slice]]:
     """(batch, row) slices whose logits chunks hold at most `limit` values."""
     per_image = Q * h * w
@@ -402,6 +439,7 @@ def annealed_mean(
     temperature: float = 0.38,
     top_k: int | None = None,
     *,
+    unsure: Unsure | None = None,
     chunk_elements: int | None = None,
 ) -> Tensor:
     """Decode class logits into ab with Zhang et al.'s annealed mean.
@@ -410,6 +448,11 @@ def annealed_mean(
     renormalise; re-temper ``p_T ∝ exp(log p / T)``; return the expectation of the bin centres
     under ``p_T``. T = 1 gives the mean, T -> 0 the mode (as does ``top_k=1``); the paper uses 0.38.
 
+    With ``unsure=(lo, hi)`` the temperature is per pixel: T where the normalised entropy of p
+    (``normalized_entropy``) is at most ``lo``, rising linearly to 1 at ``hi``. A pixel whose
+    model hesitates between colours then gets their mean, a muted colour, instead of a vivid
+    guess; a confident pixel keeps Zhang's vivid decoding.
+
     The softmax runs in float32 (float64 for float64 input) whatever the input dtype, and the
     work is chunked over images and rows so temporaries stay below ~256 MiB.
 
@@ -417,6 +460,7 @@ def annealed_mean(
         logits: ``(N, 313, H, W)`` unnormalised class scores (any device, any float dtype).
         temperature: T > 0.
         top_k: keep only the k most probable bins per pixel (1..313), or None for all.
+        unsure: ``(lo, hi)`` normalised entropies, 0 <= lo < hi <= 1, or None (T everywhere).
         chunk_elements: at most this many logits are worked on at once (whole images, else
             rows of one image; at least one row); None is the default, 2**26 (2**18 on the CPU,
             where a chunk then stays in a core's L2 cache). Pixel-major (channels_last) CPU
@@ -432,11 +476,12 @@ def annealed_mean(
         raise ValueError(f"annealed_mean: top_k must be in 1..{Q} or None, got {top_k}")
     if chunk_elements is not None:
         _check_chunk(chunk_elements, "annealed_mean")
+    unsure = check_unsure(unsure)
     n, _, h, w = logits.shape
     wd = _work_dtype(logits.dtype)
     inv_t = 1.0 / temperature
     if top_k is None and logits.device.type == "cpu" and is_pixel_major(logits):
-        return _annealed_mean_pixels(logits, inv_t, wd).to(logits.dtype)
+        return _annealed_mean_pixels(logits, inv_t, wd, unsure).to(logits.dtype)
     out = torch.empty(n, 2, h, w, dtype=wd, device=logits.device)
     limit = chunk_elements
     if limit is None:
@@ -446,7 +491,8 @@ def annealed_mean(
     for bs, rs in _decode_slices(n, h, w, limit):
         # softmax(log_softmax(x) / T) == softmax(x / T): log_softmax only shifts each pixel's
         # scores by a constant, so the one softmax below does both steps.
-        x = logits[bs, :, rs].to(wd) * inv_t
+        x = logits[bs, :, rs].to(wd)
+        x = x * (inv_t if unsure is None else _unsure_inv_t(normalized_entropy(x), inv_t, unsure))
         if top_k is None:
             p = torch.softmax(x, dim=1)
             # (2, 313) @ (n, 313, h*w): one batched GEMM, no permute copy
@@ -481,7 +527,9 @@ def _bins_sum_on(device: torch.device, dtype: torch.dtype) -> Tensor:
 PIXEL_STEP = 256
 
 
-def _annealed_mean_pixels(logits: Tensor, inv_t: float, wd: torch.dtype) -> Tensor:
+def _annealed_mean_pixels(
+    logits: Tensor, inv_t: float, wd: torch.dtype, unsure: Unsure | None = None
+) -> Tensor:
     """`annealed_mean` of pixel-major CPU logits: rows of 313 scores, PIXEL_STEP pixels a step.
     Returns (N, 2, H, W) channels_last."""
     n, q, h, w = logits.shape
@@ -490,20 +538,44 @@ def _annealed_mean_pixels(logits: Tensor, inv_t: float, wd: torch.dtype) -> Tens
     step = min(PIXEL_STEP, x.shape[0])
     scratch = torch.empty(step, q, dtype=wd)
     for s in range(0, x.shape[0], step):
-        annealed_mean_rows(x[s : s + step], inv_t, out[s : s + step], scratch)
+        annealed_mean_rows(x[s : s + step], inv_t, out[s : s + step], scratch, unsure=unsure)
     return out.view(n, h, w, 2).permute(0, 3, 1, 2)
 
 
+def _unsure_rows(x: Tensor, inv_t: float, t: Tensor, probs: bool, unsure: Unsure) -> None:
+    """`annealed_mean_rows`' weights with a temperature per row, into `t`: the entropy comes
+    from the same pass that exponentiates (logits) or takes the log (probabilities)."""
+    if probs:
+        torch.log(x.clamp_min(1e-30), out=t)  # log p
+        h = -(x * t).sum(1, keepdim=True)
+    else:
+        mx = x.amax(1, keepdim=True)
+        torch.sub(x, mx, out=t).exp_()  # e = exp(x - max); p = e / sum(e)
+        s = t.sum(1, keepdim=True)
+        h = s.log() + mx - (t * x).sum(1, keepdim=True) / s
+        torch.sub(x, mx, out=t)  # log p up to a constant per row
+    inv = _unsure_inv_t(h * (1.0 / math.log(Q)), inv_t, unsure)
+    t.mul_(inv).exp_()
+
+
 def annealed_mean_rows(
-    x: Tensor, inv_t: float, out: Tensor, scratch: Tensor | None = None, probs: bool = False
+    x: Tensor,
+    inv_t: float,
+    out: Tensor,
+    scratch: Tensor | None = None,
+    probs: bool = False,
+    unsure: Unsure | None = None,
 ) -> None:
     """The annealed mean of rows of scores `x` (m, 313) at temperature 1/inv_t, written into
     `out` (m, 2): p = exp((x - max) / T), one GEMM for sum p*a, sum p*b and sum p, divide.
     `x` holds logits or log-probabilities, or with `probs` probabilities (then p = x ** (1/T),
-    as exp(log(x) / T): no max is needed, x <= 1). `scratch`: an (at least m, 313) buffer."""
+    as exp(log(x) / T): no max is needed, x <= 1). `scratch`: an (at least m, 313) buffer.
+    `unsure`: a temperature per row, as in `annealed_mean` (`unsure` already checked)."""
     m = x.shape[0]
     t = torch.empty_like(x) if scratch is None else scratch[:m]
-    if probs:
+    if unsure is not None:
+        _unsure_rows(x, inv_t, t, probs, unsure)
+    elif probs:
         torch.log(x, out=t).mul_(inv_t).exp_()
     else:
         torch.add(x.amax(1, keepdim=True).mul_(-inv_t), x, alpha=inv_t, out=t).exp_()

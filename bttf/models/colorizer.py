@@ -16,10 +16,27 @@ from torch import nn
 
 from bttf.errors import BadInputError
 from bttf.models._registry import ModelSpec, get_spec
-from bttf.models.bins import AB_BINS, annealed_mean
+from bttf.models.bins import AB_BINS, annealed_mean, check_unsure
 from bttf.models.weights import create_model, load_model
 
 Q = AB_BINS.shape[0]
+
+
+def resolve_unsure(
+    unsure: tuple[float, float] | str | None, spec: ModelSpec
+) -> tuple[float, float] | None:
+    """The (lo, hi) entropy range of `unsure` decoding: "auto" is the model's own default
+    (`spec.unsure`; none for ab models), "off" or None is none."""
+    if isinstance(unsure, str):
+        if unsure not in ("auto", "off"):
+            raise BadInputError(f"unsure must be 'auto', 'off' or LO,HI, got {unsure!r}")
+        unsure = spec.unsure if unsure == "auto" else None
+    if spec.output != "bins":
+        return None
+    try:
+        return check_unsure(unsure, "unsure")
+    except ValueError as e:
+        raise BadInputError(str(e)) from None
 
 
 class Colorizer(nn.Module):
@@ -31,6 +48,10 @@ class Colorizer(nn.Module):
         temperature: annealed-mean temperature for "bins" models (> 0; 0.38 as in Zhang et al.
             2016: lower is more saturated, 1 is the plain mean).
         top_k: decode from the k most likely bins only (1..313; 1 is the mode), or None.
+        unsure: "auto" (the model's own default, `ModelSpec.unsure`), None or "off" (T for
+            every pixel, as Zhang et al.), or (lo, hi): the temperature rises per pixel from T
+            to 1 as the model's entropy goes from lo to hi (`bins.annealed_mean`), so colours
+            the model is unsure of come out muted rather than vivid and wrong.
     """
 
     def __init__(
@@ -39,6 +60,7 @@ class Colorizer(nn.Module):
         spec: ModelSpec,
         temperature: float = 0.38,
         top_k: int | None = None,
+        unsure: tuple[float, float] | str | None = "auto",
     ) -> None:
         super().__init__()
         if (
@@ -57,6 +79,7 @@ class Colorizer(nn.Module):
         self.spec = spec
         self.temperature = float(temperature)
         self.top_k = None if top_k is None else int(top_k)
+        self.unsure = resolve_unsure(unsure, spec)
 
     @classmethod
     def create(
@@ -66,6 +89,7 @@ class Colorizer(nn.Module):
         pretrained: bool = True,
         temperature: float = 0.38,
         top_k: int | None = None,
+        unsure: tuple[float, float] | str | None = "auto",
     ) -> Colorizer:
         """A ready Colorizer (eval mode) from a model name and/or a weights file.
 
@@ -78,7 +102,7 @@ class Colorizer(nn.Module):
         else:
             spec = get_spec(name)
             model = create_model(name, weights=weights, pretrained=pretrained)
-        return cls(model, spec, temperature=temperature, top_k=top_k).eval()
+        return cls(model, spec, temperature=temperature, top_k=top_k, unsure=unsure).eval()
 
     @property
     def output(self) -> str:
@@ -112,7 +136,9 @@ class Colorizer(nn.Module):
         temperature and top-k."""
         if logits.ndim != 4 or logits.shape[1] != Q:
             raise BadInputError(f"expected logits (N, {Q}, h, w), got {tuple(logits.shape)}")
-        return annealed_mean(logits, temperature=self.temperature, top_k=self.top_k)
+        return annealed_mean(
+            logits, temperature=self.temperature, top_k=self.top_k, unsure=self.unsure
+        )
 
     @staticmethod
     def resize_ab(ab: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
@@ -135,4 +161,7 @@ class Colorizer(nn.Module):
         return self.decode(self.predict(L), L.shape[-2:])
 
     def extra_repr(self) -> str:
-        return f"name={self.spec.name}, temperature={self.temperature}, top_k={self.top_k}"
+        return (
+            f"name={self.spec.name}, temperature={self.temperature}, top_k={self.top_k}, "
+            f"unsure={self.unsure}"
+        )

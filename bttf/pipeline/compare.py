@@ -91,6 +91,7 @@ class CompareConfig:
     tile_height: int = 256
     device: str = "auto"
     temperature: float = 0.38
+    unsure: tuple[float, float] | str | None = "auto"  # `Colorizer`'s: the model's default
     render_size: int | None = None
     overwrite: bool = False
 
@@ -265,7 +266,7 @@ def _load_colorizers(cfg: CompareConfig, device: torch.device) -> list[tuple[str
     for name in cfg.models:
         spec = get_spec(name)
         trained = bool(spec.shipped) and (WEIGHTS_DIR / spec.shipped).is_file()
-        colorizer = Colorizer.create(name=name, temperature=cfg.temperature)
+        colorizer = Colorizer.create(name=name, temperature=cfg.temperature, unsure=cfg.unsure)
         label = spec.name if trained else f"{spec.name} (untrained)"
         if not trained:
             log.warning(
@@ -278,7 +279,7 @@ def _load_colorizers(cfg: CompareConfig, device: torch.device) -> list[tuple[str
         p = Path(path)
         if not p.is_file():
             raise BadInputError(f"--weights {p} is not a file; check the path")
-        colorizer = Colorizer.create(weights=p, temperature=cfg.temperature)
+        colorizer = Colorizer.create(weights=p, temperature=cfg.temperature, unsure=cfg.unsure)
         out.append((f"{colorizer.spec.name} ({p.stem})", colorizer.to(device)))
     return out
 

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from bttf.errors import BadInputError
+from bttf.models.bins import check_unsure
 from bttf.pipeline.decode import DECODE_ERROR_POLICIES, VideoInfo, probe_video
 from bttf.pipeline.encode import OUTPUT_PIX_FMTS, EncodeSettings, plan_encode
 from bttf.pipeline.media import (
@@ -82,6 +83,9 @@ class ColorizeConfig:
         model's own (256 for the shipped models).
     batch_size: frames per model call (halved automatically on CUDA out-of-memory).
     temperature, top_k: decoding of 313-bin models (annealed mean; lower is more saturated).
+    unsure: "auto" (the model's default), "off", or (lo, hi): where the model is unsure (its
+        normalised entropy from lo to hi) the temperature rises to 1, muting colours it cannot
+        settle (`bttf.models.bins.annealed_mean`).
     temporal: fuse predictions across frames with `bttf.pipeline.temporal.Stabilizer`.
     temporal_strength: 0..1, how much of the previous frames the stabilizer keeps where the
         optical flow is trusted (0 = frame by frame); None = its measured default.
@@ -105,6 +109,7 @@ class ColorizeConfig:
     batch_size: int = 8
     temperature: float = 0.38
     top_k: int | None = None
+    unsure: tuple[float, float] | str | None = "auto"
     temporal: bool = True
     temporal_strength: float | None = None
     codec: str = "libx264"
@@ -130,6 +135,13 @@ class ColorizeConfig:
             raise bad(f"render_size must be in 16..4096, got {self.render_size}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise bad(f"temperature must be > 0, got {self.temperature}")
+        if not isinstance(self.unsure, str):
+            try:
+                check_unsure(self.unsure, "unsure")
+            except ValueError as e:
+                raise bad(str(e)) from None
+        elif self.unsure not in ("auto", "off"):
+            raise bad(f"unsure must be 'auto', 'off' or (lo, hi), got {self.unsure!r}")
         if self.start is not None and not (math.isfinite(self.start) and self.start >= 0):
             raise bad(f"start must be >= 0 seconds, got {self.start}")
         if self.duration is not None and not (math.isfinite(self.duration) and self.duration > 0):
@@ -216,6 +228,7 @@ def build_colorizer(config: ColorizeConfig, device: torch.device):
         weights=config.weights,
         temperature=config.temperature,
         top_k=config.top_k,
+        unsure=config.unsure,
     )
     return prepare_colorizer(colorizer, device)
 
@@ -305,6 +318,7 @@ def _job_settings(
         "batch_size": c.batch_size,
         "temperature": getattr(colorizer, "temperature", c.temperature),
         "top_k": getattr(colorizer, "top_k", c.top_k),
+        "unsure": getattr(colorizer, "unsure", None),
         "temporal": stabilized,
         "temporal_strength": c.temporal_strength,
         "codec": c.codec,

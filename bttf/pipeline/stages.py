@@ -212,6 +212,11 @@ class ColourStage:
         self.bins = colorizer.output == "bins"
         # 313-bin models without top-k: the stabilizer decodes in its own pass
         self.fused_decode = stabilizer is not None and self.bins and colorizer.top_k is None
+        self.decoding: dict = {}  # the stabilizer's decoding arguments, when it decodes
+        if self.fused_decode:
+            self.decoding["temperature"] = colorizer.temperature
+            if getattr(colorizer, "unsure", None) is not None:
+                self.decoding["unsure"] = colorizer.unsure
         self.stabilize_s = 0.0
 
     def plan(self, small: np.ndarray, out_hw: tuple[int, int] | None):
@@ -225,8 +230,7 @@ class ColourStage:
         if self.stabilizer is not None:
             t0 = time.perf_counter()
             plan = plan or self.stabilizer.plan(small, tuple(out.shape[-2:]))
-            t = self.colorizer.temperature if self.fused_decode else None
-            out = self.stabilizer(small, out, self.colorizer.output, plan, t)
+            out = self.stabilizer(small, out, self.colorizer.output, plan, **self.decoding)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.stabilize_s += time.perf_counter() - t0

@@ -143,12 +143,14 @@ class Stabilizer:
         output_kind: str,
         plan: _Plan | None = None,
         temperature: float | None = None,
+        unsure: tuple[float, float] | None = None,
     ) -> torch.Tensor:
         """Fuse the batch `gray` (planned now, or by `plan()`) and return it (see the class
         doc). With a plan, this call only touches the fused state, so it may run on another
         thread than the planning, one batch behind it. With `temperature` (313-bin output),
         return ab (N, 2, h', w') instead: the fused distribution's annealed mean, decoded in
-        the same pass (on the CPU, while each block is in the cache)."""
+        the same pass (on the CPU, while each block is in the cache), with a temperature per
+        pixel where `unsure` is given (`bins.annealed_mean`)."""
         if output_kind not in ("bins", "ab"):
             raise ValueError(f"output_kind must be 'bins' or 'ab', got {output_kind!r}")
         gray = _as_u8(gray)
@@ -178,8 +180,9 @@ class Stabilizer:
         if temperature is not None and not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         inv_t = None if temperature is None or output_kind != "bins" else 1.0 / temperature
+        unsure = bins.check_unsure(unsure, "Stabilizer")
         with torch.no_grad():
-            return self._run(out, output_kind, jobs, inv_t)
+            return self._run(out, output_kind, jobs, inv_t, unsure)
 
     def _plan(self, gray: np.ndarray, size: tuple[int, int]) -> list[tuple | None]:
         """Per frame: None where it starts a shot (no fusion), else (future confidence, frame,
@@ -204,7 +207,12 @@ class Stabilizer:
         return jobs
 
     def _run(
-        self, out: torch.Tensor, kind: str, jobs: list[tuple | None], inv_t: float | None
+        self,
+        out: torch.Tensor,
+        kind: str,
+        jobs: list[tuple | None],
+        inv_t: float | None,
+        unsure: tuple[float, float] | None = None,
     ) -> torch.Tensor:
         n, c, h, w = out.shape
         mixture = kind == "bins" and self.params.fusion == "mixture"
@@ -225,7 +233,7 @@ class Stabilizer:
             new = self._spare
             if new is None or new.shape != x.shape[1:] or new.device != x.device:
                 new = torch.empty_like(x[0])
-            _fuse(x[i], self._state, new, taps, alpha, mixture, result[i], inv_t)
+            _fuse(x[i], self._state, new, taps, alpha, mixture, result[i], inv_t, unsure)
             self._spare, self._state = self._state, new  # two buffers, taking turns
         return result.view(n, h, w, -1).permute(0, 3, 1, 2).to(out.dtype)
 
@@ -286,6 +294,7 @@ def _fuse(
     mixture: bool,
     result: torch.Tensor,
     inv_t: float | None = None,
+    unsure: tuple[float, float] | None = None,
 ) -> None:
     """One frame of the recursive fusion, pixel-major: `x` (P, C) the model's output,
     `prev` (P, C) the fused state of the previous frame (None: start a shot), `alpha` (P, 1)
@@ -316,7 +325,7 @@ def _fuse(
             if inv_t is None:
                 rs.copy_(xs)
             else:
-                bins.annealed_mean_rows(xs, inv_t, rs)
+                bins.annealed_mean_rows(xs, inv_t, rs, unsure=unsure)
             continue
         if taps is None:  # a still shot: a * previous
             past = prev[s:e] * alpha[s:e]
@@ -324,7 +333,7 @@ def _fuse(
             past = F.embedding_bag(idx[s:e], prev, per_sample_weights=wts[s:e], mode="sum")
         torch.addcmul(past, cs, keep[s:e], out=nw)  # + (1 - a) * current
         if inv_t is not None:
-            bins.annealed_mean_rows(nw, inv_t, rs, probs=mixture)
+            bins.annealed_mean_rows(nw, inv_t, rs, probs=mixture, unsure=unsure)
         elif mixture:
             torch.log(nw, out=rs)
         else:

@@ -89,6 +89,7 @@ class EvalConfig:
     batch_size: int = 8
     device: str = "auto"
     temperature: float = 0.38
+    unsure: tuple[float, float] | str | None = "auto"  # `Colorizer`'s: the model's default
     gray_baseline: bool = True
     # the short side the model sees (as `bttf colorize --render-size`): L resized to it, ab
     # brought back to the image's size; None = the image's own size
@@ -272,7 +273,9 @@ def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:
     truth = None
     for label, source, build in jobs:
         model, spec, _meta = build()
-        col = Colorizer(model.to(device).eval(), spec, temperature=cfg.temperature)
+        col = Colorizer(
+            model.to(device).eval(), spec, temperature=cfg.temperature, unsure=cfg.unsure
+        )
         name = spec.name
         m = _score(
             _model_predictor(col, device, cfg.render_size), L_u8, ab_u8, image_prior, cfg.batch_size
