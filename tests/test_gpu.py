@@ -21,8 +21,8 @@ from test_training import cache, cfg_for  # noqa: F401 - `cache` is a fixture
 
 import bttf
 from bttf.models import Colorizer, create_model, get_spec, list_models, load_model
-from bttf.pipeline.stages import ModelStage
 from bttf.pipeline import ColorizeConfig
+from bttf.pipeline.stages import ModelStage
 from bttf.pipeline.temporal import Stabilizer
 from bttf.training.loop import train
 

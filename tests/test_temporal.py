@@ -173,8 +173,7 @@ def test_eval_video_command_on_folders(tmp_path):
 def test_the_engine_runs_the_stabilizer_with_its_strength(tmp_path, monkeypatch):
     from test_cuts import write_video
 
-    from bttf.pipeline import temporal
-    from bttf.pipeline import ColorizeConfig, colorize_video
+    from bttf.pipeline import ColorizeConfig, colorize_video, temporal
 
     made: list[Stabilizer] = []
 
@@ -221,7 +220,7 @@ def test_the_engine_fuses_the_same_on_its_own_thread_as_inline(tmp_path):
 
     src = tmp_path / "pan.mkv"
     write_video(src, pan(texture(7), 20, 1.5))
-    config = dict(temporal=True, render_size=64, audio=False, crf=0, batch_size=4)
+    config = {"temporal": True, "render_size": 64, "audio": False, "crf": 0, "batch_size": 4}
     colorize_video(src, tmp_path / "async.mkv", ColorizeConfig(**config), overlap=True)
     colorize_video(src, tmp_path / "inline.mkv", ColorizeConfig(**config), overlap=False)
     a, b = (read_planes(tmp_path / n) for n in ("async.mkv", "inline.mkv"))
