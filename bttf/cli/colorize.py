@@ -80,6 +80,14 @@ COLORIZER_OPTIONS = [
         default=None,
         help="CPU threads for the model. [default: all cores but one]",
     ),
+    click.option(
+        "--keyframes",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Folder of frames coloured by hand, named by the film's frame index "
+        "(000123.png, see `bttf keyframes`): their colour is carried through their shots. "
+        "For a folder INPUT: KEYFRAMES/<film name>/.",
+    ),
 ]
 
 

@@ -1,4 +1,5 @@
-"""`bttf models`, `bttf cuts`, `bttf eval-video`, `bttf compare`: looking at models and films."""
+"""`bttf models`, `bttf cuts`, `bttf keyframes`, `bttf eval-video`, `bttf compare`: looking at
+models and films."""
 
 from __future__ import annotations
 
@@ -86,6 +87,38 @@ def cuts_cmd(input: str, as_json: bool, fps: float, min_scene_len: int, threshol
     for c in cuts:
         click.echo(f"{timecode(c.time)}  frame {c.frame}")
     console.print(f"{len(cuts)} cut(s), {len(cuts) + 1} shot(s)", highlight=False)
+
+
+@cli.command("keyframes")
+@click.argument("film", type=click.Path(dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Folder to write the keyframes in (created if missing).",
+)
+@click.option(
+    "--at",
+    type=click.Choice(["first", "middle"]),
+    default="first",
+    show_default=True,
+    help="Which frame of each shot.",
+)
+@click.option("--overwrite", is_flag=True, help="Write into a folder that already holds images.")
+def keyframes_cmd(film: str, out_dir: str, at: str, overwrite: bool) -> None:
+    """Write one gray PNG per shot of FILM into a folder, named by the film's frame index
+    (000123.png), at full resolution.
+
+    Colour some of them in any editor (GIMP, Krita…), keep their names, and give the folder to
+    `bttf colorize FILM --keyframes FOLDER`: their colour is carried through their shots.
+    """
+    from bttf.pipeline.keyframes import export_keyframes
+
+    with console.status(f"looking for shots in {film}"):
+        paths = export_keyframes(film, out_dir, at, overwrite=overwrite)
+    console.print(f"{len(paths)} keyframe(s) written to {out_dir}", highlight=False)
 
 
 @cli.command("eval-video")

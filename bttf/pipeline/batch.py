@@ -108,6 +108,15 @@ def output_names(films: Sequence[Path], out_dir: Path, suffix: str = ".mp4") -> 
     }
 
 
+def film_config(config, src: Path):
+    """`config` for the film `src` of a folder: its keyframes are `config.keyframes`/<stem>/
+    (none when that folder is missing)."""
+    if config.keyframes is None:
+        return config
+    folder = Path(config.keyframes) / src.stem
+    return dataclasses.replace(config, keyframes=folder if folder.is_dir() else None)
+
+
 def colorize_folder(
     src_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -176,7 +185,7 @@ def colorize_folder(
         else:
             try:
                 progress = progress_for(src) if progress_for is not None else None
-                stats = colorize_video(src, dst, config, progress)
+                stats = colorize_video(src, dst, film_config(config, src), progress)
                 item = BatchItem(
                     src,
                     dst,

@@ -100,6 +100,8 @@ class ColorizeConfig:
         in a work folder beside the output, which `resume` continues; 0 = never.
     resume: continue the interrupted run of the same output with the same settings (starts
         afresh when there is nothing to continue; forces segments).
+    keyframes: a folder of frames coloured by hand, named by the film's frame index
+        (`bttf.pipeline.keyframes`): their colour is carried through their shots.
     """
 
     model: str | None = None
@@ -124,6 +126,7 @@ class ColorizeConfig:
     on_decode_error: str = "repeat"
     segment_frames: int = DEFAULT_SEGMENT_FRAMES
     resume: bool = False
+    keyframes: Path | None = None
 
     def __post_init__(self) -> None:
         def bad(what: str) -> BadInputError:
@@ -309,7 +312,7 @@ def _job_settings(
     from bttf.pipeline.segments import input_fingerprint, model_digest
 
     c = config
-    return {
+    job = {
         "bttf": __version__,
         "input": input_fingerprint(src),
         "model": model_name(colorizer),
@@ -327,6 +330,11 @@ def _job_settings(
         "pix_fmt": c.pix_fmt,
         "size": list(size),
     }
+    if c.keyframes is not None:  # (absent otherwise: earlier runs' work folders stay valid)
+        from bttf.pipeline.keyframes import folder_digest
+
+        job["keyframes"] = folder_digest(c.keyframes)
+    return job
 
 
 # ---------------------------------------------------------------------------------------------
@@ -546,11 +554,16 @@ def _build_stages(
     sx, sy, bits_out = OUTPUT_PIX_FMTS[settings.pix_fmt]
     chroma_hw = (-(-size[1] // (1 << sy)), -(-size[0] // (1 << sx)))
     model = ModelStage(colorizer, device, config.batch_size)
+    guide = None
+    if config.keyframes is not None:
+        from bttf.pipeline.keyframes import keyframe_guide
+
+        guide = keyframe_guide(config.keyframes, info, (rh, rw), config.on_decode_error)
     stages = _Stages(
         prepare=Preparer(info, (rh, rw), rotate_k, chroma_hw),
         model=model,
         colour=ColourStage(colorizer, device, stabilizer, rotate_k),
-        chroma=ChromaStage(model, info.colorspace, info.full_range, bits_out),
+        chroma=ChromaStage(model, info.colorspace, info.full_range, bits_out, guide),
         batch_size=config.batch_size,
         overlap=overlap and device.type == "cpu",
     )

@@ -37,13 +37,18 @@ class FlowEstimator:
         self.preset = preset
         self._dis = cv2.DISOpticalFlow_create(PRESETS[preset])
 
-    def __call__(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-        """Flow (H, W, 2) float32 from `src` to `dst` (uint8 (H, W)): src(p) ~ dst(p + flow(p))."""
+    def __call__(
+        self, src: np.ndarray, dst: np.ndarray, init: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Flow (H, W, 2) float32 from `src` to `dst` (uint8 (H, W)): src(p) ~ dst(p + flow(p)).
+        `init`: a guess of it (H, W, 2) to refine (e.g. flows composed over several frames)."""
         if src.shape != dst.shape or src.ndim != 2:
             raise ValueError(
                 f"expected two gray frames of equal shape (H, W), got {src.shape} and {dst.shape}"
             )
-        return self._dis.calc(_u8(src), _u8(dst), None)
+        # DIS starts from the flow it is given (at its coarsest scale) when there is one
+        guess = None if init is None else np.array(init, np.float32, copy=True)
+        return self._dis.calc(_u8(src), _u8(dst), guess)
 
 
 def _u8(img: np.ndarray) -> np.ndarray:

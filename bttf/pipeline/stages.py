@@ -295,11 +295,15 @@ def chroma_planes(
 
 class ChromaStage:
     """ab at model resolution -> Cb, Cr planes (N, ch, cw) of the output: ab resized to the
-    chroma plane size and combined with that size's L (see `chroma_planes`)."""
+    chroma plane size and combined with that size's L (see `chroma_planes`). A `guide`
+    (`bttf.pipeline.keyframes.KeyframeGuide`) blends the keyframes' colour into ab there."""
 
-    def __init__(self, model: ModelStage, matrix: int, full_range: bool, bits: int) -> None:
+    def __init__(
+        self, model: ModelStage, matrix: int, full_range: bool, bits: int, guide=None
+    ) -> None:
         self.model = model
         self.fmt = (matrix, full_range, bits)
+        self.guide = guide
 
     @torch.inference_mode()
     def __call__(
@@ -315,6 +319,8 @@ class ChromaStage:
             cbs, crs = [], []
             for k in range(i, j, step):
                 abk = model.colorizer.resize_ab(ab[k : k + step].float(), size)
+                if self.guide is not None:
+                    abk = self.guide.apply([p.frame for p in batch[k : k + step]], abk)
                 cb, cr = chroma_planes(model.lightness(gchroma[k : k + step]), abk, *self.fmt)
                 cbs.append(cb.cpu())
                 crs.append(cr.cpu())

@@ -1,0 +1,404 @@
+"""Keyframe-guided colour: frames coloured by hand steer the colour of their shot.
+
+The workflow: `export_keyframes` writes one gray PNG per shot (named by the film's frame index,
+`000123.png`); the user colours some of them in any editor; `load_keyframes` checks the folder
+up front; `KeyframeGuide` carries each keyframe's colour through its shot, forwards and
+backwards, and the chroma stage blends it over the model's prediction.
+
+Only the keyframe's chroma is used (Lab ab: the editor may have changed the brightness); the
+output keeps the film's own luma, so at a keyframe the output is the keyframe's ab on the film's
+Y plane, at full chroma resolution.
+
+Propagation (per keyframe, computed from the keyframe and the film alone, so a resumed run or a
+segment gets the same guide as an uninterrupted run): the film is decoded a second time, gray
+and small (`grid` = half the render size), over a window of `MAX_SPAN` frames each side of the
+keyframe; from the keyframe outwards, DIS optical flow between neighbours (`bttf.pipeline.flow`)
+is composed into one displacement per pixel back to the keyframe, so the keyframe's colour is
+sampled once (no blur from warping colour again and again). Confidence is the product of the
+per-step forward-backward checks (occlusions, motion boundaries, leaving the frame) and a mild
+decay per frame, times a luma check of the keyframe's gray brought along the composed flow
+against the current frame (drift). A cut detector fed from the keyframe outwards stops the
+propagation at the shot's edges. Per frame the guide keeps the displacement and the confidence
+as float16 at the grid size; the blend at the chroma plane size is
+
+    ab = c * key_ab(p + d(p)) + (1 - c) * model_ab(p)
+
+and where two keyframes reach a frame, each pixel takes the one with the higher confidence.
+Memory: the guides of the keyframes whose window holds the current frame.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from bttf.errors import BadInputError
+from bttf.pipeline.cuts import CutDetector, CutParams
+from bttf.pipeline.decode import SourceFrame, VideoInfo, probe_video, read_frames
+from bttf.pipeline.flow import FlowEstimator, consistent_mask, in_bounds, warp
+from bttf.pipeline.media import check_input, is_image_path, read_rgb_image
+from bttf.pipeline.stages import gray_lut, resize_plane
+
+log = logging.getLogger(__name__)
+
+GRAY_CHROMA = 4.0  # 99th percentile of ab chroma below this: a gray image (as training data)
+MAX_SPAN = 150  # frames each side of a keyframe its colour may reach
+DECAY = 0.995  # confidence kept per frame away from the keyframe
+DRIFT_TOLERANCE = 30.0  # gray levels: keyframe luma carried along the flow vs the frame's
+MIN_CONFIDENCE = 0.02  # below this everywhere, the propagation stops
+REALIGN = 1.5  # grid pixels: a direct flow to the keyframe this near the composed one wins
+ASPECT_TOLERANCE = 0.01  # relative difference of aspect ratios still taken as the same
+
+
+def film_index(info: VideoInfo, pts: int) -> int:
+    """The film's own frame index (0 = its first frame) of the frame at `pts`."""
+    rate = info.rate or Fraction(24)
+    return round((Fraction(pts) * info.time_base - info.start) * rate)
+
+
+def _shot_cuts(info: VideoInfo) -> tuple[list[int], int]:
+    """First frame of every shot (film indices) and the number of frames."""
+    lut = gray_lut(info.bits, info.full_range)
+    det = CutDetector()
+    starts: list[int] = []
+    n = 0
+    for f in read_frames(info, on_error="repeat"):
+        i = film_index(info, f.pts)
+        if det.feed(lut[f.y]) or not starts:
+            starts.append(i)
+        n = i + 1
+    return starts, n
+
+
+def _write_png(path: Path, gray: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
+    if not ok:
+        raise BadInputError(f"cannot encode {path} as PNG")
+    buf.tofile(path)
+
+
+def export_keyframes(
+    film: str | Path,
+    out_dir: str | Path,
+    at: str = "first",
+    *,
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> list[Path]:
+    """Write one keyframe per shot of `film` into `out_dir`: its gray (the film's own luma, as
+    the model sees it: full-range 8 bit) as an RGB PNG at full resolution, in the stored
+    orientation, named by the film's frame index (`000123.png`). `at`: the shot's "first" or
+    "middle" frame. Shots come from `bttf.pipeline.cuts.CutDetector`. Returns the files written.
+
+    Raises BadInputError for an unreadable film, or an `out_dir` that is a file or already
+    holds images (unless `overwrite`); nothing is written then.
+    """
+    if at not in ("first", "middle"):
+        raise BadInputError(f"--at must be 'first' or 'middle', got {at!r}")
+    film, out_dir = check_input(film), Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInputError(f"{out_dir} is a file; give a folder for the keyframes")
+    if out_dir.is_dir() and not overwrite and any(is_image_path(f) for f in out_dir.iterdir()):
+        raise BadInputError(f"{out_dir} already holds images; give an empty folder or --overwrite")
+    info = probe_video(film)
+    starts, n = _shot_cuts(info)
+    if not starts:
+        raise BadInputError(f"{film} has no frame that can be decoded")
+    ends = [*starts[1:], n]
+    wanted = starts if at == "first" else [(s + e - 1) // 2 for s, e in zip(starts, ends)]
+    todo = set(wanted)
+    lut = gray_lut(info.bits, info.full_range)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInputError(f"cannot make the folder {out_dir} ({e.strerror})") from e
+    written: list[Path] = []
+    try:
+        for f in read_frames(info, on_error="repeat"):
+            i = film_index(info, f.pts)
+            if i in todo:
+                todo.discard(i)
+                path = out_dir / f"{i:06d}.png"
+                _write_png(path, lut[f.y])
+                written.append(path)
+                if progress is not None:
+                    progress(len(written))
+            if not todo:
+                break
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and checking a keyframe folder
+
+
+@dataclass(frozen=True)
+class Keyframes:
+    """A checked keyframe folder: film frame index -> image file, and a digest of the files."""
+
+    folder: Path
+    files: dict[int, Path]
+    digest: str
+
+
+def image_ab(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The Lab ab (h, w, 2) float32 of an image file, resized to `size` = (h, w) if given."""
+    from bttf.color import rgb_to_lab
+
+    rgb = torch.from_numpy(read_rgb_image(path)).permute(2, 0, 1)
+    ab = rgb_to_lab(rgb)[1:].permute(1, 2, 0).contiguous().numpy()
+    if size is not None and ab.shape[:2] != tuple(size):
+        ab = resize_plane(ab, tuple(size))
+    return ab
+
+
+def _check_keyframe(path: Path, info: VideoInfo) -> None:
+    ab = image_ab(path)
+    h, w = ab.shape[:2]
+    want, got = info.width / info.height, w / h
+    if abs(got / want - 1.0) > ASPECT_TOLERANCE:
+        raise BadInputError(
+            f"keyframe {path} is {w}x{h}, not the film's aspect ratio ({info.width}x"
+            f"{info.height}); crop or pad it to the film's shape"
+        )
+    chroma = np.hypot(ab[::4, ::4, 0], ab[::4, ::4, 1])
+    if float(np.percentile(chroma, 99)) < GRAY_CHROMA:
+        raise BadInputError(f"keyframe {path} has no colour (it is gray); colour it or remove it")
+
+
+def load_keyframes(folder: str | Path, info: VideoInfo) -> Keyframes:
+    """Check the keyframe folder for the film `info` and list it (see the module notes).
+
+    Every image file must be named by a frame index of the film (`000123.png`, `123.jpg`),
+    within the film, with the film's aspect ratio (another size is resized), and in colour.
+    Other files are ignored. Raises a one-line BadInputError otherwise.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BadInputError(f"--keyframes {folder} is not a folder; give the folder of keyframes")
+    files: dict[int, Path] = {}
+    for f in sorted(folder.iterdir()):
+        if not is_image_path(f) or f.name.startswith("."):
+            continue
+        if not f.stem.isdigit():
+            raise BadInputError(
+                f"keyframe {f} is not named by a frame index; name it like 000123{f.suffix}"
+            )
+        i = int(f.stem)
+        if i in files:
+            raise BadInputError(f"keyframes {files[i]} and {f} are both frame {i}; keep one")
+        if info.frames is not None and i >= info.frames:
+            raise BadInputError(
+                f"keyframe {f} is frame {i}, past the end of {info.path} ({info.frames} frames)"
+            )
+        files[i] = f
+    if not files:
+        raise BadInputError(f"--keyframes {folder} holds no images named by a frame index")
+    for f in files.values():
+        _check_keyframe(f, info)
+    return Keyframes(folder, files, keyframes_digest(files))
+
+
+def keyframes_digest(files: dict[int, Path]) -> str:
+    """sha256 of the keyframes' indices and bytes (part of a resume's settings)."""
+    h = hashlib.sha256()
+    for i in sorted(files):
+        h.update(f"{i}:".encode())
+        h.update(files[i].read_bytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Propagation
+
+
+@dataclass
+class _Guide:
+    """One keyframe's reach: per film index, (displacement (gh, gw, 2), confidence (gh, gw)),
+    float16 at the grid size; the keyframe itself has None (identity, confidence 1)."""
+
+    index: int
+    frames: dict[int, tuple[np.ndarray, np.ndarray] | None]
+    ab: np.ndarray | None = None  # the keyframe's ab at the chroma size, when first needed
+    last: int = 0
+
+
+def propagate(
+    grays: dict[int, np.ndarray],
+    key: int,
+    step: int,
+    flow: FlowEstimator,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """From frame `key` in direction `step` (+1 or -1) over the gray frames `grays` (uint8,
+    one size): (index, displacement to the keyframe (h, w, 2) float32, confidence (h, w)) per
+    frame, until a cut, the end of `grays`, or the confidence has gone everywhere."""
+    det = CutDetector(CutParams(min_scene_len=1))
+    prev = grays[key]
+    det.feed(prev)
+    key_u8, key_gray = prev, prev.astype(np.float32)
+    h, w = prev.shape
+    disp = np.zeros((h, w, 2), np.float32)
+    chain = np.ones((h, w), np.float32)
+    i = key + step
+    while i in grays:
+        g = grays[i]
+        if det.feed(g):
+            return
+        fw = flow(g, prev)  # this frame -> the one nearer the keyframe
+        bw = flow(prev, g)
+        valid = consistent_mask(fw, bw)
+        disp = warp(disp, fw) + fw
+        # composed flows drift (a small bias per step adds up): align with the keyframe itself,
+        # starting from them, where that agrees with them
+        direct = flow(g, key_u8, disp)
+        near = np.abs(direct - disp).max(axis=2) < REALIGN
+        disp[near] = direct[near]
+        chain = warp(chain, fw) * valid * DECAY
+        chain *= in_bounds(disp)
+        drift = warp(key_gray, disp) - g
+        trusted = chain > 0.5
+        if trusted.any():  # a global exposure change is not drift
+            drift -= float(np.median(drift[trusted]))
+        drift *= 1.0 / DRIFT_TOLERANCE
+        yield i, disp, chain * np.exp(-(drift * drift))
+        if float(chain.max()) < MIN_CONFIDENCE:
+            return
+        prev = g
+        i += step
+
+
+class KeyframeGuide:
+    """Blends the keyframes' colour over the model's ab in the chroma stage (module notes).
+
+    `grid` = (h, w): the size the flow and the guide work at (stored orientation). `apply`
+    must see the frames of a run in order.
+    """
+
+    def __init__(
+        self,
+        keyframes: Keyframes,
+        info: VideoInfo,
+        grid: tuple[int, int],
+        on_error: str = "repeat",
+        span: int = MAX_SPAN,
+    ) -> None:
+        self.keys = keyframes
+        self.info = info
+        self.grid = grid
+        self.on_error = on_error
+        self.span = span
+        self.lut = gray_lut(info.bits, info.full_range)
+        self.flow = FlowEstimator("medium")
+        self.active: dict[int, _Guide] = {}
+        self.done: set[int] = set()
+
+    def _window(self, k: int) -> tuple[int, int]:
+        hi = k + self.span
+        if self.info.frames is not None:
+            hi = min(hi, self.info.frames - 1)
+        return max(0, k - self.span), hi
+
+    def _decode(self, lo: int, hi: int) -> dict[int, np.ndarray]:
+        """Gray frames lo..hi of the film at the grid size (a decoder of their own)."""
+        rate = self.info.rate or Fraction(24)
+        out: dict[int, np.ndarray] = {}
+        frames = read_frames(self.info, lo / rate, (hi - lo + 1) / rate, on_error=self.on_error)
+        for f in frames:
+            i = film_index(self.info, f.pts)
+            if lo <= i <= hi:
+                out[i] = resize_plane(self.lut[f.y], self.grid)
+        return out
+
+    def _build(self, k: int) -> _Guide:
+        lo, hi = self._window(k)
+        grays = self._decode(lo, hi)
+        if k not in grays:
+            raise BadInputError(
+                f"keyframe {self.keys.files[k]}: frame {k} of {self.info.path} cannot be found"
+            )
+        frames: dict[int, tuple[np.ndarray, np.ndarray] | None] = {k: None}
+        last = k
+        for step in (-1, 1):
+            for i, disp, conf in propagate(grays, k, step, self.flow):
+                frames[i] = (disp.astype(np.float16), conf.astype(np.float16))
+                last = max(last, i)
+        log.info("keyframe %d reaches frames %d..%d", k, min(frames), last)
+        return _Guide(k, frames, last=last)
+
+    def _guides_at(self, i: int) -> list[_Guide]:
+        for k in [k for k, g in self.active.items() if g.last < i]:
+            del self.active[k]  # frames come in order: never needed again
+        for k in self.keys.files:
+            if k in self.done:
+                continue
+            lo, hi = self._window(k)
+            if lo <= i <= hi:
+                self.active[k] = self._build(k)
+                self.done.add(k)
+        return [g for g in self.active.values() if i in g.frames]
+
+    def _sample(self, g: _Guide, i: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """The keyframe's ab (h, w, 2) brought onto frame `i`, and its confidence (h, w)."""
+        h, w = size
+        if g.ab is None or g.ab.shape[:2] != size:
+            g.ab = image_ab(self.keys.files[g.index], size)
+        item = g.frames[i]
+        if item is None:
+            return g.ab, np.ones((h, w), np.float32)
+        disp, conf = item
+        gh, gw = disp.shape[:2]
+        d = cv2.resize(disp.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        d[..., 0] *= w / gw
+        d[..., 1] *= h / gh
+        c = cv2.resize(conf.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        return warp(g.ab, d), np.clip(c, 0.0, 1.0)
+
+    def apply(self, frames: list[SourceFrame], ab: torch.Tensor) -> torch.Tensor:
+        """ab (N, 2, h, w) of `frames` at the chroma size, with the keyframes' colour blended in."""
+        size = (int(ab.shape[-2]), int(ab.shape[-1]))
+        for j, f in enumerate(frames):
+            guides = self._guides_at(film_index(self.info, f.pts))
+            if not guides:
+                continue
+            i = film_index(self.info, f.pts)
+            key_ab, conf = self._sample(guides[0], i, size)
+            for g in guides[1:]:
+                other_ab, other = self._sample(g, i, size)
+                better = other > conf
+                key_ab = np.where(better[..., None], other_ab, key_ab)
+                conf = np.maximum(conf, other)
+            k_ab = torch.from_numpy(np.ascontiguousarray(key_ab.transpose(2, 0, 1))).to(ab)
+            c = torch.from_numpy(conf).to(ab)
+            ab[j] = c * k_ab + (1.0 - c) * ab[j]
+        return ab
+
+
+def keyframe_guide(
+    folder: str | Path, info: VideoInfo, render_hw: tuple[int, int], on_error: str = "repeat"
+) -> KeyframeGuide:
+    """The checked keyframe folder's guide for the film `info`, at half the render size
+    `render_hw` (stored orientation)."""
+    grid = (max(8, render_hw[0] // 2), max(8, render_hw[1] // 2))
+    return KeyframeGuide(load_keyframes(folder, info), info, grid, on_error)
+
+
+def folder_digest(folder: str | Path) -> str:
+    """`keyframes_digest` of the images named by a frame index in `folder`."""
+    files = {
+        int(f.stem): f
+        for f in Path(folder).iterdir()
+        if is_image_path(f) and f.stem.isdigit() and not f.name.startswith(".")
+    }
+    return keyframes_digest(files)
