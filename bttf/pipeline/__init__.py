@@ -13,15 +13,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bttf.pipeline.engine import ColorizeConfig as ColorizeConfig
-    from bttf.pipeline.engine import ColorizeStats as ColorizeStats
+    from bttf.pipeline.config import ColorizeConfig as ColorizeConfig
+    from bttf.pipeline.config import ColorizeStats as ColorizeStats
     from bttf.pipeline.engine import colorize as colorize
     from bttf.pipeline.engine import colorize_video as colorize_video
     from bttf.pipeline.image import colorize_image as colorize_image
 
 _LAZY = {
-    "ColorizeConfig": "bttf.pipeline.engine",
-    "ColorizeStats": "bttf.pipeline.engine",
+    "ColorizeConfig": "bttf.pipeline.config",
+    "ColorizeStats": "bttf.pipeline.config",
     "colorize": "bttf.pipeline.engine",
     "colorize_image": "bttf.pipeline.image",
     "colorize_video": "bttf.pipeline.engine",
