@@ -320,7 +320,7 @@ class ChromaStage:
             for k in range(i, j, step):
                 abk = model.colorizer.resize_ab(ab[k : k + step].float(), size)
                 if self.guide is not None:
-                    abk = self.guide.apply([p.frame for p in batch[k : k + step]], abk)
+                    abk = self.guide.apply(batch[k : k + step], abk)
                 cb, cr = chroma_planes(model.lightness(gchroma[k : k + step]), abk, *self.fmt)
                 cbs.append(cb.cpu())
                 crs.append(cr.cpu())
