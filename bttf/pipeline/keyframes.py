@@ -58,11 +58,11 @@ log = logging.getLogger(__name__)
 
 GRAY_CHROMA = 4.0  # 99th percentile of ab chroma below this: a gray image (as training data)
 MAX_SPAN = 150  # frames each side of a keyframe its colour may reach
-DECAY = 0.998  # confidence kept per frame away from the keyframe
+DECAY = 0.999  # confidence kept per frame away from the keyframe
 DRIFT_TOLERANCE = 20.0  # gray levels: keyframe luma at the tracked point vs the frame's
 GRID_CELL = 8  # grid pixels: cell of the keyframe's bilateral colour grid
 GRID_BINS = 16  # gray levels of the grid
-MIN_COUNT = 4.0  # keyframe pixels of the grid behind full confidence
+MIN_COUNT = 1.0  # keyframe pixels of the grid behind full confidence
 REALIGN = 1.5  # grid pixels: a direct flow to the keyframe this near the composed one wins
 ASPECT_TOLERANCE = 0.01  # relative difference of aspect ratios still taken as the same
 
