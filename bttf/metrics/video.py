@@ -179,6 +179,18 @@ class VideoMetrics:
         return d
 
 
+def _resized_truth(true_rgb: np.ndarray, rgb: np.ndarray, notes: list[str] | None) -> np.ndarray:
+    """The truth frame at the output's size (area resize where they differ; said in `notes`)."""
+    if true_rgb.shape == rgb.shape:
+        return true_rgb
+    if notes is not None:
+        notes.append(
+            f"truth {true_rgb.shape[1]}x{true_rgb.shape[0]} resized to the "
+            f"output's {rgb.shape[1]}x{rgb.shape[0]}"
+        )
+    return cv2.resize(true_rgb, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_AREA)
+
+
 def evaluate_video(
     output: str | Path,
     truth: str | Path | None = None,
@@ -231,16 +243,7 @@ def evaluate_video(
             if item_truth is None:
                 notes.append(f"the output has more frames than the truth; compared the first {n}")
                 break
-            true_rgb = item_truth[1]
-            if true_rgb.shape != rgb.shape:
-                if n == 0:
-                    notes.append(
-                        f"truth {true_rgb.shape[1]}x{true_rgb.shape[0]} resized to the "
-                        f"output's {rgb.shape[1]}x{rgb.shape[0]}"
-                    )
-                true_rgb = cv2.resize(
-                    true_rgb, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_AREA
-                )
+            true_rgb = _resized_truth(item_truth[1], rgb, notes if n == 0 else None)
         gray = rgb_to_gray(true_rgb if true_rgb is not None else rgb)
         if prev is not None:
             p_rgb, p_gray, p_true = prev
