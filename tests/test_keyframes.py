@@ -297,3 +297,18 @@ def test_same_aspect_at_another_size_is_resized(gray_film, truth, weights, tmp_p
     write_key(keys, 0, cv2.resize(truth[0], (W * 2, H * 2)), ".jpg")
     out = colorized(gray_film, keys, weights, tmp_path / "out.mkv", duration=2 / 24)
     assert ab_error(out[0], truth[0], margin=2) < 3.0
+
+
+def test_gif_takes_the_keyframes_at_its_own_frame_rate(gray_film, truth, weights, tmp_path):
+    from bttf.pipeline.gif import GifConfig, make_gif
+
+    keys = tmp_path / "keys"
+    write_key(keys, 12, truth[12])  # 0.5 s: frame 6 of a 12 fps clip
+    small = cv2.resize(truth[12], (96, 64), interpolation=cv2.INTER_AREA)
+    errors = []
+    for k in (keys, None):
+        out = tmp_path / f"{k is None}.gif"
+        cfg = GifConfig(duration=1.0, fps=12, width=96, colorize=config(weights, keyframes=k))
+        make_gif(gray_film, out, cfg)
+        errors.append(ab_error(read_rgb(out)[6], small, margin=4))
+    assert errors[0] < 5.0 and errors[0] < errors[1] / 2, errors

@@ -380,6 +380,13 @@ def make_gif(
     src, dst, probe, color_probe = _check_inputs(src, dst, config)
 
     fps, width, height = _geometry(config, probe, color_probe)
+    keys = None
+    if config.colorized is None and config.colorize.keyframes is not None:
+        from bttf.pipeline.decode import probe_video
+        from bttf.pipeline.keyframes import load_keyframes
+
+        info = probe_video(src)  # the keyframes checked before anything is made
+        keys = (load_keyframes(config.colorize.keyframes, info), float(info.rate or 24))
 
     with tempfile.TemporaryDirectory(prefix="bttf-gif-") as tmp_name, atomic_output(dst) as part:
         tmp = Path(tmp_name)
@@ -387,7 +394,8 @@ def make_gif(
         if config.colorized is None:
             clip, colored = tmp / "clip.mkv", tmp / "colorized.mkv"
             _cut(src, clip, config.start, config.duration, fps, _even(width), _even(height))
-            stats = _colorize(clip, colored, config.colorize, progress)
+            colorize = _clip_keyframes(config.colorize, keys, clip, config.start, fps, tmp)
+            stats = _colorize(clip, colored, colorize, progress)
             model = stats.model
             color, original = (colored, 0.0), (clip, 0.0)
             duration = None
@@ -453,6 +461,19 @@ def make_gif(
         colorize_stats=stats,
         side_by_side=config.side_by_side,
     )
+
+
+def _clip_keyframes(colorize, keys, clip: Path, start: float, fps: float, tmp: Path):
+    """`colorize` with `keys` = (the checked keyframes, the film's rate) renamed to the clip's
+    frame indices; without keyframes when none falls in the clip."""
+    if keys is None:
+        return colorize
+    from bttf.pipeline.decode import probe_video
+    from bttf.pipeline.keyframes import retime_keyframes
+
+    frames = probe_video(clip).frames or 0
+    folder = retime_keyframes(keys[0], keys[1], start, fps, frames, tmp / "keyframes")
+    return replace(colorize, keyframes=folder)
 
 
 def _colorize(clip: Path, out: Path, colorize: ColorizeConfig, progress) -> ColorizeStats:

@@ -475,3 +475,21 @@ def folder_digest(folder: str | Path) -> str:
         if is_image_path(f) and f.stem.isdigit() and not f.name.startswith(".")
     }
     return keyframes_digest(files)
+
+
+def retime_keyframes(
+    keys: Keyframes, rate: float, start: float, fps: float, frames: int, folder: Path
+) -> Path | None:
+    """Copies of `keys` (of a film at `rate` fps) named by their frame index in a clip of it
+    taken from `start` seconds at `fps` (`frames` long), in `folder`; None when none falls in
+    the clip. (`bttf gif` colorizes such a clip.)"""
+    import shutil
+
+    placed: set[int] = set()
+    for k, path in sorted(keys.files.items()):
+        j = round((k / rate - start) * fps)
+        if 0 <= j < frames and j not in placed:
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, folder / f"{j:06d}{path.suffix}")
+            placed.add(j)
+    return folder if placed else None
