@@ -79,7 +79,7 @@ def read_rgb(path: Path) -> list[np.ndarray]:
 
 
 def write_key(folder: Path, index: int, rgb: np.ndarray, suffix: str = ".png") -> Path:
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{index:06d}{suffix}"
     cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     return path
@@ -312,3 +312,38 @@ def test_gif_takes_the_keyframes_at_its_own_frame_rate(gray_film, truth, weights
         make_gif(gray_film, out, cfg)
         errors.append(ab_error(read_rgb(out)[6], small, margin=4))
     assert errors[0] < 5.0 and errors[0] < errors[1] / 2, errors
+
+
+def test_folder_mode_takes_each_films_own_keyframes(gray_film, truth, weights, tmp_path, capsys):
+    films = tmp_path / "films"
+    films.mkdir()
+    for name in ("a", "b"):
+        (films / f"{name}.mkv").write_bytes(gray_film.read_bytes())
+    write_key(tmp_path / "keys" / "a", 0, truth[0])  # b has none
+    args = ["colorize", str(films), "-o", str(tmp_path / "out"), "--keyframes"]
+    args += [str(tmp_path / "keys"), "--device", "cpu", "--weights", str(weights)]
+    args += ["--render-size", "96", "--crf", "0", "--pix-fmt", "yuv444p", "--duration", "0.2", "-q"]
+    code, err = run_main(args, capsys)
+    assert code == 0, err
+    a, b = (read_rgb(tmp_path / "out" / f"{n}.mp4")[0] for n in "ab")
+    assert ab_error(a, truth[0], margin=2) < 3.0 < ab_error(b, truth[0], margin=2)
+
+
+def test_other_keyframes_refuse_a_resume(gray_film, truth, weights, tmp_path, capsys) -> None:
+    keys = tmp_path / "keys"
+    write_key(keys, 10, truth[10])
+
+    def interrupt(done: int, total: int | None) -> None:
+        if done > 8:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out.mkv"
+    with pytest.raises(KeyboardInterrupt):
+        bttf.colorize_video(
+            gray_film, out, config(weights, keyframes=keys, segment_frames=8), progress=interrupt
+        )
+    write_key(keys, 10, truth[11])
+    with pytest.raises(BadInputError, match="keyframes"):
+        bttf.colorize_video(
+            gray_film, out, config(weights, keyframes=keys, segment_frames=8, resume=True)
+        )
