@@ -519,3 +519,26 @@ def test_ddp_two_cpu_processes(cache: Path, tmp_path: Path) -> None:
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
     assert state["step"] == 2
     assert (tmp_path / "run" / "best.safetensors").is_file()
+
+
+def test_eval_by_folder_scores_each_folder_alone(tmp_path: Path, capsys) -> None:
+    """--by-folder: a report per folder, each the same as scoring that folder alone."""
+    import shutil
+
+    make_images(tmp_path / "a", 2)
+    make_images(tmp_path / "b", 3)
+    both = tmp_path / "both"
+    shutil.copytree(tmp_path / "a", both / "a")
+    shutil.copytree(tmp_path / "b", both / "b")
+    report = evaluate(EvalConfig(inputs=(both,), size=32, by_folder=True))
+    assert report.images == 5 and sorted(report.folders) == ["a", "b"]
+    for name, n in (("a", 2), ("b", 3)):
+        alone = evaluate(EvalConfig(inputs=(tmp_path / name,), size=32))
+        assert report.folders[name].images == n
+        assert report.folders[name].rows[0].metrics == alone.rows[0].metrics
+    assert set(report.to_dict()["folders"]) == {"a", "b"}
+    from bttf.cli import main
+
+    main(["eval", str(both), "--size", "32", "--by-folder"])
+    out = capsys.readouterr().out
+    assert "a: 2 images" in out and "b: 3 images" in out

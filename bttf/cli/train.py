@@ -439,6 +439,37 @@ def train_cmd(
     )
 
 
+def _report_table(report, folder: str | None = None):
+    """A rich table of an `EvalReport` (one row per model, the gray baseline first)."""
+    import math
+
+    from rich.table import Table
+
+    def f(v: float, fmt: str) -> str:
+        return "inf" if math.isinf(v) else ("-" if math.isnan(v) else format(v, fmt))
+
+    at = f", models at short side {report.render_size}" if report.render_size else ""
+    where = f"{folder}: " if folder else ""
+    table = Table(
+        title=f"{where}{report.images} images, {report.size}x{report.size}{at} "
+        f"(truth colorfulness {f(report.colorfulness_truth, '.1f')})"
+    )
+    for col in ("model", "weights", "PSNR", "SSIM", "colorf.", "AuC", "AuC reb."):
+        table.add_column(col, justify="left" if col in ("model", "weights") else "right")
+    for r in report.rows:
+        m = r.metrics
+        table.add_row(
+            r.name,
+            r.source,
+            f(m["psnr"], ".2f"),
+            f(m["ssim"], ".4f"),
+            f(m["colorfulness"], ".1f"),
+            f(m["auc"], ".4f"),
+            f(m["auc_rebal"], ".4f"),
+        )
+    return table
+
+
 @cli.command("eval")
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option(
@@ -482,6 +513,12 @@ def train_cmd(
     help="Run the models at this short side, as `bttf colorize --render-size` does "
     "(colours brought back to the image's size).  [default: the image's size]",
 )
+@click.option(
+    "--by-folder",
+    is_flag=True,
+    help="Also a table per folder of DATA (a cache: per source folder), each rebalanced by "
+    "its own images' prior.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def eval_cmd(
     data: tuple[str, ...],
@@ -495,14 +532,12 @@ def eval_cmd(
     temperature: float,
     unsure,
     render_size: int | None,
+    by_folder: bool,
     as_json: bool,
 ) -> None:
     """Score models on DATA (images or a cache) against the gray baseline: PSNR, SSIM,
     colorfulness, AuC of the ab error (raw and class-rebalanced)."""
     import json
-    import math
-
-    from rich.table import Table
 
     from bttf.training.evaluate import EvalConfig, evaluate
 
@@ -518,6 +553,7 @@ def eval_cmd(
         temperature=temperature,
         unsure=unsure,
         render_size=render_size,
+        by_folder=by_folder,
     )
     with console.status("evaluating") as status:
         report = evaluate(cfg, lambda name, k, n: status.update(f"evaluating: {name} ({k}/{n})"))
@@ -525,28 +561,9 @@ def eval_cmd(
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
 
-    def f(v: float, fmt: str) -> str:
-        return "inf" if math.isinf(v) else ("-" if math.isnan(v) else format(v, fmt))
-
-    at = f", models at short side {report.render_size}" if report.render_size else ""
-    table = Table(
-        title=f"{report.images} images, {report.size}x{report.size}{at} "
-        f"(truth colorfulness {f(report.colorfulness_truth, '.1f')})"
-    )
-    for col in ("model", "weights", "PSNR", "SSIM", "colorf.", "AuC", "AuC reb."):
-        table.add_column(col, justify="left" if col in ("model", "weights") else "right")
-    for r in report.rows:
-        m = r.metrics
-        table.add_row(
-            r.name,
-            r.source,
-            f(m["psnr"], ".2f"),
-            f(m["ssim"], ".4f"),
-            f(m["colorfulness"], ".1f"),
-            f(m["auc"], ".4f"),
-            f(m["auc_rebal"], ".4f"),
-        )
-    Console().print(table)
+    Console().print(_report_table(report))
+    for folder, sub in report.folders.items():
+        Console().print(_report_table(sub, folder))
     console.print(
         "PSNR in dB; AuC of the ab error over thresholds 0-150 (Zhang et al. 2016), "
         "'reb.' rebalanced by these images' own bin prior",

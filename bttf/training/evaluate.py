@@ -94,6 +94,7 @@ class EvalConfig:
     # the short side the model sees (as `bttf colorize --render-size`): L resized to it, ab
     # brought back to the image's size; None = the image's own size
     render_size: int | None = None
+    by_folder: bool = False  # also a report per folder (a cache: the first part of each name)
 
     def __post_init__(self) -> None:
         """Every check of the options: BadInputError (UnknownModelError for a model), one line."""
@@ -138,15 +139,19 @@ class EvalReport:
     rows: list[EvalRow]
     colorfulness_truth: float
     render_size: int | None = None
+    folders: dict[str, EvalReport] = field(default_factory=dict)  # with `by_folder`
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "images": self.images,
             "size": self.size,
             "render_size": self.render_size,
             "colorfulness_truth": _json_float(self.colorfulness_truth),
             "results": [r.to_dict() for r in self.rows],
         }
+        if self.folders:
+            out["folders"] = {k: v.to_dict() for k, v in self.folders.items()}
+        return out
 
 
 def _json_float(v: float):
@@ -158,8 +163,9 @@ def _json_float(v: float):
     return v
 
 
-def load_eval_images(cfg: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 L (N, S, S) and ab (N, 2, S, S) of the images to score (grayscale ones included)."""
+def load_eval_images(cfg: EvalConfig) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """uint8 L (N, S, S) and ab (N, 2, S, S) of the images to score (grayscale ones included),
+    and each image's folder (relative to its input; "." at its top)."""
     if len(cfg.inputs) == 1 and D.is_cache(cfg.inputs[0]):
         cache = D.LabCache(cfg.inputs[0])
         rows = cache.indices(cfg.split)
@@ -167,12 +173,13 @@ def load_eval_images(cfg: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
             raise BadInputError(f"{cfg.inputs[0]} has no {cfg.split!r} images; try --split all")
         rows = rows[: cfg.limit] if cfg.limit else rows
         L, ab = cache.read(rows)
-        return torch.from_numpy(L), torch.from_numpy(ab)
-    media = [f for f, _ in D.find_media(cfg.inputs) if not D.is_video(f)]
+        folders = [str(Path(cache.items[r]["name"]).parent) for r in rows]
+        return torch.from_numpy(L), torch.from_numpy(ab), folders
+    media = [(f, root) for f, root in D.find_media(cfg.inputs) if not D.is_video(f)]
     if cfg.limit:
         media = media[: cfg.limit]
-    Ls, abs_ = [], []
-    for f in media:
+    Ls, abs_, folders = [], [], []
+    for f, root in media:
         try:
             rgb, _ = D.load_image(f, cfg.size)
         except Exception:  # noqa: BLE001 - unreadable: not scored
@@ -182,9 +189,10 @@ def load_eval_images(cfg: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
         L, ab, _ = D.rgb_u8_to_cache(rgb)
         Ls.append(L)
         abs_.append(ab)
+        folders.append(str(f.relative_to(root).parent))
     if not Ls:
         raise BadInputError(f"no readable images in {', '.join(map(str, cfg.inputs))}")
-    return torch.from_numpy(np.stack(Ls)), torch.from_numpy(np.stack(abs_))
+    return torch.from_numpy(np.stack(Ls)), torch.from_numpy(np.stack(abs_)), folders
 
 
 @torch.no_grad()
@@ -223,13 +231,31 @@ def _model_predictor(
 
 
 def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:
-    """Score every model of `cfg` (and the gray baseline) on the images of `cfg.inputs`."""
-    from bttf.models import WEIGHTS_DIR, Colorizer, create_model, get_spec, load_model
-    from bttf.models.bins import estimate_prior
+    """Score every model of `cfg` (and the gray baseline) on the images of `cfg.inputs`; with
+    `cfg.by_folder`, on each folder's images too (`EvalReport.folders`)."""
     from bttf.runtime import resolve_device
 
     device = resolve_device(cfg.device)
-    L_u8, ab_u8 = load_eval_images(cfg)
+    L_u8, ab_u8, folders = load_eval_images(cfg)
+    report = _evaluate_on(cfg, device, L_u8, ab_u8, progress)
+    if cfg.by_folder:
+        for folder in sorted(set(folders)):
+            idx = torch.tensor([i for i, f in enumerate(folders) if f == folder])
+            report.folders[folder] = _evaluate_on(cfg, device, L_u8[idx], ab_u8[idx])
+    return report
+
+
+def _evaluate_on(
+    cfg: EvalConfig,
+    device: torch.device,
+    L_u8: torch.Tensor,
+    ab_u8: torch.Tensor,
+    progress: ProgressFn | None = None,
+) -> EvalReport:
+    """`evaluate` on these images: every model and the gray baseline, rebalanced by their prior."""
+    from bttf.models import WEIGHTS_DIR, Colorizer, create_model, get_spec, load_model
+    from bttf.models.bins import estimate_prior
+
     # every 4th pixel is plenty for a histogram and 16x cheaper
     image_prior = estimate_prior(
         D.decode_ab(ab_u8[i : i + 64, :, ::4, ::4].contiguous()) for i in range(0, len(ab_u8), 64)
