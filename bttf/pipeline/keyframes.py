@@ -11,13 +11,13 @@ Y plane, at full chroma resolution.
 
 Propagation (per keyframe, computed from the keyframe and the film alone, so a resumed run or a
 segment gets the same guide as an uninterrupted run): the film is decoded a second time, gray
-and small (`grid` = half the render size), over a window of `MAX_SPAN` frames each side of the
+and small (`grid` = the render size), over a window of `MAX_SPAN` frames each side of the
 keyframe; from the keyframe outwards, DIS optical flow between neighbours (`bttf.pipeline.flow`)
 is composed into one displacement per pixel back to the keyframe and refined by a flow straight
 to the keyframe that starts from it (composed flows drift), so the keyframe's colour is sampled
 once (no blur from warping colour again and again). The cuts of the window (`CutDetector` fed
 from its first frame) stop the propagation at the shot's edges. Per frame the guide keeps the
-displacement, float16 at the grid size (~115 KB a frame at 360p).
+displacement, float16 at half the grid size (~115 KB a frame at a 256x456 render size).
 
 At the chroma plane size, per pixel p of a frame with gray level l(p):
 
@@ -25,8 +25,8 @@ At the chroma plane size, per pixel p of a frame with gray level l(p):
     ab     = c * key_ab + (1 - c) * model_ab
 
 where s = exp(-(drift / 20)^2) trusts the tracked point where the keyframe's own luma there
-matches l(p), and grid_key is a bilateral grid of the keyframe's colour (cells of 8 grid pixels
-x 16 gray levels): the colour of keyframe pixels of that gray level near the tracked point,
+matches l(p), and grid_key is a bilateral grid of the keyframe's colour (cells of 24 render
+pixels x 16 gray levels): the colour of keyframe pixels of that gray level near the tracked point,
 which stays right where the track is lost (water, spray, things turning) far longer than the
 tracked colour (on DAVIS, +1 to +3 dB 30 frames from the key). c = the grid's evidence (keyframe
 pixels behind it) x a mild decay per frame from the key. Where two keyframes reach a frame,
@@ -50,7 +50,7 @@ import torch
 from bttf.errors import BadInputError
 from bttf.pipeline.cuts import CutDetector
 from bttf.pipeline.decode import VideoInfo, probe_video, read_frames
-from bttf.pipeline.flow import FlowEstimator, warp
+from bttf.pipeline.flow import FlowEstimator, resize_flow, warp
 from bttf.pipeline.media import check_input, is_image_path, read_rgb_image
 from bttf.pipeline.stages import gray_lut, resize_plane
 
@@ -60,10 +60,11 @@ GRAY_CHROMA = 4.0  # 99th percentile of ab chroma below this: a gray image (as t
 MAX_SPAN = 150  # frames each side of a keyframe its colour may reach
 DECAY = 0.999  # confidence kept per frame away from the keyframe
 DRIFT_TOLERANCE = 20.0  # gray levels: keyframe luma at the tracked point vs the frame's
-GRID_CELL = 8  # grid pixels: cell of the keyframe's bilateral colour grid
+GRID_SCALE = 1  # the flow works at the render size / this
+GRID_CELL = 24  # flow pixels: cell of the keyframe's bilateral colour grid
 GRID_BINS = 16  # gray levels of the grid
 MIN_COUNT = 1.0  # keyframe pixels of the grid behind full confidence
-REALIGN = 1.5  # grid pixels: a direct flow to the keyframe this near the composed one wins
+REALIGN = 3.0  # flow pixels: a direct flow to the keyframe this near the composed one wins
 ASPECT_TOLERANCE = 0.01  # relative difference of aspect ratios still taken as the same
 
 
@@ -361,6 +362,7 @@ class KeyframeGuide:
         self.span = span
         self.lut = gray_lut(info.bits, info.full_range)
         self.flow = FlowEstimator("medium")
+        self.store = (max(4, grid[0] // 2), max(4, grid[1] // 2))
         self.active: dict[int, _Guide] = {}
         self.done: set[int] = set()
 
@@ -396,7 +398,8 @@ class KeyframeGuide:
         cuts = shot_starts(grays)
         for step in (-1, 1):
             for i, disp in propagate(grays, k, step, self.flow, cuts):
-                frames[i] = disp.astype(np.float16)
+                # kept at half size: a displacement field is smooth, and 4x less memory
+                frames[i] = resize_flow(disp, self.store).astype(np.float16)
         log.info("keyframe %d reaches frames %d..%d", k, min(frames), max(frames))
         grid = colour_grid(grays[k], image_ab(self.keys.files[k], self.grid))
         return _Guide(k, frames, grid, full, last=max(frames))
@@ -431,8 +434,8 @@ class KeyframeGuide:
         # the colour of keyframe pixels of this gray level near that point
         drift = warp(g.gray_at, d) - gray
         sharp = np.exp(-((drift * (1.0 / DRIFT_TOLERANCE)) ** 2))[..., None]
-        x = (np.arange(w, dtype=np.float32)[None, :] + d[..., 0]) * (gw / w)
-        y = (np.arange(h, dtype=np.float32)[:, None] + d[..., 1]) * (gh / h)
+        x = (np.arange(w, dtype=np.float32)[None, :] + d[..., 0]) * (self.grid[1] / w)
+        y = (np.arange(h, dtype=np.float32)[:, None] + d[..., 1]) * (self.grid[0] / h)
         near, count = slice_grid(g.grid, x, y, gray)
         key_ab = sharp * warp(g.ab, d) + (1.0 - sharp) * near
         conf = np.clip(count * (1.0 / MIN_COUNT), 0.0, 1.0) * DECAY ** abs(i - g.index)
@@ -461,9 +464,9 @@ class KeyframeGuide:
 def keyframe_guide(
     folder: str | Path, info: VideoInfo, render_hw: tuple[int, int], on_error: str = "repeat"
 ) -> KeyframeGuide:
-    """The checked keyframe folder's guide for the film `info`, at half the render size
-    `render_hw` (stored orientation)."""
-    grid = (max(8, render_hw[0] // 2), max(8, render_hw[1] // 2))
+    """The checked keyframe folder's guide for the film `info`, at the render size `render_hw`
+    (stored orientation) / `GRID_SCALE`."""
+    grid = (max(8, render_hw[0] // GRID_SCALE), max(8, render_hw[1] // GRID_SCALE))
     return KeyframeGuide(load_keyframes(folder, info), info, grid, on_error)
 
 
