@@ -5,6 +5,8 @@ among them:
   - "fastcolor" (alias "default"): bttf's small real-time CPU model, 313-bin head.
   - "eccv16": Zhang et al. 2016, official PyTorch key layout, 313-bin head.
   - "siggraph17": Zhang et al. 2017, official PyTorch key layout, ab regression head.
+  - "deoldify-artistic", "deoldify-stable", "deoldify-video": DeOldify's released generators.
+  - "ddcolor", "ddcolor-paper", "ddcolor-artistic", "ddcolor-tiny": DDColor's released models.
 
     model = create_model("eccv16", weights="colorization_release_v2-9b330a0b.pth")
     colorizer = Colorizer(model, get_spec("eccv16"))
@@ -14,6 +16,8 @@ among them:
 # Importing each architecture's module registers it (the shipped models and the seed zoo).
 from bttf.models import (  # noqa: F401
     cnn_ae,
+    ddcolor,
+    deoldify,
     eccv16,
     fastcolor,
     mean_chroma,
