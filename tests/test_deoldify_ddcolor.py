@@ -6,6 +6,8 @@ The numerics tests build the deterministic weights of ../shared/reference/deoldi
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -82,12 +84,16 @@ def test_state_dict_is_the_release_layout(name: str, shared_dir) -> None:
 
 
 def test_released_wrappers_load_strictly(tmp_path) -> None:
-    # The files as released: DeOldify's state dict under 'model' (fastai's Learner.save, here
-    # without the optimizer), DDColor's under 'params' with the unused head_cls.
+    # The files as released: DeOldify's state dict under 'model' beside fastai's optimizer
+    # state (which names functools.partial: weights_only refuses it, the restricted unpickler
+    # reads it), in torch's legacy format; DDColor's under 'params' with the unused head_cls.
     torch.manual_seed(0)
     deoldify = DeOldify("deep").eval()
     path = tmp_path / "ColorizeArtistic_gen.pth"
-    torch.save({"model": deoldify.state_dict()}, path)
+    opt = {"opt_func": functools.partial(torch.optim.Adam, betas=(0.9, 0.99))}
+    torch.save(
+        {"model": deoldify.state_dict(), "opt": opt}, path, _use_new_zipfile_serialization=False
+    )
     loaded = create_model("deoldify-artistic", weights=path)
     L = torch.rand(1, 1, 32, 32) * 100
     with torch.inference_mode():

@@ -29,6 +29,7 @@ from torch import nn
 
 from bttf.errors import UnknownModelError, WeightsError
 from bttf.models._registry import ModelSpec, get_spec, list_models
+from bttf.models.safe_pickle import restricted_load, state_dict_of
 
 log = logging.getLogger(__name__)
 
@@ -312,14 +313,9 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
             warnings.simplefilter("ignore")
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        text = str(e).strip()
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        first = f"it refers to {found.group(1)}" if found else (text.splitlines() or [""])[0]
-        raise WeightsError(
-            f"{path} is a pickle that needs more than plain tensors to load ({first[:120]}); "
-            "bttf only reads weights_only state dicts: re-save it with "
-            "torch.save(model.state_dict(), path)"
-        ) from None
+        # More than tensors (DeOldify's fastai files name functools.partial): read it again
+        # with the restricted unpickler, which imports tensor makers only and runs nothing else.
+        obj = _read_restricted(path, e)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a corrupt file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(
@@ -337,6 +333,25 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     if all(isinstance(k, str) and k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state
+
+
+def _read_restricted(path: Path, error: pickle.UnpicklingError) -> Any:
+    """The file through `safe_pickle.restricted_load` if it holds a state dict of plain tensors
+    (at the top or under a known wrapper); otherwise the weights_only refusal."""
+    obj = restricted_load(path)
+    try:
+        state_dict_of(obj, path, ("state_dict", "model", "params"))
+    except WeightsError:
+        text = str(error).strip()
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        first = f"it refers to {found.group(1)}" if found else (text.splitlines() or [""])[0]
+        raise WeightsError(
+            f"{path} is a pickle that needs more than plain tensors to load ({first[:120]}); "
+            "bttf only reads state dicts of tensors: re-save it with "
+            "torch.save(model.state_dict(), path)"
+        ) from None
+    log.info("%s: read with the restricted unpickler (it names more than tensors)", path)
+    return obj
 
 
 def _identify(state: Mapping[str, Any], path: Path) -> ModelSpec:
