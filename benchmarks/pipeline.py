@@ -17,6 +17,7 @@ costs (oneDNN kernel choice, lazy imports) are not counted; model loading is.
     python benchmarks/pipeline.py --size 720p --frames 120 --json
     python benchmarks/pipeline.py --memory                 # (d) peak memory, 100 vs 1000 frames
     python benchmarks/pipeline.py --levers                 # what each design choice is worth
+    python benchmarks/pipeline.py --asm-ab 5 --frames 120    # (a): x264 held to AVX2 vs its own pick
     python benchmarks/pipeline.py --preset veryfast --render-size 160   # a faster setting
 """
 
@@ -131,6 +132,13 @@ def _set_torch_threads(n: int | None) -> int:
     return torch.get_num_threads()
 
 
+def _encode_options() -> dict[str, str]:
+    """The options the engine gives the encoder (x264 held to AVX2 on an AVX-512 CPU …)."""
+    from bttf.pipeline.encode import EncodeSettings
+
+    return EncodeSettings(codec=CODEC, crf=CRF, preset=PRESET, pix_fmt=PIX_FMT).options()
+
+
 def run_transcode(clip: Path, out: Path, frames: int | None) -> dict:
     """(a) PyAV decode + encode of the same frames, same codec settings, no model."""
     import av
@@ -139,7 +147,7 @@ def run_transcode(clip: Path, out: Path, frames: int | None) -> dict:
     with av.open(str(clip)) as inp, av.open(str(out), "w") as dst:
         vs = inp.streams.video[0]
         vs.thread_type = "AUTO"  # as the engine's decoder
-        s = dst.add_stream(CODEC, rate=vs.average_rate, options={"crf": str(CRF), "preset": PRESET})
+        s = dst.add_stream(CODEC, rate=vs.average_rate, options=_encode_options())
         s.width, s.height, s.pix_fmt = vs.width, vs.height, PIX_FMT
         s.time_base = vs.time_base
         for f in inp.decode(vs):
@@ -235,7 +243,7 @@ def run_naive(
     n = 0
     with av.open(str(clip)) as inp, av.open(str(out), "w") as dst, torch.inference_mode():
         vs = inp.streams.video[0]
-        s = dst.add_stream(CODEC, rate=vs.average_rate, options={"crf": str(CRF), "preset": PRESET})
+        s = dst.add_stream(CODEC, rate=vs.average_rate, options=_encode_options())
         s.width, s.height, s.pix_fmt = vs.width, vs.height, PIX_FMT
         s.time_base = vs.time_base
         for f in inp.decode(vs):
@@ -353,6 +361,7 @@ VARIANTS = {
     "stages-inline": "colour (stabilizer, annealed mean) and chroma stages on the model's thread",
     "cv2-serial": "OpenCV without its own worker threads (cv2.setNumThreads(1))",
     "compile": "torch.compile'd model (inductor; needs a C++ compiler on the CPU)",
+    "x264-asm-auto": "x264 with the CPU code it picks itself (AVX-512: runs differ)",
 }
 
 
@@ -403,6 +412,17 @@ def apply_variants(variants: list[str]) -> None:
             return built[key]
 
         engine.build_colorizer = build_compiled
+    if "x264-asm-auto" in variants:
+        from bttf.pipeline.encode import EncodeSettings
+
+        held = EncodeSettings.options
+
+        def options_auto(self) -> dict[str, str]:
+            opts = held(self)
+            opts.pop("x264-params", None)
+            return opts
+
+        EncodeSettings.options = options_auto  # type: ignore[method-assign]
     if "inline-io" in variants:
         engine.Producer = _InlineProducer  # type: ignore[misc,assignment]
         engine.Consumer = _InlineConsumer  # type: ignore[misc,assignment]
@@ -587,6 +607,35 @@ def main_bench(args: argparse.Namespace, tmp: Path) -> dict:
         "results": res,
         "ratios": ratios,
         "targets": targets,
+    }
+
+
+def asm_bench(args: argparse.Namespace, tmp: Path) -> dict:
+    """(a) alternately as the engine runs it and with `x264-asm-auto`, `args.asm_ab` times each
+    (alternating, so a change in the machine's load falls on both); wall-clock fps and CPU
+    time per frame (the steadier of the two on a shared machine)."""
+    w, h = SIZES[args.size]
+    clip = tmp / f"clip-{args.size}-{args.frames}.mp4"
+    make_clip(clip, w, h, args.frames)
+    runs: dict[str, list[dict]] = {"engine": [], "x264-asm-auto": []}
+    for _ in range(args.asm_ab):
+        for name, variant in (("engine", None), ("x264-asm-auto", "x264-asm-auto")):
+            r = spawn("transcode", clip, tmp, args, variant=variant)
+            runs[name].append({"fps": r["fps"], "cpu_ms_per_frame": r["cpu_ms_per_frame"]})
+    med = {
+        k: {m: float(np.median([r[m] for r in v])) for m in ("fps", "cpu_ms_per_frame")}
+        for k, v in runs.items()
+    }
+    e, a = med["engine"], med["x264-asm-auto"]
+    return {
+        "size": args.size,
+        "frames": args.frames,
+        "preset": args.preset,
+        "encode_options": _encode_options(),
+        "runs": runs,
+        "median": med,
+        "engine_vs_auto_fps": round(e["fps"] / a["fps"], 3),
+        "engine_vs_auto_cpu": round(e["cpu_ms_per_frame"] / a["cpu_ms_per_frame"], 3),
     }
 
 
@@ -814,6 +863,13 @@ def main() -> None:
     parser.add_argument(
         "--levers", action="store_true", help="(d) with one design choice changed at a time"
     )
+    parser.add_argument(
+        "--asm-ab",
+        type=int,
+        default=0,
+        metavar="N",
+        help="(a) only, N times each alternating: the engine's x264 options vs x264-asm-auto",
+    )
     # internal: one mode in a subprocess
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--clip", help=argparse.SUPPRESS)
@@ -833,7 +889,9 @@ def main() -> None:
     cond_before = conditions()
     with tempfile.TemporaryDirectory(prefix="bttf-bench-") as d:
         tmp = Path(d)
-        if args.memory:
+        if args.asm_ab:
+            r = asm_bench(args, tmp)
+        elif args.memory:
             r = memory_bench(args, tmp)
         elif args.levers:
             r = levers_bench(args, tmp)
@@ -843,7 +901,7 @@ def main() -> None:
     cond["load_avg_before"] = cond_before["load_avg"]
     cond["other_training_running"] |= cond_before["other_training_running"]
     r["conditions"] = cond
-    if args.json:
+    if args.json or args.asm_ab:
         print(json.dumps(r, indent=2))
     elif args.memory:
         print(

@@ -26,3 +26,12 @@ class WeightsError(BadInputError):
 
 class OutputExistsError(BadInputError):
     """The destination exists and --overwrite was not given."""
+
+
+class MissingWeightsError(WeightsError):
+    """A model's released weights are not downloaded yet (the message names `bttf download`)."""
+
+
+class DownloadError(BttfError):
+    """A download failed: no network, a dead server, a refused or wrong file, a folder that
+    cannot be written (exit code 1)."""

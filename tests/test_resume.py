@@ -1,7 +1,8 @@
 """Interrupted runs resume: segments in `.OUTPUT.bttf-work/`, killed (SIGKILL), terminated
 (SIGTERM) or interrupted midway, then `--resume`: the film is frame for frame the one an
-uninterrupted run makes. Lossless (`--crf 0`) so that the comparison sees the pipeline, not
-x264's multi-threaded rate control, which is not bit-reproducible from run to run.
+uninterrupted run makes. Lossless (`--crf 0`) so that the comparison sees the pipeline, not the
+encoder: a segmented film starts a new GOP at every segment, so a lossy encode of it differs from
+one written in one go (two identical runs do give identical files: tests/test_encode.py).
 """
 
 from __future__ import annotations

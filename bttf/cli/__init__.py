@@ -6,7 +6,8 @@ its options, builds one config dataclass and calls one library function:
 - `app.py`: the group, the console, shared option types;
 - `colorize.py`: `colorize`, `gif`;
 - `train.py`: `prepare`, `train`, `eval`;
-- `tools.py`: `models`, `cuts`, `eval-video`, `compare`.
+- `tools.py`: `models`, `cuts`, `eval-video`, `compare`;
+- `download.py`: `download` (released weights into torch hub's cache).
 
 `main()` turns every error into one line and an exit code.
 """
@@ -18,7 +19,7 @@ import sys
 
 import click
 
-from bttf.cli import colorize, tools, train  # noqa: F401 - registers the commands
+from bttf.cli import colorize, download, tools, train  # noqa: F401 - registers the commands
 from bttf.cli.app import cli, console
 from bttf.errors import BttfError
 

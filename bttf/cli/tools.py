@@ -27,7 +27,9 @@ def models_cmd(as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     table = Table(
-        title="bttf colorizers", caption="weights: yes shipped / missing / no: use --weights FILE"
+        title="bttf colorizers",
+        caption="weights: shipped / cached (downloaded) / not downloaded: bttf download NAME / "
+        "none: use --weights FILE",
     )
     for column, justify in (
         ("model", "left"),
@@ -36,10 +38,12 @@ def models_cmd(as_json: bool) -> None:
         ("render size", "right"),
         ("weights", "left"),
     ):
-        table.add_column(column, justify=justify, no_wrap=column == "model")
+        table.add_column(column, justify=justify, no_wrap=column in ("model", "weights"))
     for r in rows:
         name = r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else "")
-        weights = "no" if r["shipped"] is None else "yes" if r["weights_present"] else "missing"
+        weights = r["weights"]
+        if weights == "not downloaded":
+            weights += f" ({r['size'] / 1e6:.1f} MB)"
         output = "313 bins" if r["output"] == "bins" else "ab"
         table.add_row(name, output, f"{r['params']:,}", str(r["render_size"]), weights)
     Console().print(table)
@@ -223,7 +227,8 @@ def _colour_rows(c, truth) -> list[tuple[str, str, float | None]]:
     "models",
     multiple=True,
     help="Models to compare, comma-separated or repeated (`bttf models`); each uses "
-    "its shipped weights, or runs untrained (its caption says so).",
+    "its shipped or downloaded weights (`bttf download NAME`), or runs untrained (its "
+    "caption says so).",
 )
 @click.option(
     "-w",

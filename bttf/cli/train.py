@@ -259,7 +259,8 @@ def prepare_cmd(
 @click.option(
     "--init",
     default=None,
-    help="Start from a weights file, or 'pretrained' for the official weights.",
+    help="Start from a weights file, 'pretrained' for the official weights, or 'imagenet' for "
+    "torchvision's ImageNet trunk of a ResNet model (`bttf download resnet18-imagenet`).",
 )
 @click.option("--freeze-encoder", is_flag=True, help="Train the decoder only at first.")
 @click.option(

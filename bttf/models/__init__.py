@@ -8,6 +8,10 @@ among them:
   - "deoldify-artistic", "deoldify-stable", "deoldify-video": DeOldify's released generators.
   - "ddcolor", "ddcolor-paper", "ddcolor-artistic", "ddcolor-tiny": DDColor's released models.
 
+Released weights (Zhang's, DeOldify's, DDColor's, torchvision's ImageNet trunks) are listed in
+`bttf.models.catalogue` and fetched by `bttf download NAME` (`bttf.models.download`) into torch
+hub's cache, where `create_model(name)` finds them (`official_weights`).
+
     model = create_model("eccv16", weights="colorization_release_v2-9b330a0b.pth")
     colorizer = Colorizer(model, get_spec("eccv16"))
     ab = colorizer(L)            # L (N, 1, H, W) in [0, 100] -> ab (N, 2, H, W)
@@ -23,6 +27,7 @@ from bttf.models import (  # noqa: F401
     mean_chroma,
     pix2pix,
     resnet18,
+    resnet50,
     siggraph17,
     unet_ae,
 )
@@ -32,8 +37,10 @@ from bttf.models.weights import (
     WEIGHTS_DIR,
     create_model,
     describe_models,
+    imagenet_weights,
     load_model,
     load_state_into,
+    official_weights,
     read_weights,
     save_weights,
 )
@@ -45,9 +52,11 @@ __all__ = [
     "create_model",
     "describe_models",
     "get_spec",
+    "imagenet_weights",
     "list_models",
     "load_model",
     "load_state_into",
+    "official_weights",
     "read_weights",
     "register_model",
     "save_weights",

@@ -1,4 +1,10 @@
-"""Reading and writing colorizer weights.
+"""Reading and writing colorizer weights, and finding a model's official ones.
+
+`official_weights(name)` is the one place that says which file a model loads when no file is
+given: the weights shipped in `bttf/weights/`, or the released file of the catalogue
+(`bttf.models.catalogue`) in torch hub's cache; `imagenet_weights(name)` likewise finds the
+ImageNet checkpoint `bttf train --init imagenet` starts a trunk from. `create_model`, the
+colorizer, training, `eval` and `compare` all ask these two.
 
 Two formats come in:
   - bttf's own `.safetensors`: the metadata names the model and the keyword arguments it was
@@ -27,8 +33,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from bttf.errors import UnknownModelError, WeightsError
+from bttf.errors import BadInputError, UnknownModelError, WeightsError
 from bttf.models._registry import ModelSpec, get_spec, list_models
+from bttf.models.catalogue import (
+    cached_file,
+    get_release,
+    list_releases,
+    release_for_model,
+    require_cached,
+)
 from bttf.models.safe_pickle import restricted_load, state_dict_of
 
 log = logging.getLogger(__name__)
@@ -49,21 +62,23 @@ def create_model(
         name: registered name or alias (`list_models()`).
         weights: a weights file to load (see `load_model`); a bttf safetensors file brings
             its own config, which `kw` may not contradict.
-        pretrained: without `weights`, load the weights shipped in `bttf/weights/` when the
-            model has some and the file is present; otherwise the model keeps its random init
-            (with a warning when shipped weights were expected but are absent).
+        pretrained: without `weights`, load the model's official weights (`official_weights`):
+            the file shipped in `bttf/weights/`, or its released file from torch hub's cache
+            (missing: MissingWeightsError naming `bttf download NAME`). A model with neither
+            keeps its random init (with a warning when shipped weights were expected but are
+            absent).
         **kw: architecture keyword arguments for the model's factory.
 
     Raises:
         UnknownModelError: `name` is not registered (the message lists the valid names).
+        MissingWeightsError: released weights not downloaded yet (exit 2, one line).
         WeightsError: the weights are missing, malformed or do not fit.
     """
     spec = get_spec(name)
-    if weights is None and pretrained and spec.shipped:
-        shipped = WEIGHTS_DIR / spec.shipped
-        if shipped.is_file():
-            weights = shipped
-        else:
+    if weights is None and pretrained:
+        weights = official_weights(spec.name)
+        if weights is None and spec.shipped:
+            shipped = WEIGHTS_DIR / spec.shipped
             log.warning(
                 "model %s has no trained weights installed (%s is absent): it runs with random "
                 "weights and its colours mean nothing",
@@ -92,16 +107,64 @@ def create_model(
     return model.eval()
 
 
+def official_weights(name: str) -> Path | None:
+    """The file `create_model(name)` loads when no weights are given.
+
+    The weights shipped in `bttf/weights/` (None when that file is absent), or the model's
+    released file in torch hub's cache (`bttf.models.catalogue`); None for a model that has
+    neither (it runs untrained).
+
+    Raises:
+        MissingWeightsError: the model has released weights that are not downloaded yet; the
+            message names `bttf download NAME` and the size.
+    """
+    spec = get_spec(name)
+    if spec.shipped:
+        shipped = WEIGHTS_DIR / spec.shipped
+        return shipped if shipped.is_file() else None
+    release = release_for_model(spec.name)
+    return None if release is None else require_cached(release, spec.name)
+
+
+def imagenet_weights(name: str) -> Path:
+    """The cached torchvision ImageNet checkpoint whose trunk model `name` can start from
+    (`bttf train --init imagenet`).
+
+    Raises:
+        BadInputError: the model has no ImageNet trunk.
+        MissingWeightsError: the checkpoint is not downloaded yet (names `bttf download`).
+    """
+    spec = get_spec(name)
+    release = release_for_model(spec.name, role="imagenet")
+    if release is None:
+        releases = [get_release(r) for r in list_releases()]
+        able = [m for r in releases if r.role == "imagenet" for m in r.models]
+        raise BadInputError(
+            f"--init imagenet: {spec.name} has no ImageNet trunk; models with one: "
+            f"{', '.join(able)}"
+        )
+    return require_cached(release, f"--init imagenet for {spec.name}", "--init FILE")
+
+
 def describe_models(pattern: str = "*") -> list[dict[str, Any]]:
     """One record per registered model matching `pattern`, for listings (`bttf models`).
 
     Keys: name, aliases (list), output ("bins"|"ab"), params (int, default config), stride,
-    render_size, shipped (file name under bttf/weights/ or None), weights_present (bool),
-    description.
+    render_size, shipped (file name under bttf/weights/ or None), release (catalogue name of
+    its released weights, or None), weights ("shipped", "missing" (shipped file absent),
+    "cached", "not downloaded" or "none"), weights_present (bool: shipped or cached), size
+    (bytes of the released file, or None), description.
     """
     rows = []
     for name in list_models(pattern):
         spec = get_spec(name)
+        release = release_for_model(spec.name)
+        if spec.shipped:
+            weights = "shipped" if (WEIGHTS_DIR / spec.shipped).is_file() else "missing"
+        elif release is not None:
+            weights = "cached" if cached_file(release) else "not downloaded"
+        else:
+            weights = "none"
         with torch.device("meta"):  # counts parameters without allocating them
             params = sum(p.numel() for p in spec.factory().parameters())
         rows.append(
@@ -113,7 +176,10 @@ def describe_models(pattern: str = "*") -> list[dict[str, Any]]:
                 "stride": spec.stride,
                 "render_size": spec.render_size,
                 "shipped": spec.shipped,
-                "weights_present": bool(spec.shipped and (WEIGHTS_DIR / spec.shipped).is_file()),
+                "release": release.name if release else None,
+                "weights": weights,
+                "weights_present": weights in ("shipped", "cached"),
+                "size": release.size if release else None,
                 "description": spec.description,
             }
         )
@@ -322,7 +388,8 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
             f"{path} is not a readable PyTorch weights file ({first[:160]})"
         ) from None
     if isinstance(obj, Mapping):
-        for wrapper in ("state_dict", "model"):
+        # the wrappers of the catalogue's files and of common training scripts
+        for wrapper in ("state_dict", "model", "params"):
             inner = obj.get(wrapper)
             if isinstance(inner, Mapping) and inner:
                 obj = inner

@@ -72,7 +72,8 @@ class CompareConfig:
     Args:
         input: an image or a film.
         output: the sheet (.png, .jpg, .webp, .bmp or .tif).
-        models: registered model names, each with its shipped weights when it has some
+        models: registered model names, each with its shipped or downloaded weights (a released
+            file not downloaded yet is an error naming `bttf download`) when it has some
             (otherwise it runs untrained, and its caption says so).
         weights: weights files, each one more column (a bttf .safetensors names its model).
         frames: frames of a film, evenly spaced (one row each); ignored for an image.
@@ -260,12 +261,13 @@ def _fmt_metrics(m: dict[str, float]) -> str:
 
 
 def _load_colorizers(cfg: CompareConfig, device: torch.device) -> list[tuple[str, object]]:
-    from bttf.models import WEIGHTS_DIR, Colorizer, get_spec
+    from bttf.models import Colorizer, get_spec, official_weights
 
     out: list[tuple[str, object]] = []
     for name in cfg.models:
         spec = get_spec(name)
-        trained = bool(spec.shipped) and (WEIGHTS_DIR / spec.shipped).is_file()
+        # shipped or downloaded; released but not downloaded: MissingWeightsError names the fix
+        trained = official_weights(spec.name) is not None
         colorizer = Colorizer.create(name=name, temperature=cfg.temperature, unsure=cfg.unsure)
         label = spec.name if trained else f"{spec.name} (untrained)"
         if not trained:

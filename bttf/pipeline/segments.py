@@ -405,10 +405,10 @@ def join_segments(
     (`t_from`, `t_end`: source seconds; `shift_pts`: in the video's time base). Returns the
     audio notices.
     """
-    from bttf.pipeline.encode import AudioRemux, copy_metadata
+    from bttf.pipeline.encode import AudioRemux, copy_metadata, open_output
 
     notices: list[str] = []
-    out = av.open(str(dst), "w")
+    out = open_output(dst)
     remux = None
     try:
         with av.open(str(paths[0])) as first:

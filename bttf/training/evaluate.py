@@ -253,7 +253,7 @@ def _evaluate_on(
     progress: ProgressFn | None = None,
 ) -> EvalReport:
     """`evaluate` on these images: every model and the gray baseline, rebalanced by their prior."""
-    from bttf.models import WEIGHTS_DIR, Colorizer, create_model, get_spec, load_model
+    from bttf.models import Colorizer, create_model, get_spec, load_model, official_weights
     from bttf.models.bins import estimate_prior
 
     # every 4th pixel is plenty for a histogram and 16x cheaper
@@ -265,7 +265,7 @@ def _evaluate_on(
     jobs: list[tuple[str, str, Callable[[], tuple]]] = []
     for name in cfg.models:
         spec = get_spec(name)
-        if not spec.shipped or not (WEIGHTS_DIR / spec.shipped).is_file():
+        if official_weights(spec.name) is None:  # a released file not downloaded: says which
             raise BadInputError(
                 f"{spec.name} has no installed weights to score; give its "
                 "weights file with --weights"

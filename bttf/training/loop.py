@@ -108,7 +108,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 1  # background threads preparing batches (0: in the training thread)
     threads: int | None = None  # torch CPU threads (None: the cores this process may use)
-    init: str | None = None  # weights file, or "pretrained" for the model's official/shipped ones
+    init: str | None = None  # weights file, "pretrained" (official/shipped), "imagenet" (trunk)
     freeze_encoder: bool = False
     unfreeze_at: int | None = None  # epoch (0-based) at which a frozen encoder starts training
     encoder_lr_mult: float | None = None  # None: 0.1 when starting from `init`, else 1
@@ -159,6 +159,10 @@ class TrainConfig:
             raise BadInputError("--unfreeze-at needs --freeze-encoder")
         if self.resume and self.overwrite:
             raise BadInputError("--resume and --overwrite exclude each other")
+        if self.init is not None and self.init.lower() == "imagenet":
+            from bttf.models import imagenet_weights
+
+            imagenet_weights(spec.name)  # no trunk, or not downloaded: say so before any data
 
 
 @dataclass
@@ -255,7 +259,8 @@ def estimate_data_prior(
 
 def build_model(cfg: TrainConfig, spec) -> nn.Module:
     """The model to train: fresh, or from `cfg.init` (a checkpoint, an official .pth, a
-    torchvision ResNet trunk, or "pretrained" for the installed weights)."""
+    torchvision ResNet trunk, "pretrained" for the installed weights, or "imagenet" for the
+    cached torchvision checkpoint of a ResNet model's trunk)."""
     from bttf.models import create_model
 
     kw = dict(cfg.model_kwargs)
@@ -265,17 +270,25 @@ def build_model(cfg: TrainConfig, spec) -> nn.Module:
         except TypeError as e:
             raise BadInputError(f"{spec.name} does not take these options: {e}") from None
     if cfg.init.lower() in OFFICIAL_INIT:
-        from bttf.models import WEIGHTS_DIR
+        from bttf.models import official_weights
 
-        if not spec.shipped or not (WEIGHTS_DIR / spec.shipped).is_file():
+        if official_weights(spec.name) is None:  # a released file not downloaded: says which
             raise BadInputError(
                 f"{spec.name} has no installed weights to start from; give "
                 "--init FILE (a .safetensors checkpoint or an official .pth)"
             )
         return create_model(spec.name, pretrained=True, **kw)
+    if cfg.init.lower() == "imagenet":  # torchvision's checkpoint, from torch hub's cache
+        from bttf.models import imagenet_weights
+        from bttf.models.resnet18 import load_imagenet_trunk
+
+        trunk = imagenet_weights(spec.name)
+        return load_imagenet_trunk(create_model(spec.name, pretrained=False, **kw), trunk)
     path = Path(cfg.init)
     if not path.is_file():
-        raise BadInputError(f"--init {path} does not exist; give a weights file or 'pretrained'")
+        raise BadInputError(
+            f"--init {path} does not exist; give a weights file, 'pretrained' or 'imagenet'"
+        )
     if path.suffix != ".safetensors":
         from bttf.models.resnet18 import is_imagenet_trunk, load_imagenet_trunk
         from bttf.models.weights import read_weights
