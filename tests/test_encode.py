@@ -33,3 +33,36 @@ def test_identical_runs_give_identical_files(tmp_path: Path, suffix: str) -> Non
     _colorize_in_a_process(src, a, 0)
     _colorize_in_a_process(src, b, 165)
     assert a.read_bytes() == b.read_bytes()
+
+
+@pytest.mark.parametrize("codec", ["libx265", "libsvtav1"])
+def test_encoder_libraries_are_quiet_unless_verbose(tmp_path: Path, codec: str) -> None:
+    """x265 printed 46 lines of banner under --quiet; SVT-AV1 its own too."""
+    import av
+
+    try:
+        av.codec.Codec(codec, "w")
+    except Exception:  # noqa: BLE001 - not in this PyAV build
+        pytest.skip(f"no {codec} in this PyAV")
+    src = make_video(tmp_path / "in.mp4", frames=8, audio=None)
+    env = {k: v for k, v in os.environ.items() if k != "SVT_LOG"}
+    env["OMP_NUM_THREADS"] = "1"
+    fast = [
+        "--render-size",
+        "32",
+        "--crf",
+        "30",
+        "--preset",
+        "8" if codec == "libsvtav1" else "fast",
+    ]
+    for verbose in ([], ["-v"]):
+        out = tmp_path / f"out{len(verbose)}.mp4"
+        cmd = [sys.executable, "-m", "bttf", *verbose, "colorize", str(src), "-o", str(out)]
+        cmd += ["-q", "--codec", codec, *fast]
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert p.returncode == 0, p.stderr
+        said = p.stderr.lower()
+        if verbose:
+            assert "x265 [info]" in said or "svt[info]" in said
+        else:
+            assert p.stderr == ""

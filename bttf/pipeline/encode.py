@@ -17,6 +17,7 @@ import contextlib
 import functools
 import io
 import logging
+import os
 import platform
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -113,7 +114,26 @@ class EncodeSettings:
             opts["preset"] = self.preset
         if self.codec == "libx264" and cpu_has_avx512():
             opts["x264-params"] = "asm=avx2"
+        if self.codec == "libx265":
+            # x265 prints to stderr itself. info=0: no SEI naming its build, CPU flags and log
+            # level, so the file does not depend on them (nor on -v)
+            opts["x265-params"] = f"info=0:log-level={'info' if _verbose() else 'error'}"
         return opts
+
+
+def _verbose() -> bool:
+    """-v (INFO logging): encoder libraries may then talk below an error."""
+    return log.isEnabledFor(logging.INFO)
+
+
+def hush_encoder(codec: str) -> None:
+    """Encoder libraries that print to stderr themselves say nothing below an error unless -v.
+
+    x265 is told by its options (`EncodeSettings.options`); SVT-AV1 only reads SVT_LOG from
+    the environment (left alone when the user set it).
+    """
+    if codec == "libsvtav1" and "SVT_LOG" not in os.environ:
+        os.environ["SVT_LOG"] = "3" if _verbose() else "1"  # 1 error, 3 info
 
 
 def _try_open(settings: EncodeSettings, width: int, height: int, time_base: Fraction) -> str | None:
@@ -122,6 +142,7 @@ def _try_open(settings: EncodeSettings, width: int, height: int, time_base: Frac
         ctx = av.CodecContext.create(settings.codec, "w")
         ctx.width, ctx.height, ctx.pix_fmt = width, height, settings.pix_fmt
         ctx.time_base = time_base
+        ctx.framerate = Fraction(24)  # SVT-AV1 takes 1 / time_base otherwise: 90000 fps
         ctx.options = settings.options()
         ctx.open()
         with contextlib.suppress(Exception):
@@ -151,6 +172,7 @@ def plan_encode(
         raise BadInputError(f"--codec {settings.codec} is not an encoder this PyAV has") from e
     if codec.type != "video":
         raise BadInputError(f"--codec {settings.codec} is not a video encoder")
+    hush_encoder(settings.codec)
     reason = _try_open(settings, width, height, time_base)
     if reason is None:
         return width, height
@@ -385,6 +407,7 @@ class VideoWriter:
                 f"the {self.out.format.name} container cannot hold {st.codec} video; "
                 f"pick another --codec or another output suffix"
             )
+        hush_encoder(st.codec)
         vs = self.out.add_stream(st.codec, rate=info.rate or 24, options=st.options())
         vs.width, vs.height, vs.pix_fmt = self.width, self.height, st.pix_fmt
         vs.time_base = info.time_base
