@@ -146,3 +146,15 @@ def test_ddcolor_reproduces_the_official_architecture(variant: str, shared_dir) 
         # bttf's path: L of the gray input, made gray RGB again inside forward
         L = rgb_to_lab(x)[:, :1]
         assert (model(L) - want).abs().max() < 1e-2
+
+
+def test_ddcolor_keeps_float32_under_float16_autocast() -> None:
+    torch.manual_seed(0)
+    model = DDColor("tiny").eval()
+    L = torch.rand(1, 1, 64, 64) * 100
+    with torch.inference_mode():
+        full = model(L)
+        with torch.autocast("cpu", dtype=torch.float16):
+            half = model(L)
+    assert half.dtype == torch.float32
+    assert (half - full).abs().max() < 1e-2 * max(1.0, float(full.abs().max()))

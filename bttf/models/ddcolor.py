@@ -277,9 +277,19 @@ class DDColor(nn.Module):
         return self.refine_net(torch.cat([out, x], dim=1))
 
     def forward(self, L: torch.Tensor) -> torch.Tensor:
-        """L (N, 1, H, W) in [0, 100] -> ab (N, 2, H, W)."""
+        """L (N, 1, H, W) in [0, 100] -> ab (N, 2, H, W).
+
+        Under float16 autocast the model runs in float32 (DDColor is not made for fp16: its
+        authors say so, and the einsum of 100 queries with the features can overflow it);
+        bfloat16 autocast is kept.
+        """
         zeros = torch.zeros_like(L)
-        return self.colorize(lab_to_rgb(torch.cat([L, zeros, zeros], dim=1)))
+        rgb = lab_to_rgb(torch.cat([L, zeros, zeros], dim=1))
+        device = L.device.type
+        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16:
+            with torch.autocast(device, enabled=False):
+                return self.colorize(rgb.float())
+        return self.colorize(rgb)
 
 
 _DESCRIPTION = "DDColor {} (ConvNeXt-{}, {} M params; {})"

@@ -66,8 +66,10 @@ class SpectralConv(nn.Module):
 
     def weight(self) -> torch.Tensor:
         w = self.weight_orig
-        sigma = torch.dot(self.weight_u, w.flatten(1) @ self.weight_v)
-        return w / sigma
+        # sigma in float32 even under autocast: a bf16 sigma would scale the whole layer off
+        with torch.autocast(w.device.type, enabled=False):
+            sigma = torch.dot(self.weight_u.float(), w.float().flatten(1) @ self.weight_v.float())
+        return w / sigma.to(w.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = F.conv1d if self.dims == 1 else F.conv2d
