@@ -38,7 +38,7 @@ def models_cmd(as_json: bool) -> None:
         ("render size", "right"),
         ("weights", "left"),
     ):
-        table.add_column(column, justify=justify, no_wrap=column in ("model", "weights"))
+        table.add_column(column, justify=justify, no_wrap=column in ("model", "params"))
     for r in rows:
         name = r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else "")
         weights = r["weights"]
