@@ -347,3 +347,11 @@ def test_other_keyframes_refuse_a_resume(gray_film, truth, weights, tmp_path, ca
         bttf.colorize_video(
             gray_film, out, config(weights, keyframes=keys, segment_frames=8, resume=True)
         )
+
+
+def test_a_still_image_refuses_keyframes(gray_png, tmp_path, capsys) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    args = ["colorize", str(gray_png), "-o", str(tmp_path / "o.png"), "--keyframes", str(keys)]
+    code, err = run_main(args, capsys)
+    assert code == 2 and "--keyframes is for films" in err and not (tmp_path / "o.png").exists()

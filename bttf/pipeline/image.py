@@ -52,6 +52,8 @@ def colorize_image(
     config = config or ColorizeConfig()
     t_begin = time.perf_counter()
     src = check_input(src)
+    if config.keyframes is not None:
+        raise BadInputError(f"{src} is a still image; --keyframes is for films, leave it out")
     dst = check_output(src, dst, config.overwrite)
     if not is_image_path(dst):
         raise BadInputError(

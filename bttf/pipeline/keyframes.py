@@ -236,8 +236,9 @@ def keyframes_digest(files: dict[int, Path]) -> str:
 
 @dataclass
 class _Guide:
-    """One keyframe's reach: per film index, the displacement to the keyframe (gh, gw, 2)
-    float16 at the grid size (None: the keyframe itself), and what the blend samples."""
+    """One keyframe's reach: per film index, the displacement to the keyframe (gh, gw, 2),
+    float16 at half the flow's size, in its pixels (None: the keyframe itself), and what the
+    blend samples."""
 
     index: int
     frames: dict[int, np.ndarray | None]
@@ -364,7 +365,8 @@ class KeyframeGuide:
         self.flow = FlowEstimator("medium")
         self.store = (max(4, grid[0] // 2), max(4, grid[1] // 2))
         self.active: dict[int, _Guide] = {}
-        self.done: set[int] = set()
+        self.order = sorted(keyframes.files)
+        self.next = 0  # the first keyframe of `order` whose guide is not built yet
 
     def _window(self, k: int) -> tuple[int, int]:
         hi = k + self.span
@@ -407,13 +409,13 @@ class KeyframeGuide:
     def _guides_at(self, i: int) -> list[_Guide]:
         for k in [k for k, g in self.active.items() if g.last < i]:
             del self.active[k]  # frames come in order: never needed again
-        for k in self.keys.files:
-            if k in self.done:
-                continue
-            lo, hi = self._window(k)
-            if lo <= i <= hi:
+        # keyframes in order, so their windows start in order: a film's thousands of keyframes
+        # cost nothing per frame
+        while self.next < len(self.order) and self._window(self.order[self.next])[0] <= i:
+            k = self.order[self.next]
+            self.next += 1
+            if i <= self._window(k)[1]:  # (a run that starts later skips what it passed)
                 self.active[k] = self._build(k)
-                self.done.add(k)
         return [g for g in self.active.values() if i in g.frames]
 
     def _sample(self, g: _Guide, i: int, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
