@@ -57,6 +57,8 @@ class SpectralConv(nn.Module):
     @torch.no_grad()
     def power_iteration(self, steps: int, seed: bool = False) -> None:
         """Refresh u, v (only for a freshly initialised module; loaded weights bring theirs)."""
+        if self.weight_orig.is_meta:  # shapes only (parameter counts): nothing to compute
+            return
         w = self.weight_orig.flatten(1)
         if seed:
             self.weight_u.copy_(F.normalize(torch.randn_like(self.weight_u), dim=0))
