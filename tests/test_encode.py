@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,192 @@ def test_encoder_libraries_are_quiet_unless_verbose(tmp_path: Path, codec: str) 
             assert "x265 [info]" in said or "svt[info]" in said
         else:
             assert p.stderr == ""
+
+
+# --- the output suffix picks the codec (#21 item 8) --------------------------------------------
+
+
+def _streams(path: Path) -> list[tuple[str, str | None]]:
+    import av
+
+    with av.open(str(path)) as c:
+        return [(s.type, s.codec_context.name if s.codec_context else None) for s in c.streams]
+
+
+def test_webm_suffix_picks_vp9_and_opus(tmp_path: Path) -> None:
+    import bttf
+    from bttf.pipeline import ColorizeConfig
+
+    src = make_video(tmp_path / "in.mp4", frames=6)  # AAC audio
+    stats = bttf.colorize_video(src, tmp_path / "out.webm", ColorizeConfig(**FAST))
+    assert _streams(stats.output) == [("video", "vp9"), ("audio", "opus")]
+    assert any("re-encoded to" in n and "opus" in n for n in stats.notices)
+
+
+def test_gif_suffix_points_to_bttf_gif(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from bttf.cli import main
+
+    src = make_video(tmp_path / "in.mp4", frames=4, audio=None)
+    with pytest.raises(SystemExit) as exc:
+        main(["colorize", str(src), "-o", str(tmp_path / "out.gif"), "-q"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "bttf gif" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+# --- audio by container: PCM (#21 items 2, 3) -------------------------------------------------
+
+
+def _with_pcm(dst: Path, tmp_path: Path) -> Path:
+    """A film with 1 s of stereo PCM (s16le) in `dst`'s container (Matroska: "2 channels",
+    no named layout, which FFmpeg's MP4 muxer refuses when it writes the trailer)."""
+    import av
+    import numpy as np
+
+    video = make_video(tmp_path / f"v-{dst.stem}.mp4", frames=12, audio=None)
+    with av.open(str(video)) as inp, av.open(str(dst), "w") as out:
+        v = out.add_stream_from_template(inp.streams.video[0])
+        a = out.add_stream("pcm_s16le", rate=48000)
+        a.layout = "stereo"
+        for p in inp.demux(inp.streams.video[0]):
+            if p.size:
+                p.stream = v
+                out.mux(p)
+        for s in range(0, 24000, 1200):
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 2400), np.int16), "s16", "stereo")
+            f.sample_rate, f.pts = 48000, s
+            out.mux(a.encode(f))
+        out.mux(a.encode(None))
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("src_suffix", "out_suffix", "audio"),
+    [
+        (".mkv", ".mp4", "aac"),  # refused before ("the input is probably damaged")
+        (".mov", ".mp4", "aac"),  # was copied as ipcm, which players do not play
+        (".mkv", ".mov", "pcm_s16le"),
+        (".mkv", ".mkv", "pcm_s16le"),
+    ],
+)
+def test_pcm_audio_by_container(
+    tmp_path: Path, src_suffix: str, out_suffix: str, audio: str
+) -> None:
+    import bttf
+    from bttf.pipeline import ColorizeConfig
+
+    src = _with_pcm(tmp_path / f"in{src_suffix}", tmp_path)
+    stats = bttf.colorize_video(src, tmp_path / f"out{out_suffix}", ColorizeConfig(**FAST))
+    assert _streams(stats.output) == [("video", "h264"), ("audio", audio)]
+    if audio == "aac":
+        assert any("MP4 players do not play PCM" in n for n in stats.notices)
+
+
+# --- subtitles, attachments, chapters, tags (#21 item 4) ---------------------------------------
+
+
+def _with_subtitles(dst: Path, tmp_path: Path, codec: str = "subrip") -> Path:
+    """A film with an English AAC track, a French subtitle track (two cues), a font attachment
+    (Matroska only) and two chapters."""
+    import av
+
+    text = {"subrip": [b"Hello <i>there</i>", b"Second line"], "mov_text": [b"\x00\x05Hello"]}
+    base = make_video(tmp_path / f"base-{dst.stem}.mp4")
+    with av.open(str(base)) as inp, av.open(str(dst), "w") as out:
+        vi, ai = inp.streams.video[0], inp.streams.audio[0]
+        v, a = out.add_stream_from_template(vi), out.add_stream_from_template(ai)
+        a.metadata["language"] = "eng"
+        s = out.add_mux_stream(codec)
+        s.metadata.update(language="fra", title="French")
+        if dst.suffix == ".mkv":
+            out.add_attachment("font.ttf", "application/x-truetype-font", b"\x00\x01font")
+        ms = Fraction(1, 1000)
+        out.set_chapters(
+            [
+                {"id": 1, "start": 0, "end": 500, "time_base": ms, "metadata": {"title": "One"}},
+                {"id": 2, "start": 500, "end": 1000, "time_base": ms, "metadata": {"title": "Two"}},
+            ]
+        )
+        for p in inp.demux(vi, ai):
+            if p.size:
+                p.stream = v if p.stream.type == "video" else a
+                out.mux(p)
+        for i, data in enumerate(text[codec]):
+            p = av.Packet(data)
+            p.stream, p.time_base = s, ms
+            p.pts = p.dts = 500 * i
+            p.duration = 400
+            out.mux(p)
+    return dst
+
+
+def _contents(path: Path) -> dict:
+    import av
+
+    with av.open(str(path)) as c:
+        subs = c.streams.subtitles
+        return {
+            "streams": [
+                (s.type, s.codec_context.name if s.codec_context else None) for s in c.streams
+            ],
+            "sub_tags": dict(subs[0].metadata) if subs else {},
+            "audio_lang": c.streams.audio[0].metadata.get("language") if c.streams.audio else None,
+            "cues": sum(1 for p in c.demux(subs[0]) if p.size > 2) if subs else 0,
+            "chapters": [ch["metadata"].get("title") for ch in c.chapters()],
+            "attachments": [
+                s.metadata.get("filename") for s in c.streams if s.type == "attachment"
+            ],
+        }
+
+
+@pytest.mark.parametrize("segments", [0, 8])  # one file; closed segments joined at the end
+def test_mkv_to_mkv_keeps_subtitles_attachments_chapters_tags(tmp_path: Path, segments) -> None:
+    import bttf
+    from bttf.pipeline import ColorizeConfig
+
+    src = _with_subtitles(tmp_path / "in.mkv", tmp_path)
+    config = ColorizeConfig(**FAST, segment_frames=segments)
+    stats = bttf.colorize_video(src, tmp_path / "out.mkv", config)
+    got = _contents(stats.output)
+    assert got["streams"][:3] == [("video", "h264"), ("audio", "aac"), ("subtitle", "srt")]
+    assert got["sub_tags"]["language"] == "fra" and got["sub_tags"]["title"] == "French"
+    assert got["audio_lang"] == "eng" and got["cues"] == 2
+    assert got["chapters"] == ["One", "Two"] and got["attachments"] == ["font.ttf"]
+    assert not stats.notices
+
+
+def test_mkv_to_mp4_converts_text_subtitles_and_names_what_it_drops(tmp_path: Path) -> None:
+    import bttf
+    from bttf.pipeline import ColorizeConfig
+
+    src = _with_subtitles(tmp_path / "in.mkv", tmp_path)
+    stats = bttf.colorize_video(src, tmp_path / "out.mp4", ColorizeConfig(**FAST))
+    got = _contents(stats.output)
+    assert ("subtitle", "mov_text") in got["streams"]
+    assert got["sub_tags"]["language"] == "fra" and got["cues"] == 2
+    assert got["chapters"] == ["One", "Two"]
+    assert any("converted to mov_text" in n for n in stats.notices)
+    assert any("attachment font.ttf dropped" in n for n in stats.notices)
+
+
+def test_mp4_to_mp4_copies_mov_text_and_chapters(tmp_path: Path) -> None:
+    import bttf
+    from bttf.pipeline import ColorizeConfig
+
+    src = _with_subtitles(tmp_path / "in.mp4", tmp_path, codec="mov_text")
+    stats = bttf.colorize_video(src, tmp_path / "out.mp4", ColorizeConfig(**FAST))
+    got = _contents(stats.output)
+    assert ("subtitle", "mov_text") in got["streams"] and got["cues"] == 1
+    assert got["chapters"] == ["One", "Two"]
+    assert not stats.notices  # the chapter track is no "data stream not carried"
+
+
+def test_start_and_duration_cut_the_chapters(tmp_path: Path) -> None:
+    import bttf
+    from bttf.pipeline import ColorizeConfig
+
+    src = _with_subtitles(tmp_path / "in.mkv", tmp_path)
+    config = ColorizeConfig(**FAST, start=0.6, duration=0.3)
+    got = _contents(bttf.colorize_video(src, tmp_path / "out.mkv", config).output)
+    assert got["chapters"] == ["Two"]

@@ -241,7 +241,12 @@ def _colorize_folder(src: str, out: str | None, config, quiet: bool) -> None:
     "NAME.mp4 files in. [default: INPUT_color]",
 )
 @colorizer_options
-@click.option("--codec", default="libx264", show_default=True, help="Video encoder.")
+@click.option(
+    "--codec",
+    default=None,
+    help="Video encoder. [default: by OUTPUT's suffix: libvpx-vp9 (with Opus audio) for "
+    ".webm, else libx264]",
+)
 @click.option(
     "--crf",
     type=click.IntRange(0, 63),
@@ -249,7 +254,12 @@ def _colorize_folder(src: str, out: str | None, config, quiet: bool) -> None:
     show_default=True,
     help="Encoder quality (lower is better and bigger).",
 )
-@click.option("--preset", default="medium", show_default=True, help="Encoder speed preset.")
+@click.option(
+    "--preset",
+    default="medium",
+    show_default=True,
+    help="Encoder speed preset (x264's names; VP9 maps them to libvpx's cpu-used, or give 0..5).",
+)
 @click.option(
     "--pix-fmt",
     type=PixFmtParam(),
@@ -296,7 +306,7 @@ def _colorize_folder(src: str, out: str | None, config, quiet: bool) -> None:
 def colorize_cmd(
     input: str,
     output: str | None,
-    codec: str,
+    codec: str | None,
     crf: int,
     preset: str,
     pix_fmt: str,

@@ -14,7 +14,7 @@ from pathlib import Path
 from bttf.errors import BadInputError
 from bttf.models.bins import check_unsure
 from bttf.pipeline.decode import DECODE_ERROR_POLICIES
-from bttf.pipeline.encode import OUTPUT_PIX_FMTS, EncodeSettings
+from bttf.pipeline.encode import OUTPUT_PIX_FMTS, EncodeSettings, codec_for
 from bttf.pipeline.segments import DEFAULT_SEGMENT_FRAMES
 
 #: `progress(done, total)`: frames written so far and the expected total (None if unknown).
@@ -38,7 +38,9 @@ class ColorizeConfig:
     temporal: fuse predictions across frames with `bttf.pipeline.temporal.Stabilizer`.
     temporal_strength: 0..1, how much of the previous frames the stabilizer keeps where the
         optical flow is trusted (0 = frame by frame); None = its measured default.
-    codec, crf, preset, pix_fmt: the video encoder (crf/preset are passed when not None).
+    codec, crf, preset, pix_fmt: the video encoder (crf/preset are passed when not None; for
+        VP9 the preset becomes libvpx's cpu-used); codec None: OUTPUT's suffix picks it
+        (libvpx-vp9 for .webm, else libx264).
     start, duration: seconds, like ffmpeg's -ss and -t (output timestamps then start at 0).
     audio: keep the source's audio streams.
     overwrite: replace an existing output file.
@@ -63,7 +65,7 @@ class ColorizeConfig:
     unsure: tuple[float, float] | str | None = "auto"
     temporal: bool = True
     temporal_strength: float | None = None
-    codec: str = "libx264"
+    codec: str | None = None
     crf: int | None = 18
     preset: str | None = "medium"
     pix_fmt: str = "yuv420p"
@@ -114,10 +116,11 @@ class ColorizeConfig:
         if self.resume and self.segment_frames == 0:
             raise bad("resume needs segments; give segment_frames > 0")
 
-    def encode_settings(self) -> EncodeSettings:
-        return EncodeSettings(
-            codec=self.codec, crf=self.crf, preset=self.preset, pix_fmt=self.pix_fmt
-        )
+    def encode_settings(self, dst: str | Path | None = None) -> EncodeSettings:
+        """The encoder for OUTPUT `dst`: `codec`, or the one its suffix picks (VP9 for .webm,
+        else libx264; a .gif is refused with a pointer to `bttf gif`)."""
+        codec = codec_for(dst, self.codec) if dst is not None else self.codec or "libx264"
+        return EncodeSettings(codec=codec, crf=self.crf, preset=self.preset, pix_fmt=self.pix_fmt)
 
 
 @dataclass(frozen=True)

@@ -6,20 +6,19 @@ engine at the chroma plane's size. Nothing goes through a full-resolution RGB im
 
 What is kept from the source: every frame's timestamp (variable frame rate included) and
 duration, the time base, the frame rate, the sample aspect ratio, the display matrix (rotation),
-the colour range, primaries and transfer tags, container and stream metadata, and every audio
-stream — copied packet for packet when the output container accepts the codec, otherwise
-re-encoded (AAC, or the container's own default when it takes no AAC) with a notice in the log.
+the colour range, primaries and transfer tags, container and stream metadata, and the audio,
+subtitle and attachment streams and chapters, by the rule per container in
+`bttf.pipeline.streams`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import logging
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import numpy as np
 from bttf.errors import BadInputError
 from bttf.pipeline.decode import RANGE_PC, RANGE_TV, VideoInfo
 from bttf.pipeline.media import open_input
+from bttf.pipeline.streams import StreamRemux, copy_metadata
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +41,6 @@ OUTPUT_PIX_FMTS = {
     "yuv422p10le": (1, 0, 10),
     "yuv444p10le": (0, 0, 10),
 }
-
-_SKIP_METADATA = {
-    "encoder",
-    "major_brand",
-    "minor_version",
-    "compatible_brands",
-    "duration",
-    "rotate",
-    "vendor_id",
-}
-
-
-def copy_metadata(src: dict[str, str], dst: dict[str, str]) -> None:
-    for k, v in src.items():
-        if k.lower() not in _SKIP_METADATA:
-            dst[k] = v
 
 
 def convert_depth(y: np.ndarray, bits_in: int, bits_out: int) -> np.ndarray:
@@ -96,6 +80,35 @@ def open_output(path: str | Path) -> av.container.OutputContainer:
     return av.open(str(path), "w", options=dict(OUTPUT_OPTIONS))
 
 
+#: The video encoder an output suffix gets when none is asked for (else libx264).
+SUFFIX_CODECS = {".webm": "libvpx-vp9"}
+#: libvpx's cpu-used for x264's preset names (libvpx's "good" deadline takes 0..5; 0 slowest).
+VP9_SPEEDS = {
+    "ultrafast": 5,
+    "superfast": 5,
+    "veryfast": 5,
+    "faster": 5,
+    "fast": 4,
+    "medium": 4,
+    "slow": 2,
+    "slower": 1,
+    "veryslow": 0,
+    "placebo": 0,
+}
+
+
+def codec_for(dst: str | Path, codec: str | None = None) -> str:
+    """The video encoder for OUTPUT `dst`: `codec` when given, else the suffix's (VP9 for
+    .webm, libx264 for the rest). A .gif is refused: GIFs are `bttf gif`'s job."""
+    d = Path(dst)
+    if d.suffix.lower() == ".gif":
+        raise BadInputError(
+            f"OUTPUT {d} is a GIF; make it with `bttf gif INPUT -o {d.name}` (palette, frame "
+            "rate and width for GIFs), or give OUTPUT a film suffix (.mp4, .mkv, .webm, .mov)"
+        )
+    return codec or SUFFIX_CODECS.get(d.suffix.lower(), "libx264")
+
+
 @dataclass(frozen=True)
 class EncodeSettings:
     codec: str = "libx264"
@@ -110,6 +123,8 @@ class EncodeSettings:
         opts = {}
         if self.crf is not None:
             opts["crf"] = str(self.crf)
+        if self.codec in ("libvpx-vp9", "libvpx"):
+            return {**opts, **self._vpx_options()}
         if self.preset:
             opts["preset"] = self.preset
         if self.codec == "libx264" and cpu_has_avx512():
@@ -118,6 +133,17 @@ class EncodeSettings:
             # x265 prints to stderr itself. info=0: no SEI naming its build, CPU flags and log
             # level, so the file does not depend on them (nor on -v)
             opts["x265-params"] = f"info=0:log-level={'info' if _verbose() else 'error'}"
+        return opts
+
+    def _vpx_options(self) -> dict[str, str]:
+        """libvpx: constant quality (a CRF with no bitrate cap), the preset as cpu-used (a
+        number is taken as it is), one frame's rows on several threads."""
+        opts = {"deadline": "good", "row-mt": "1"}
+        if self.crf is not None:
+            opts["b"] = "0"
+        if self.preset:
+            speed = VP9_SPEEDS.get(self.preset, self.preset)
+            opts["cpu-used"] = str(speed)
         return opts
 
 
@@ -196,173 +222,6 @@ def plan_encode(
     )
 
 
-def _can_copy(format_name: str, stream: av.audio.AudioStream) -> bool:
-    """Whether the output format accepts this audio stream as it is (a header dry run)."""
-    try:
-        with av.open(io.BytesIO(), "w", format=format_name) as probe:
-            probe.add_stream_from_template(stream)
-            probe.start_encoding()
-        return True
-    except (av.FFmpegError, ValueError, TypeError):
-        return False
-
-
-@dataclass
-class _AudioTrack:
-    src: av.audio.AudioStream
-    dst: av.audio.AudioStream
-    copy: bool
-    resampler: av.AudioResampler | None = None
-    decoder: av.CodecContext | None = None
-    next_pts: int | None = None
-
-
-@dataclass
-class AudioRemux:
-    """Audio streams of the source, read by a second demuxer so they can be muxed in step with
-    the video (the muxer interleaves by timestamp; the video arrives later than its audio)."""
-
-    src: Path
-    out: av.container.OutputContainer
-    tracks: list[_AudioTrack] = field(default_factory=list)
-    notices: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._in = open_input(self.src)
-        fmt = self.out.format.name.split(",")[0]
-        for s in self._in.streams.audio:
-            cc = s.codec_context
-            if cc is None or cc.codec is None or not cc.sample_rate:
-                name = cc.name if cc is not None else "unknown codec"
-                self.notices.append(f"audio stream #{s.index} ({name}) is unusable; dropped")
-                continue
-            if _can_copy(fmt, s):
-                dst = self.out.add_stream_from_template(s)
-                track = _AudioTrack(s, dst, copy=True)
-            else:
-                supported = self.out.supported_codecs
-                codec = "aac" if "aac" in supported else self.out.default_audio_codec
-                if not codec or codec == "none":
-                    self.notices.append(f"{fmt} cannot hold audio; audio stream #{s.index} dropped")
-                    continue
-                rate = s.codec_context.sample_rate
-                channels = max(1, s.codec_context.layout.nb_channels)
-                # The standard layout for the channel count ("1 channels" -> mono): AAC needs one.
-                layout = {
-                    1: "mono",
-                    2: "stereo",
-                    3: "2.1",
-                    4: "quad",
-                    5: "5.0",
-                    6: "5.1",
-                    7: "6.1",
-                    8: "7.1",
-                }.get(channels, "stereo")
-                dst = self.out.add_stream(codec, rate=rate)
-                dst.layout = layout
-                # AAC allows at most 6144 bits per channel per 1024 samples.
-                dst.bit_rate = min(96_000 * channels, 5 * rate * channels)
-                fmt_out = dst.codec_context.codec.audio_formats[0].name
-                resampler = av.AudioResampler(format=fmt_out, layout=layout, rate=rate)
-                track = _AudioTrack(s, dst, copy=False, resampler=resampler)
-                self.notices.append(
-                    f"{fmt} cannot hold {s.codec_context.name} audio as it is; "
-                    f"audio stream #{s.index} re-encoded to {codec}"
-                )
-            copy_metadata(s.metadata, dst.metadata)
-            dst.disposition = s.disposition
-            self.tracks.append(track)
-        for n in self.notices:
-            log.warning(n)
-        self._by_index = {t.src.index: t for t in self.tracks}
-        self._packets = None
-        self._held: av.Packet | None = None
-        self._past_end: set[int] = set()  # streams whose packets reached the window's end
-        self._from: Fraction | None = None
-        self._end: Fraction | None = None
-        self._shift = Fraction(0)
-
-    def start(self, t_from: Fraction | None, t_end: Fraction | None, shift: Fraction) -> None:
-        """Keep packets starting in [t_from, t_end) (source seconds), moved earlier by `shift`."""
-        self._from, self._end, self._shift = t_from, t_end, shift
-        if not self.tracks:
-            return
-        if t_from:
-            with contextlib.suppress(av.FFmpegError):
-                self._in.seek(int(t_from * av.time_base), backward=True)
-        self._packets = self._in.demux([t.src for t in self.tracks])
-
-    def _next(self) -> av.Packet | None:
-        if self._held is not None:
-            p, self._held = self._held, None
-            return p
-        if self._packets is None:
-            return None
-        for p in self._packets:
-            if p.stream.index in self._by_index and p.size:
-                return p
-        self._packets = None
-        return None
-
-    def mux_until(self, t: Fraction | None) -> None:
-        """Mux the audio that plays before output time `t` (seconds; None: all that is left)."""
-        while (p := self._next()) is not None:
-            ts = p.dts if p.dts is not None else p.pts
-            when = None if ts is None else ts * p.time_base
-            if when is not None and self._end is not None and when >= self._end:
-                self._past_end.add(p.stream.index)
-                if len(self._past_end) == len(self.tracks):
-                    self._packets = None  # every stream is past the window: stop reading
-                    return
-                continue
-            if when is not None and self._from is not None and when < self._from:
-                continue
-            if t is not None and when is not None and when - self._shift > t:
-                self._held = p
-                return
-            self._mux(p)
-
-    def _mux(self, p: av.Packet) -> None:
-        track = self._by_index[p.stream.index]
-        off = round(self._shift / p.time_base)
-        if track.copy:
-            if p.pts is not None:
-                p.pts -= off
-            if p.dts is not None:
-                p.dts -= off
-            if p.duration and not 0 < p.duration * p.time_base < 60:
-                p.duration = 0  # a damaged index; muxers refuse it, and infer one when unset
-            p.stream = track.dst
-            self.out.mux(p)
-            return
-        for frame in p.decode():
-            if track.next_pts is None:
-                track.next_pts = round(((frame.pts or 0) - off) * p.time_base * frame.sample_rate)
-            for rf in track.resampler.resample(frame):
-                rf.pts = None
-                self._encode(track, rf)
-
-    def _encode(self, track: _AudioTrack, frame: av.AudioFrame | None) -> None:
-        if frame is not None:
-            frame.pts = track.next_pts
-            frame.time_base = Fraction(1, frame.sample_rate)
-            track.next_pts += frame.samples
-        for q in track.dst.encode(frame):
-            self.out.mux(q)
-
-    def finish(self) -> None:
-        self.mux_until(None)
-        for track in self.tracks:
-            if not track.copy and track.next_pts is not None:
-                for rf in track.resampler.resample(None):
-                    self._encode(track, rf)
-                self._encode(track, None)
-
-    def close(self) -> None:
-        self._packets = None
-        self._in.close()
-
-
 class VideoWriter:
     """Write frames given as planes (Y from the source, Cb/Cr from the engine) to `path`.
 
@@ -377,6 +236,7 @@ class VideoWriter:
         size: tuple[int, int],
         *,
         audio: bool = True,
+        streams: bool = True,
     ):
         self.info = info
         self.settings = settings
@@ -391,7 +251,12 @@ class VideoWriter:
             ) from e
         try:
             self._setup_video()
-            self.audio = AudioRemux(info.path, self.out) if audio and info.n_audio else None
+            # the source's audio, subtitles, attachments and chapters (`self.audio` for short)
+            self.audio = (
+                StreamRemux(info.path, self.out, audio=audio, subtitles=streams)
+                if audio or streams
+                else None
+            )
         except BaseException:
             self.out.close()
             raise
@@ -429,13 +294,6 @@ class VideoWriter:
             copy_metadata(src.metadata, self.out.metadata)
             if src.streams.video:
                 copy_metadata(src.streams.video[0].metadata, vs.metadata)
-            others = [s for s in src.streams if s.type not in ("video", "audio")]
-            if others:
-                log.info(
-                    "%d %s stream(s) of the source are not carried over",
-                    len(others),
-                    "/".join(sorted({s.type for s in others})),
-                )
         self.video = vs
 
     def start(self, t_from: Fraction | None, t_end: Fraction | None, shift_pts: int) -> None:

@@ -149,9 +149,6 @@ def _input_notices(
             f"{info.path} declares about {total} frames but only {done + dropped} could "
             "be read: it may be truncated"
         )
-    if info.other_streams:
-        kinds = ", ".join(sorted(set(info.other_streams)))
-        out.append(f"{len(info.other_streams)} {kinds} stream(s) of {info.path} not carried over")
     return out
 
 
@@ -449,7 +446,8 @@ def _make_sink(
         return FileSink(target)
     return SegmentSink(
         target,
-        job=_job_settings(src, config, colorizer, model_hw, stabilizer is not None, size),
+        job=_job_settings(src, config, colorizer, model_hw, stabilizer is not None, size)
+        | {"codec": settings.codec},  # the one OUTPUT's suffix picked when config.codec is None
         segment_frames=config.segment_frames or DEFAULT_SEGMENT_FRAMES,
         stabilized=stabilizer is not None,
         resume=config.resume,
@@ -491,7 +489,7 @@ def colorize_video(
     t_begin = time.perf_counter()
     share_heap()
     src, dst, info = _open_input(src, dst, config)
-    settings = config.encode_settings()
+    settings = config.encode_settings(dst)
     size = plan_encode(settings, info.width, info.height, info.time_base)
     device = resolve_device(config.device)
     if colorizer is None:

@@ -311,6 +311,7 @@ class SegmentSink:
             self.target.settings,
             self.target.size,
             audio=False,
+            streams=False,  # the join carries them
         )
         self._writer.start(None, None, f.pts if work.relative else work.shift_pts)
         self._frames = self._repeated = self._dropped = 0

@@ -405,7 +405,8 @@ def join_segments(
     (`t_from`, `t_end`: source seconds; `shift_pts`: in the video's time base). Returns the
     audio notices.
     """
-    from bttf.pipeline.encode import AudioRemux, copy_metadata, open_output
+    from bttf.pipeline.encode import open_output
+    from bttf.pipeline.streams import StreamRemux, copy_metadata
 
     notices: list[str] = []
     out = open_output(dst)
@@ -421,10 +422,9 @@ def join_segments(
             copy_metadata(template.metadata, vs.metadata)
         if info.display_matrix is not None:
             vs.set_display_matrix(info.display_matrix)
-        if audio and info.n_audio:
-            remux = AudioRemux(info.path, out)
-            notices.extend(remux.notices)
-            remux.start(t_from, t_end, shift_pts * info.time_base)
+        remux = StreamRemux(info.path, out, audio=audio)  # and subtitles, attachments, chapters
+        notices.extend(remux.notices)
+        remux.start(t_from, t_end, shift_pts * info.time_base)
         last_dts: Fraction | None = None
         for k, path in enumerate(paths):
             with av.open(str(path)) as seg:
