@@ -10,7 +10,16 @@ import pytest
 from PIL import Image
 
 from bttf.errors import BadInputError, BttfError, OutputExistsError
-from bttf.pipeline.gif import GifConfig, label_png, make_gif, parse_size, size_ladder
+from bttf.pipeline.gif import (
+    GifConfig,
+    GifStep,
+    gif_ladder,
+    hold_small_changes,
+    label_png,
+    make_gif,
+    parse_size,
+    size_ladder,
+)
 
 W, H, RATE, N = 160, 120, 24, 48  # 2 s
 
@@ -115,17 +124,79 @@ def test_label_image_has_text_in_both_halves(tmp_path):
         assert (half[..., :3].min(-1) > 150).sum() > 20  # light strokes
 
 
-def test_max_size_lowers_fps_then_width(clips, tmp_path):
+def test_max_size_lowers_settings_in_ladder_order(clips, tmp_path):
     bw, color = clips
     full = make_gif(bw, tmp_path / "full.gif", _cfg(color, width=160))
     budget = int(full.size_bytes * 0.45)
     out = tmp_path / "small.gif"
     r = make_gif(bw, out, _cfg(color, width=160, max_size=budget))
-    assert r.reduced and r.attempts >= 2
+    assert r.reduced and r.attempts >= 2 and len(r.tried) == r.attempts
     assert out.stat().st_size == r.size_bytes <= budget
-    assert (r.fps, r.width) in size_ladder(12, 160)[1:]
+    dither = None if r.dither == "bayer" else r.dither  # a step's None: the config's dither
+    assert GifStep(r.fps, r.width, r.colors, r.hold, dither) in gif_ladder(12, 160, "bayer")[1:]
     (w, _), frames, loop = _gif_info(out)
     assert w == r.width and loop == 0 and abs(frames - r.fps) <= 1
+
+
+def _grainy_clip(path: Path) -> Path:
+    """3 s of 160-px colour footage at 12 fps with film grain: every pixel changes a little
+    every frame, which is what kept real footage over a GIF budget."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:H, 0:W]
+    scene = np.stack([x + 40, y + 60, 200 - x // 2], -1).astype(np.float32)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("ffv1", rate=12)
+        s.width, s.height, s.pix_fmt = W, H, "bgr0"
+        for i in range(36):
+            img = np.roll(scene, i, axis=1) + rng.normal(0, 4, (H, W, 1))
+            f = av.VideoFrame.from_ndarray(np.clip(img, 0, 255).astype(np.uint8), format="rgb24")
+            c.mux(s.encode(f.reformat(format="bgr0")))
+        c.mux(s.encode(None))
+    return path
+
+
+def test_max_size_tries_palette_and_frame_differencing_before_fps_and_width(tmp_path):
+    """#21: the ladder went straight to fewer fps and pixels; a grainy clip fits a budget of
+    70 % of its full-quality GIF at the asked fps and width."""
+    clip = _grainy_clip(tmp_path / "grain.mkv")
+    cfg = {"duration": None, "fps": 12, "width": W, "colorized": clip}
+    full = make_gif(clip, tmp_path / "full.gif", GifConfig(**cfg))
+    r = make_gif(clip, tmp_path / "fit.gif", GifConfig(**cfg, max_size=int(0.7 * full.size_bytes)))
+    assert (r.fps, r.width) == (12, W) and r.reduced
+    assert r.colors < 256 or r.hold > 0
+    assert r.tried[0][1] == full.size_bytes and r.tried[-1][1] == r.size_bytes
+
+
+def test_hold_small_changes_keeps_the_previous_colour_under_the_threshold(tmp_path):
+    src, dst = tmp_path / "in.mkv", tmp_path / "held.mkv"
+    frames = [np.full((8, 8, 3), v, np.uint8) for v in (100, 103, 110, 112)]
+    with av.open(str(src), "w") as c:
+        s = c.add_stream("ffv1", rate=12)
+        s.width, s.height, s.pix_fmt = 8, 8, "bgr0"
+        for i, img in enumerate(frames):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="bgr0")
+            f.pts = i
+            c.mux(s.encode(f))
+        c.mux(s.encode(None))
+    hold_small_changes(src, dst, 4)
+    with av.open(str(dst)) as c:
+        got = [int(f.to_ndarray(format="rgb24")[0, 0, 0]) for f in c.decode(video=0)]
+    assert got == [100, 100, 110, 110]  # +3 held, +10 passes, +2 held again
+
+
+def test_gif_ladder_lowers_quality_before_fps_and_width():
+    steps = gif_ladder(12, 480, "bayer")
+    at_full = [st for st in steps if (st.fps, st.width) == (12, 480)]
+    assert [(st.colors, st.hold, st.dither) for st in at_full] == [
+        (256, 0, None),
+        (128, 0, None),
+        (64, 0, None),
+        (64, 8, None),
+        (64, 16, None),
+        (64, 16, "none"),
+    ]
+    assert steps[len(at_full) :] and all(st.colors == 64 for st in steps[len(at_full) :])
+    assert [(st.fps, st.width) for st in steps[len(at_full) - 1 :]] == size_ladder(12, 480)
 
 
 def test_ladder_order():

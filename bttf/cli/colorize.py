@@ -428,7 +428,8 @@ def colorize_cmd(
     "--max-size",
     type=SizeParam(),
     default=None,
-    help="Size budget such as 5MB, 800KB or 2.5M: lowers fps, then width, until it fits.",
+    help="Size budget such as 5MB, 800KB or 2.5M: fewer palette colours, frame differencing "
+    "(grain held still), no dithering, then lower fps, then width, until it fits.",
 )
 @click.option(
     "--dither",
@@ -493,10 +494,20 @@ def gif_cmd(
             result = make_gif(input, output, config, progress=progress)
     if quiet:
         return
-    if result.fps != fps or result.width != width:
+    if len(result.tried) > 1:  # what each step of the size search gave
+        first = result.tried[0][1]
+        for what, size in result.tried:
+            saved = f" ({100 * (size - first) / first:+.0f} %)" if size != first else ""
+            console.print(f"  {what}: {format_size(size)}{saved}", highlight=False, markup=False)
+    if result.reduced or result.fps != fps or result.width != width:
         why = f"to fit --max-size {format_size(max_size)}" if result.reduced else "the film's own"
+        extra = f", {result.colors} colours" if result.colors != 256 else ""
+        if result.hold:
+            extra += f", changes under {result.hold} levels held"
+        if result.dither != dither:
+            extra += f", {result.dither} dither"
         console.print(
-            f"chose {result.fps:g} fps, {result.width} px wide ({why}; asked for "
+            f"chose {result.fps:g} fps, {result.width} px wide{extra} ({why}; asked for "
             f"{fps:g} fps, {width} px)",
             highlight=False,
             markup=False,
