@@ -256,3 +256,25 @@ def test_start_and_duration_cut_the_chapters(tmp_path: Path) -> None:
     config = ColorizeConfig(**FAST, start=0.6, duration=0.3)
     got = _contents(bttf.colorize_video(src, tmp_path / "out.mkv", config).output)
     assert got["chapters"] == ["Two"]
+
+
+def test_timecode_track_is_carried_without_a_dropped_notice(tmp_path: Path) -> None:
+    import av
+
+    import bttf
+    from bttf.pipeline import ColorizeConfig
+
+    src = tmp_path / "tc.mov"
+    base = make_video(tmp_path / "base.mp4", frames=6, audio=None)
+    with av.open(str(base)) as inp, av.open(str(src), "w") as out:
+        v = out.add_stream_from_template(inp.streams.video[0])
+        v.metadata["timecode"] = "01:00:00:00"  # the muxer writes a tmcd track from it
+        for p in inp.demux(inp.streams.video[0]):
+            if p.size:
+                p.stream = v
+                out.mux(p)
+    stats = bttf.colorize_video(src, tmp_path / "out.mov", ColorizeConfig(**FAST))
+    with av.open(str(stats.output)) as c:
+        assert c.streams.video[0].metadata.get("timecode") == "01:00:00:00"
+        assert [s.type for s in c.streams] == ["video", "data"]
+    assert not stats.notices

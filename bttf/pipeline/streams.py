@@ -126,6 +126,8 @@ class StreamRemux:
                 self._add_attachment(s)
             elif s.type == "data" and chapter_track(s, self._in):
                 pass  # MP4's chapters, carried as chapters
+            elif s.type == "data" and "timecode" in s.metadata and self._timecode_kept(s):
+                pass  # a QuickTime timecode track: MOV/MP4 write it again from the tag
             elif s.type == "data" or (s.type == "video" and s.index != first_video):
                 what = s.metadata.get("handler_name") or getattr(s, "name", None) or "data"
                 self.notices.append(f"{s.type} stream #{s.index} ({what}) not carried over")
@@ -143,6 +145,13 @@ class StreamRemux:
         self._from: Fraction | None = None
         self._end: Fraction | None = None
         self._shift = Fraction(0)
+
+    def _timecode_kept(self, s: av.stream.Stream) -> bool:
+        """The video stream's timecode tag (copied with its tags) makes MOV/MP4 write a timecode
+        track again; other containers keep the tag only."""
+        video = self._in.streams.video
+        tagged = bool(video) and video[0].metadata.get("timecode") == s.metadata["timecode"]
+        return tagged and self.fmt in ("mov", "mp4", "ipod")
 
     def _name(self, s: av.stream.Stream) -> str:
         cc = s.codec_context
