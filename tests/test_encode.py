@@ -278,3 +278,44 @@ def test_timecode_track_is_carried_without_a_dropped_notice(tmp_path: Path) -> N
         assert c.streams.video[0].metadata.get("timecode") == "01:00:00:00"
         assert [s.type for s in c.streams] == ["video", "data"]
     assert not stats.notices
+
+
+# --- interlaced input (#21 item 5, the encoding half) -----------------------------------------
+
+
+@pytest.mark.parametrize(("x264_field", "field_order"), [("tff=1", 2), ("bff=1", 3)])
+def test_interlaced_film_stays_interlaced_in_its_field_order(
+    tmp_path: Path, x264_field: str, field_order: int
+) -> None:
+    """It became "progressive" output with interlaced luma: players then showed combing."""
+    import av
+
+    import bttf
+    from bttf.pipeline import ColorizeConfig
+
+    options = {"flags": "+ildct+ilme", "x264-params": x264_field, "preset": "ultrafast"}
+    src = make_video(tmp_path / "in.mp4", frames=8, fps=25, audio=None, options=options)
+    with av.open(str(src)) as c:
+        assert c.streams.video[0].codec_context.field_order == field_order
+    stats = bttf.colorize_video(src, tmp_path / "out.mp4", ColorizeConfig(**FAST))
+    with av.open(str(stats.output)) as c:
+        assert c.streams.video[0].codec_context.field_order == field_order
+        assert all(f.interlaced_frame for f in c.decode(video=0))
+
+
+def test_a_film_still_being_written_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """An MP4 copied or recorded half-way has no index yet: the error said only "not a video"."""
+    from bttf.cli import main
+
+    full = make_video(tmp_path / "full.mp4", frames=48)
+    growing = tmp_path / "growing.mp4"
+    growing.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(SystemExit) as exc:
+        main(["colorize", str(growing), "-o", str(tmp_path / "out.mp4"), "-q"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "still being written" in err
+    os.utime(growing, (0, 0))  # an old file: no guess about writing
+    with pytest.raises(SystemExit):
+        main(["colorize", str(growing), "-o", str(tmp_path / "out.mp4"), "-q"])
+    assert "still being written" not in capsys.readouterr().err

@@ -145,6 +145,7 @@ class VideoInfo:
     n_audio: int
     format_name: str
     other_streams: tuple[str, ...] = ()  # types of the streams that are neither video nor audio
+    field_order: int = 0  # AVFieldOrder: 0 unknown, 1 progressive, 2 tt, 3 bb, 4 tb, 5 bt
 
 
 @dataclass
@@ -332,6 +333,7 @@ def probe_video(path: str | Path) -> VideoInfo:
             other_streams=tuple(
                 s.type for s in container.streams if s.type not in ("video", "audio")
             ),
+            field_order=cc.field_order if cc.field_order in range(6) else 0,
         )
 
 

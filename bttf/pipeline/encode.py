@@ -147,6 +147,23 @@ class EncodeSettings:
         return opts
 
 
+#: Interlaced field orders (AVFieldOrder) -> whether the top field is displayed first.
+FIELD_ORDERS = {2: True, 3: False, 4: False, 5: True}  # tt, bb, tb, bt
+
+
+def interlaced_options(codec: str, options: dict[str, str], field_order: int) -> dict[str, str]:
+    """`options` for an interlaced encode in `field_order` (progressive/unknown: unchanged):
+    interlaced DCT and motion estimation, and for x264 the field that is shown first."""
+    if field_order not in FIELD_ORDERS:
+        return options
+    opts = {**options, "flags": "+ildct+ilme"}
+    if codec == "libx264":
+        tff = "tff=1" if FIELD_ORDERS[field_order] else "bff=1"
+        params = opts.get("x264-params")
+        opts["x264-params"] = f"{params}:{tff}" if params else tff
+    return opts
+
+
 def _verbose() -> bool:
     """-v (INFO logging): encoder libraries may then talk below an error."""
     return log.isEnabledFor(logging.INFO)
@@ -273,13 +290,16 @@ class VideoWriter:
                 f"pick another --codec or another output suffix"
             )
         hush_encoder(st.codec)
-        vs = self.out.add_stream(st.codec, rate=info.rate or 24, options=st.options())
+        options = interlaced_options(st.codec, st.options(), info.field_order)
+        vs = self.out.add_stream(st.codec, rate=info.rate or 24, options=options)
         vs.width, vs.height, vs.pix_fmt = self.width, self.height, st.pix_fmt
         vs.time_base = info.time_base
         cc = vs.codec_context
         cc.time_base = info.time_base
         if info.rate:
             cc.framerate = info.rate
+        if info.field_order in FIELD_ORDERS:  # kept, so players deinterlace (no combing)
+            cc.field_order = info.field_order
         cc.color_range = RANGE_PC if info.full_range else RANGE_TV
         cc.colorspace = info.colorspace
         if info.color_primaries not in (0, 2):

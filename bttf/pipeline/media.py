@@ -164,7 +164,23 @@ def open_input(path: str | os.PathLike) -> av.container.InputContainer:
         raise BadInputError(f"{p} ends before its first frame; is the file complete?") from e
     except av.FFmpegError as e:
         reason = getattr(e, "strerror", None) or str(e)
+        if _unfinished_mp4(p):  # an MP4/MOV being written has no index (moov) until the end
+            raise BadInputError(
+                f"{p} cannot be read yet ({reason}) and changed in the last minute: is it still "
+                "being written? Run again once it is complete"
+            ) from e
         raise BadInputError(f"{p} is not a video or image PyAV can read ({reason})") from e
+
+
+def _unfinished_mp4(p: Path, seconds: float = 60.0) -> bool:
+    """An MP4/MOV (its first box is ftyp, free, wide or mdat) changed in the last `seconds`."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(8)
+        recent = time.time() - p.stat().st_mtime < seconds
+    except OSError:
+        return False
+    return recent and head[4:8] in (b"ftyp", b"free", b"wide", b"mdat")
 
 
 def check_output(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool) -> Path:
