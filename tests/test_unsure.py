@@ -4,6 +4,7 @@ every decoding path, the stabilizer's fused pass, the Colorizer and the engine's
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -114,6 +115,9 @@ def test_colorizer_unsure_auto_off_and_custom() -> None:
     assert fast.unsure == UNSURE and eccv.unsure is None
     model = torch.nn.Identity()
     assert Colorizer(model, fast).unsure == UNSURE  # "auto": the model's own
+    tuned = dataclasses.replace(fast, unsure=(0.2, 0.7))  # a model that ships a setting
+    assert Colorizer(model, tuned).unsure == (0.2, 0.7)
+    assert Colorizer(model, tuned, unsure="off").unsure is None
     assert Colorizer(model, fast, unsure="off").unsure is None
     assert Colorizer(model, fast, unsure=None).unsure is None
     assert Colorizer(model, fast, unsure=(0.1, 0.9)).unsure == (0.1, 0.9)
@@ -146,12 +150,14 @@ def test_engine_output_follows_unsure(tiny_video, tmp_path) -> None:
     import bttf
 
     planes = {}
-    for unsure in ("off", "auto"):
+    for unsure in ("off", U):
         out = tmp_path / f"{unsure}.mkv"
         config = ColorizeConfig(unsure=unsure, codec="ffv1", pix_fmt="yuv444p", audio=False)
         bttf.colorize_video(tiny_video, out, config)
         with av.open(str(out)) as c:
-            planes[unsure] = np.stack([f.to_ndarray(format="yuv444p") for f in c.decode(video=0)])
-    off, auto = planes["off"], planes["auto"]
+            planes[str(unsure)] = np.stack(
+                [f.to_ndarray(format="yuv444p") for f in c.decode(video=0)]
+            )
+    off, auto = planes["off"], planes[str(U)]
     assert np.array_equal(off[:, 0], auto[:, 0])
     assert np.abs(off[:, 1:].astype(int) - auto[:, 1:]).max() > 0

@@ -148,5 +148,6 @@ UNSURE_OPTION = click.option(
     show_default=True,
     help="Where the model is unsure of a colour (its entropy from LO to HI), raise the "
     "temperature to 1 so the colour comes out muted, not vivid and wrong; auto: the "
-    "model's own setting (the default model's: 0.3,0.6); off: one temperature everywhere.",
+    "model's own setting (none of the shipped models has one; 0.3,0.6 is a good start); off: one "
+    "temperature everywhere.",
 )
