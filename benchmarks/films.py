@@ -93,15 +93,33 @@ def _config(quality: str, temporal: bool, device: str):
     )
 
 
+def _unsure(text: str):
+    """--unsure as `Colorizer` takes it: "auto", "off" or a (lo, hi) pair."""
+    if text in ("auto", "off"):
+        return text
+    lo, hi = (float(v) for v in text.split(","))
+    return (lo, hi)
+
+
 def colorize_all(
-    col: Column, films: list[Path], out_dir: Path, quality: str, temporal: bool, device: str
+    col: Column,
+    films: list[Path],
+    out_dir: Path,
+    quality: str,
+    temporal: bool,
+    device: str,
+    unsure: str = "auto",
 ) -> None:
     """Colorize every film with the column's model into out_dir/<label>/<film>.mp4."""
     import bttf
     from bttf.models import Colorizer
 
     spec = col.spec
-    colorizer = Colorizer.create(weights=spec) if _is_weights(spec) else Colorizer.create(name=spec)
+    decoding = {"unsure": _unsure(unsure)}
+    if _is_weights(spec):
+        colorizer = Colorizer.create(weights=spec, **decoding)
+    else:
+        colorizer = Colorizer.create(name=spec, **decoding)
     config = _config(quality, temporal, device)
     folder = out_dir / col.label
     folder.mkdir(parents=True, exist_ok=True)
@@ -304,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--step", type=int, default=5, help="measure every N-th frame")
     ap.add_argument("--quality", choices=["lossless", "fast"], default="lossless")
     ap.add_argument("--no-temporal", action="store_true", help="colorize frame by frame")
+    ap.add_argument("--unsure", default="auto", help="decoding: auto, off or LO,HI (bttf colorize)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--tile-height", type=int, default=240)
     ap.add_argument("--per-shot", type=int, default=3, help="sheet rows per shot, at most")
@@ -335,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for col in columns:
             if col.source == "model":
-                colorize_all(col, films, work, args.quality, not args.no_temporal, args.device)
+                colorize_all(
+                    col, films, work, args.quality, not args.no_temporal, args.device, args.unsure
+                )
             else:
                 find_colorized(col, films)
 
