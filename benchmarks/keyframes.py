@@ -198,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                 f" dB (auto {r['auto']['psnr']:.2f})  @1/10/30/50 "
                 + "/".join(f"{r['key0'][f'psnr@{d}']:.1f}" for d in DISTANCES)
                 + f"  before mid key {r['mid_before']:.2f} (auto {r['auto_before']:.2f})"
+                f"  SSIM {r['key0']['ssim']:.4f} (auto {r['auto']['ssim']:.4f})"
+                f"  CDC {r['key0']['cdc']:.4f} (auto {r['auto']['cdc']:.4f})"
                 f"  [{time.perf_counter() - t0:.0f} s]",
                 flush=True,
             )
