@@ -330,7 +330,8 @@ def colorize_cmd(
 
     A folder: each film goes to OUTDIR/NAME.mp4; existing outputs are skipped, failures
     reported; exit code 1 if any failed. Under torchrun --nproc_per_node=N (or with RANK and
-    WORLD_SIZE set), process r takes films r, r+N, … on GPU LOCAL_RANK.
+    WORLD_SIZE set), process r takes films r, r+N, … on GPU LOCAL_RANK; one film: the processes
+    share its segments (--segment-frames) and rank 0 joins them.
     """
     from bttf.pipeline import colorize_image, colorize_video
     from bttf.pipeline.media import is_image_path
@@ -353,6 +354,8 @@ def colorize_cmd(
         _colorize_folder(input, output, config, quiet)
         return
     output = output or default_output(input)
+    if not is_image_path(input) and _colorize_shared(input, output, config, quiet):
+        return
     if is_image_path(input):
         if quiet:
             stats = colorize_image(input, output, config)
@@ -371,6 +374,42 @@ def colorize_cmd(
             markup=False,
             soft_wrap=True,
         )
+
+
+def _colorize_shared(input: str, output: str, config, quiet: bool) -> bool:
+    """One film under torchrun: this rank's segments, a line per rank every 10 s, rank 0's
+    summary. False when not under torchrun (WORLD_SIZE unset or 1)."""
+    import time
+
+    from bttf.pipeline import colorize_video
+    from bttf.pipeline.shared import Share
+
+    share = Share.from_env()
+    if share is None:
+        return False
+    tag = f"rank {share.rank}/{share.world}"
+    last = [time.monotonic()]
+
+    def progress(done: int, total: int | None) -> None:
+        if not quiet and time.monotonic() - last[0] >= 10:
+            last[0] = time.monotonic()
+            click.echo(f"{tag}: {done} frames colorized (of {total or '?'} in the film)", err=True)
+
+    stats = colorize_video(input, output, config, progress=progress, share=share)
+    if quiet:
+        return True
+    if share.rank == 0:
+        console.print(
+            f"{tag}: wrote {stats.output}: {stats.summary()}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    else:
+        click.echo(
+            f"{tag}: {stats.segments} segments ({stats.frames} frames) done; rank 0 joins", err=True
+        )
+    return True
 
 
 # --- gif --------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ from bttf.pipeline.media import (
 )
 from bttf.pipeline.resume import FileSink, SegmentSink, Sink, Target
 from bttf.pipeline.segments import DEFAULT_SEGMENT_FRAMES
+from bttf.pipeline.shared import Share, SharedSink
 from bttf.pipeline.stages import (
     ChromaStage,
     ColourStage,
@@ -327,7 +328,7 @@ def _stream(
             if kind == "warm":
                 ring.append(p)
                 continue
-            if in_seg == 0 and k > 0 and s.colour.stabilizer is not None:
+            if in_seg == 0 and ring and s.colour.stabilizer is not None:  # (segment 0: empty)
                 t0 = time.perf_counter()
                 lane.wait()  # the stabilizer's state is the lane's until then
                 s.colour.restart(list(ring), s.model, bs)
@@ -344,7 +345,7 @@ def _stream(
             run(batch)
         if in_seg and n_seg:
             to_chroma(("close", k))
-        if done == 0:
+        if done == 0 and not getattr(sink, "empty_ok", False):  # (a rank may have no share)
             raise _NoFrames
         if chroma is not None:
             chroma.finish()
@@ -429,8 +430,10 @@ def _make_sink(
     colorizer,
     model_hw: tuple[int, int],
     stabilizer,
-) -> Sink:
-    """One output file for a short film; closed, resumable segments for a long one (or --resume)."""
+    share: Share | None = None,
+) -> Sink | SharedSink:
+    """One output file for a short film; closed, resumable segments for a long one (or --resume);
+    under torchrun (`share`), this rank's segments in the shared work folder."""
     target = Target(
         dst,
         info,
@@ -442,9 +445,10 @@ def _make_sink(
         on_decode_error=config.on_decode_error,
     )
     long_film = config.segment_frames and (total is None or total > config.segment_frames)
-    if not (config.resume or long_film):
+    if not (config.resume or long_film or share):
         return FileSink(target)
-    return SegmentSink(
+    kind = partial(SharedSink, share=share) if share else SegmentSink
+    return kind(
         target,
         job=_job_settings(src, config, colorizer, model_hw, stabilizer is not None, size)
         | {"codec": settings.codec},  # the one OUTPUT's suffix picked when config.codec is None
@@ -463,6 +467,7 @@ def colorize_video(
     colorizer=None,
     stabilizer=None,
     overlap: bool = True,
+    share: Share | None = None,
 ) -> ColorizeStats:
     """Colorize the film `src` into `dst` (its suffix picks the container).
 
@@ -480,6 +485,8 @@ def colorize_video(
             and `config.temporal_strength` describe (only when `config.temporal` is on).
         overlap: on the CPU, run the colour and chroma stages on threads of their own beside
             the model (False: inline on the model's thread). The output is the same either way.
+        share: this process's rank under torchrun (`Share.from_env()`): the ranks share the
+            segments, rank 0 joins them and the others write no OUTPUT (`bttf.pipeline.shared`).
 
     Raises:
         BadInputError: unreadable input, bad options, existing output without `overwrite`.
@@ -491,11 +498,9 @@ def colorize_video(
     src, dst, info = _open_input(src, dst, config)
     settings = config.encode_settings(dst)
     size = plan_encode(settings, info.width, info.height, info.time_base)
-    device = resolve_device(config.device)
-    if colorizer is None:
-        colorizer = build_colorizer(config, device)
-    else:
-        colorizer = prepare_colorizer(colorizer, device)
+    device = resolve_device(share.device(config.device) if share else config.device)
+    built = colorizer is None
+    colorizer = build_colorizer(config, device) if built else prepare_colorizer(colorizer, device)
     if stabilizer is None or not config.temporal:
         stabilizer = build_stabilizer(config)
     stages, model_hw = _build_stages(
@@ -515,7 +520,7 @@ def colorize_video(
         device,
     )
     sink = _make_sink(
-        src, dst, info, config, settings, size, total, colorizer, model_hw, stabilizer
+        src, dst, info, config, settings, size, total, colorizer, model_hw, stabilizer, share
     )
 
     timing = _Timing()

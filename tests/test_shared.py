@@ -1,0 +1,173 @@
+"""One film shared out by segments among torchrun ranks (bttf.pipeline.shared), on the CPU.
+
+The ranks are plain subprocesses with torchrun's variables set (RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR, MASTER_PORT); the output (FFV1, yuv444p: lossless) must be frame for frame the
+one-process run's with the same --segment-frames.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from conftest import make_video
+
+from bttf.cli import main
+from bttf.models import create_model, save_weights
+from bttf.pipeline.segments import work_dir_for
+from bttf.pipeline.shared import Share
+
+SEG = 8
+FRAMES = 36  # segments 0-3 full, 4 short
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(film, weights, the one-process reference output)."""
+    d = tmp_path_factory.mktemp("shared")
+    torch.manual_seed(0)
+    weights = save_weights(
+        d / "fastcolor.safetensors", create_model("fastcolor", pretrained=False), "fastcolor", {}
+    )
+    film = make_video(d / "film.mp4", frames=FRAMES)
+    ref = d / "ref.mkv"
+    with pytest.raises(SystemExit) as exc:
+        main(["colorize", str(film), "-o", str(ref), *args(weights)])
+        raise SystemExit(0)
+    assert exc.value.code in (0, None)
+    return film, weights, ref
+
+
+def args(weights: Path, *extra: str) -> list[str]:
+    return [
+        *("--render-size", "32", "--batch-size", "4", "--device", "cpu", "--threads", "1"),
+        *("--codec", "ffv1", "--pix-fmt", "yuv444p", "--segment-frames", str(SEG)),
+        *("--weights", str(weights), *extra),
+    ]
+
+
+_SLOW = textwrap.dedent("""
+    import sys, time
+    from bttf.models import Colorizer
+    real = Colorizer.predict
+    def slow(self, *a, **k):  # a batch a second: time to kill it after its first segment
+        time.sleep(1.0)
+        return real(self, *a, **k)
+    Colorizer.predict = slow
+    from bttf.cli import main
+    main(sys.argv[1:])
+""")
+
+
+def rank(r: int, cmd: list[str], *, world: int = 2, port: str = "29511", slow: bool = False):
+    env = {
+        **os.environ,
+        "RANK": str(r),
+        "LOCAL_RANK": str(r),
+        "WORLD_SIZE": str(world),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": port,
+        "OMP_NUM_THREADS": "1",
+    }
+    code = _SLOW if slow else "import sys; from bttf.cli import main; main(sys.argv[1:])"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *cmd],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def planes(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="yuv444p") for f in c.decode(c.streams.video[0])]
+
+
+def same_film(a: Path, b: Path) -> bool:
+    pa, pb = planes(a), planes(b)
+    with av.open(str(a)) as ca, av.open(str(b)) as cb:
+        ta = [p.pts for p in ca.demux(ca.streams.video[0]) if p.size]
+        tb = [p.pts for p in cb.demux(cb.streams.video[0]) if p.size]
+        audio = bool(ca.streams.audio) == bool(cb.streams.audio)
+    return (
+        len(pa) == len(pb) == FRAMES
+        and all(np.array_equal(x, y) for x, y in zip(pa, pb))
+        and ta == tb
+        and audio
+    )
+
+
+def test_share_from_env() -> None:
+    assert Share.from_env({}) is None
+    assert Share.from_env({"WORLD_SIZE": "1"}) is None
+    s = Share.from_env(
+        {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "node:1", "MASTER_PORT": "29500"}
+    )
+    assert (s.rank, s.world, s.local_rank, s.run_id) == (1, 2, 1, "node_1-29500")
+
+
+def test_two_ranks_make_the_one_process_film(setup, tmp_path: Path) -> None:
+    film, weights, ref = setup
+    out = tmp_path / "out.mkv"
+    cmd = ["colorize", str(film), "-o", str(out), *args(weights)]
+    procs = [rank(r, cmd) for r in (0, 1)]
+    results = [(p.wait(60), p.stderr.read(), p.stdout.read()) for p in procs]
+    assert [code for code, *_ in results] == [0, 0], results
+    assert "rank 1/2: 2 segments (16 frames) done; rank 0 joins" in results[1][1]
+    assert "rank 0/2: wrote" in results[0][1]
+    assert same_film(out, ref)
+    assert not work_dir_for(out).exists()
+
+    # an unrelated run (another MASTER_PORT) on the same OUTPUT is refused while one works
+    out.unlink()
+    first = rank(0, cmd, slow=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (work_dir_for(out) / "generation").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        other = rank(1, cmd, port="29999")
+        assert other.wait(30) == 2
+        assert "another bttf run is writing" in other.stderr.read()
+    finally:
+        first.kill()
+        first.wait(30)
+
+
+def test_a_killed_rank_then_resume(setup, tmp_path: Path) -> None:
+    film, weights, ref = setup
+    out = tmp_path / "out.mkv"
+    work = work_dir_for(out)
+    cmd = ["colorize", str(film), "-o", str(out), *args(weights)]
+    r1 = rank(1, cmd, slow=True)
+    r0 = rank(0, cmd)
+    try:
+        deadline = time.monotonic() + 40
+        while not (work / "seg-00001.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert r1.poll() is None, r1.stderr.read()
+        r1.kill()  # a crash: nothing gets to clean up
+    finally:
+        r1.wait(30)
+    assert r0.wait(60) == 1
+    err = r0.stderr.read()
+    assert "rank 1 stopped before finishing segment 3" in err and "--resume" in err
+    assert not out.exists() and (work / "seg-00001.mkv").exists()
+
+    again = [rank(r, cmd, port="29512") for r in (0, 1)]  # the same command, not --resume
+    assert [p.wait(60) for p in again] == [2, 2]
+    assert "--resume" in again[0].stderr.read()
+
+    resumed = [rank(r, [*cmd, "--resume"], port="29512") for r in (0, 1)]
+    results = [(p.wait(60), p.stderr.read()) for p in resumed]
+    assert [code for code, _ in results] == [0, 0], results
+    assert same_film(out, ref)
+    assert not work.exists()
