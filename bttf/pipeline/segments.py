@@ -192,6 +192,11 @@ class WorkDir:
         work.path.mkdir(exist_ok=True)
         try:
             work._acquire()
+            if (work.path / "shared.json").exists():  # bttf.pipeline.shared's, not ours to clean
+                raise BadInputError(
+                    f"{work.path} holds the segments of a run under torchrun; rerun it the same "
+                    "way with --resume, or delete that folder to start over"
+                )
             manifest = work._read_manifest() if existed else None
             if manifest is not None and manifest.get("segments"):
                 if not resume:
