@@ -123,6 +123,7 @@ def test_two_ranks_make_the_one_process_film(setup, tmp_path: Path) -> None:
     results = [(p.wait(60), p.stderr.read(), p.stdout.read()) for p in procs]
     assert [code for code, *_ in results] == [0, 0], results
     assert "rank 1/2: 2 segments (16 frames) done; rank 0 joins" in results[1][1]
+    assert "truncated" not in results[1][1]
     assert "rank 0/2: wrote" in results[0][1]
     assert same_film(out, ref)
     assert not work_dir_for(out).exists()
@@ -162,9 +163,12 @@ def test_a_killed_rank_then_resume(setup, tmp_path: Path) -> None:
     assert "rank 1 stopped before finishing segment 3" in err and "--resume" in err
     assert not out.exists() and (work / "seg-00001.mkv").exists()
 
-    again = [rank(r, cmd, port="29512") for r in (0, 1)]  # the same command, not --resume
-    assert [p.wait(60) for p in again] == [2, 2]
-    assert "--resume" in again[0].stderr.read()
+    with pytest.raises(SystemExit) as exc:  # one process does not take the ranks' folder
+        main([*cmd, "--resume", "-q"])
+    assert exc.value.code == 2 and (work / "seg-00001.mkv").exists()
+
+    again = rank(0, cmd, port="29512")  # the same command, not --resume (rank 0 decides)
+    assert again.wait(60) == 2 and "--resume" in again.stderr.read()
 
     resumed = [rank(r, [*cmd, "--resume"], port="29512") for r in (0, 1)]
     results = [(p.wait(60), p.stderr.read()) for p in resumed]

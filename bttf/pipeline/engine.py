@@ -186,6 +186,16 @@ def _job_settings(
     return job
 
 
+def _all_notices(sink, info: VideoInfo, config: ColorizeConfig, total, done: int) -> list[str]:
+    """The sink's notices and `_input_notices` (logged as warnings); `total` None under torchrun,
+    where a rank reads only its share."""
+    notices = list(sink.notices)
+    for n in _input_notices(info, config, total, done, sink.repeated, sink.dropped):
+        log.warning("%s", n)
+        notices.append(n)
+    return notices
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop
 
@@ -536,10 +546,7 @@ def colorize_video(
         t0 = time.perf_counter()
         sink.complete()
         timing.encode_s += time.perf_counter() - t0
-    notices = list(sink.notices)
-    for n in _input_notices(info, config, total, done, sink.repeated, sink.dropped):
-        log.warning("%s", n)
-        notices.append(n)
+    notices = _all_notices(sink, info, config, None if share else total, done)
     stats = ColorizeStats(
         output=dst,
         frames=done,

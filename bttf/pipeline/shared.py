@@ -12,8 +12,8 @@ is frame for frame that run's. The shared work folder (`.OUTPUT.bttf-work/`) hol
     lock                  every rank holds it shared: a one-process run on OUTPUT is refused
     run-<ID>.lock         the ranks of run ID hold it shared: another run's ranks are refused
                           (ID: TORCHELASTIC_RUN_ID, MASTER_ADDR, MASTER_PORT)
-    generation            drawn by the first rank of a run: segments of another generation are
-                          an interrupted run's (taken over only with --resume)
+    generation            drawn by rank 0 of a run (the other ranks wait for it): segments of
+                          another generation are an interrupted run's (taken only with --resume)
     rank-<GEN>-<r>.lock   rank r holds it while it works: rank 0 sees a rank that died
 
 Rank 0, after its own segments, waits for every segment's `.json`, then joins them (with the
@@ -190,48 +190,68 @@ class SharedSink:
         return self
 
     def _lock(self) -> None:
-        """Share `lock` with the ranks of this run, refuse another run, learn the generation."""
+        """Share `lock` with the ranks of this run, refuse another run, learn the generation
+        (ranks > 0 wait here until rank 0 has opened the folder)."""
         busy = f"another bttf run is writing {self.target.dst} (it holds {self.path})"
         fd = _flock(self.path / "lock", fcntl.LOCK_SH if fcntl else 0)
         if fd is None:
             raise BadInputError(f"{busy}; wait for it to end or stop it first")
         self._fds.append(fd)
-        setup = os.open(self.path / "setup.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            if fcntl is not None:
-                fcntl.flock(setup, fcntl.LOCK_EX)  # one rank at a time, for a moment
-            self._join_run(busy)
-        finally:
-            os.close(setup)
+        waited = False
+        while True:
+            setup = os.open(self.path / "setup.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if fcntl is not None:
+                    fcntl.flock(setup, fcntl.LOCK_EX)  # one rank at a time, for a moment
+                if self._join_run(busy):
+                    break
+            finally:
+                os.close(setup)
+            if not waited:
+                log.info("rank %d: waiting for rank 0 to open %s", self.share.rank, self.path)
+                waited = True
+            time.sleep(self.poll_s)
         name = f"rank-{self.generation}-{self.share.rank}.lock"
         fd = _flock(self.path / name, fcntl.LOCK_EX if fcntl else 0)
         if fd is None:
             raise BadInputError(f"rank {self.share.rank} of this run is already running")
         self._fds.append(fd)
 
-    def _join_run(self, busy: str) -> None:
-        """Drop the run locks nobody holds (runs that are gone); refuse a live other run; join
-        this run (a new generation when this rank is its first)."""
+    def _join_run(self, busy: str) -> bool:
+        """Drop other runs' locks nobody holds (runs that are gone), refuse a live other run;
+        rank 0 starts this run's generation and holds its run lock to the end; a rank > 0 joins
+        once rank 0 holds it (False: not yet). Under `setup.lock`."""
         me = self.path / f"run-{self.share.run_id}.lock"
-        live = False
         for other in self.path.glob("run-*.lock"):
-            fd = _flock(other, fcntl.LOCK_EX if fcntl else 0)
-            if fd is None and other != me:
-                raise BadInputError(f"{busy}, run {other.name[4:-5]}; wait for it or stop it")
-            if fd is None:
-                live = True
+            if other == me:
                 continue
+            fd = _flock(other, fcntl.LOCK_EX if fcntl else 0)
+            if fd is None:
+                raise BadInputError(f"{busy}, run {other.name[4:-5]}; wait for it or stop it")
             with contextlib.suppress(OSError):
                 other.unlink()
             os.close(fd)
-        fd = _flock(me, fcntl.LOCK_SH if fcntl else 0)
-        if fd is None:  # pragma: no cover - we hold setup.lock
-            raise BadInputError(busy)
-        self._fds.append(fd)
         gen = self.path / "generation"
-        if not live or not gen.is_file():
+        fd = _flock(me, fcntl.LOCK_EX if fcntl else 0)
+        if self.share.rank == 0:
+            if fd is None:
+                raise BadInputError(
+                    f"{busy}: processes of an earlier run with the same torchrun id "
+                    f"({self.share.run_id}) are still alive; stop them first"
+                )
             _write_text(gen, uuid.uuid4().hex)
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+        else:
+            if fd is not None:  # nobody holds it: rank 0 has not come yet
+                os.close(fd)
+                return False
+            fd = _flock(me, fcntl.LOCK_SH if fcntl else 0)
+            if fd is None:  # pragma: no cover - its holders share it
+                return False
+        self._fds.append(fd)
         self.generation = gen.read_text().strip()
+        return True
 
     def _settings(self) -> None:
         if (self.path / "manifest.json").exists():
