@@ -175,3 +175,18 @@ def test_a_killed_rank_then_resume(setup, tmp_path: Path) -> None:
     assert [code for code, _ in results] == [0, 0], results
     assert same_film(out, ref)
     assert not work.exists()
+
+
+def test_a_rank_with_no_segment_that_comes_late(setup, tmp_path: Path) -> None:
+    """One segment for two ranks: rank 1 has nothing to do, and rank 0 joins only once it has
+    come (so it never finds a folder already joined and removed, and waits there forever)."""
+    film, weights, _ = setup
+    out = tmp_path / "out.mkv"
+    cmd = ["colorize", str(film), "-o", str(out), *args(weights), "--segment-frames", "64"]
+    r0 = rank(0, cmd, port="29513")
+    time.sleep(3)
+    r1 = rank(1, cmd, port="29513")
+    results = [(p.wait(60), p.stderr.read()) for p in (r0, r1)]
+    assert [code for code, _ in results] == [0, 0], results
+    assert "rank 1/2: 0 segments (0 frames) done" in results[1][1]
+    assert len(planes(out)) == FRAMES and not work_dir_for(out).exists()

@@ -184,6 +184,7 @@ class SharedSink:
             self._adopt()
             probe = self.path / f"probe-{self.share.rank}{self.target.dst.suffix}"
             self.relative = keeps_time_base(probe, self._probe)
+            self._check_in()
         except BaseException:
             self._unlock()
             raise
@@ -211,6 +212,10 @@ class SharedSink:
                 log.info("rank %d: waiting for rank 0 to open %s", self.share.rank, self.path)
                 waited = True
             time.sleep(self.poll_s)
+
+    def _check_in(self) -> None:
+        """Hold this rank's lock: the last step of opening (rank 0 joins only once every rank
+        has it, so none comes to a folder already joined and removed)."""
         name = f"rank-{self.generation}-{self.share.rank}.lock"
         fd = _flock(self.path / name, fcntl.LOCK_EX if fcntl else 0)
         if fd is None:
@@ -433,7 +438,8 @@ class SharedSink:
         self._ok = True
 
     def _wait(self, count: int) -> None:
-        """Until every segment's `.json` is there; BttfError when its rank is gone without it."""
+        """Until every segment's `.json` is there and every rank has opened the folder;
+        BttfError when a segment's rank is gone without it."""
         fields = set(Segment.__dataclass_fields__)
         while True:
             missing = [k for k in range(count) if k not in self.done]
@@ -442,8 +448,14 @@ class SharedSink:
                     raw = json.loads((self.path / f"seg-{k:05d}.json").read_text())
                     self.done[k] = Segment(**{a: b for a, b in raw.items() if a in fields})
             missing = [k for k in missing if k not in self.done]
-            if not missing:
+            rank_locks = (
+                self.path / f"rank-{self.generation}-{r}.lock" for r in range(self.share.world)
+            )
+            if not missing and all(p.exists() for p in rank_locks):
                 return
+            if not missing:
+                time.sleep(self.poll_s)
+                continue
             k = missing[0]
             if self._gone(k % self.share.world) and not (self.path / f"seg-{k:05d}.json").exists():
                 raise BttfError(
