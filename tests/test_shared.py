@@ -124,7 +124,7 @@ def test_two_ranks_make_the_one_process_film(setup, tmp_path: Path) -> None:
     assert [code for code, *_ in results] == [0, 0], results
     assert "rank 1/2: 2 segments (16 frames) done; rank 0 joins" in results[1][1]
     assert "truncated" not in results[1][1]
-    assert "rank 0/2: wrote" in results[0][1]
+    assert "rank 0/2: wrote" in results[0][1] and "(5 segments, all ranks)" in results[0][1]
     assert same_film(out, ref)
     assert not work_dir_for(out).exists()
 

@@ -400,7 +400,8 @@ def _colorize_shared(input: str, output: str, config, quiet: bool) -> bool:
         return True
     if share.rank == 0:
         console.print(
-            f"{tag}: wrote {stats.output}: {stats.summary()}",
+            f"{tag}: wrote {stats.output} ({stats.segments} segments, all ranks); this rank: "
+            f"{stats.summary()}",
             highlight=False,
             markup=False,
             soft_wrap=True,
