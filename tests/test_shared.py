@@ -190,3 +190,25 @@ def test_a_rank_with_no_segment_that_comes_late(setup, tmp_path: Path) -> None:
     assert [code for code, _ in results] == [0, 0], results
     assert "rank 1/2: 0 segments (0 frames) done" in results[1][1]
     assert len(planes(out)) == FRAMES and not work_dir_for(out).exists()
+
+
+def test_keyframes_under_two_ranks(setup, tmp_path: Path) -> None:
+    """A keyframe in rank 1's segment colours rank 0's segments too, as in one process."""
+    import cv2
+
+    film, weights, plain = setup
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[:, :32], rgb[:, 32:] = (200, 60, 40), (40, 80, 220)
+    cv2.imwrite(str(keys / "000010.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    ref, out = tmp_path / "ref.mkv", tmp_path / "out.mkv"
+    with pytest.raises(SystemExit) as exc:
+        main(["colorize", str(film), "-o", str(ref), *args(weights, "--keyframes", str(keys))])
+        raise SystemExit(0)
+    assert exc.value.code in (0, None) and not same_film(ref, plain)  # the keyframe shows
+    cmd = ["colorize", str(film), "-o", str(out), *args(weights, "--keyframes", str(keys))]
+    procs = [rank(r, cmd, port="29514") for r in (0, 1)]
+    results = [(p.wait(60), p.stderr.read()) for p in procs]
+    assert [code for code, _ in results] == [0, 0], results
+    assert same_film(out, ref)
