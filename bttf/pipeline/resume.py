@@ -139,6 +139,27 @@ class FileSink:
         """Nothing to join: the file is renamed into place when the sink exits cleanly."""
 
 
+class SegmentWriter:
+    """One segment being written (Y untouched + chroma; no audio or other streams: the join
+    carries them) and the counts its record needs. Used by `SegmentSink` and `shared.SharedSink`."""
+
+    def __init__(self, path: Path, target: Target, f: SourceFrame, shift_pts: int) -> None:
+        self.writer = VideoWriter(
+            path, target.info, target.settings, target.size, audio=False, streams=False
+        )
+        self.writer.start(None, None, shift_pts)
+        self.bits = target.info.bits
+        self.frames = self.repeated = self.dropped = 0
+        self.first_pts = self.end_pts = f.pts
+
+    def write(self, f: SourceFrame, cb: np.ndarray, cr: np.ndarray) -> None:
+        self.writer.write(f.y, self.bits, cb, cr, f.pts, f.duration)
+        self.frames += 1
+        self.repeated += f.repeated
+        self.dropped += f.dropped
+        self.end_pts = f.pts + f.duration
+
+
 class SegmentSink:
     """The film in closed segments of `segment_frames` in the work folder, then joined.
 
@@ -164,9 +185,7 @@ class SegmentSink:
         self.encode_s = 0.0
         self.work: WorkDir | None = None
         self._ok = False
-        self._writer: VideoWriter | None = None
-        self._frames = self._repeated = self._dropped = 0
-        self._first_pts = self._end_pts = 0
+        self._segment: SegmentWriter | None = None
 
     # --- the run's frame: open, leave ---------------------------------------------------------
 
@@ -184,10 +203,10 @@ class SegmentSink:
         return self
 
     def __exit__(self, exc_type, *exc: object) -> None:
-        if self._writer is not None:
+        if self._segment is not None:
             with contextlib.suppress(Exception):
-                self._writer.close()
-            self._writer = None
+                self._segment.writer.close()
+            self._segment = None
         work = self.work
         if exc_type is None and self._ok:
             work.remove()
@@ -291,39 +310,23 @@ class SegmentSink:
             back *= 4
 
     def write(self, f: SourceFrame, cb: np.ndarray, cr: np.ndarray) -> None:
-        if self._writer is None:
-            self._open(f)
-        self._writer.write(f.y, self.target.info.bits, cb, cr, f.pts, f.duration)
-        self._frames += 1
-        self._repeated += f.repeated
-        self._dropped += f.dropped
-        self._end_pts = f.pts + f.duration
+        if self._segment is None:
+            self._segment = self._open(f)
+        self._segment.write(f, cb, cr)
 
-    def _open(self, f: SourceFrame) -> None:
+    def _open(self, f: SourceFrame) -> SegmentWriter:
         work = self.work
         if work.first_pts is None:
             work.first_pts = f.pts
             work.shift_pts = f.pts if self.target.start is not None else 0
-        k = len(work.segments)
-        self._writer = VideoWriter(
-            work.segment_path(k, partial=True),
-            self.target.info,
-            self.target.settings,
-            self.target.size,
-            audio=False,
-            streams=False,  # the join carries them
-        )
-        self._writer.start(None, None, f.pts if work.relative else work.shift_pts)
-        self._frames = self._repeated = self._dropped = 0
-        self._first_pts = f.pts
+        path = work.segment_path(len(work.segments), partial=True)
+        return SegmentWriter(path, self.target, f, f.pts if work.relative else work.shift_pts)
 
     def close_segment(self, k: int) -> None:
         """Make segment `k` durable (WorkDir.commit)."""
-        self._writer.finish()
-        self._writer = None
-        self.work.commit(
-            k, self._frames, self._first_pts, self._end_pts, self._repeated, self._dropped
-        )
+        s, self._segment = self._segment, None
+        s.writer.finish()
+        self.work.commit(k, s.frames, s.first_pts, s.end_pts, s.repeated, s.dropped)
 
     def end(self) -> None:
         self.work.finish()

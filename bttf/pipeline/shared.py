@@ -43,7 +43,7 @@ import numpy as np
 
 from bttf.errors import BadInputError, BttfError
 from bttf.pipeline.decode import SourceFrame, read_frames, to_fraction
-from bttf.pipeline.encode import VideoWriter
+from bttf.pipeline.resume import SegmentWriter
 from bttf.pipeline.segments import (
     WARMUP_FRAMES,
     Segment,
@@ -169,9 +169,8 @@ class SharedSink:
         self._fds: list[int] = []
         self.generation = ""  # this run's id in the folder (a uuid the first rank draws)
         self._order: deque[int] = deque()  # segments the source started, for the encode thread
-        self._writer: VideoWriter | None = None
-        self._seg = self._frames = self._repeated = self._dropped = 0
-        self._first = self._end = 0
+        self._segment: SegmentWriter | None = None
+        self._seg = 0  # the index of the segment being written
         self._ok = False
 
     # --- open, leave ---------------------------------------------------------------------------
@@ -314,10 +313,10 @@ class SharedSink:
         return vs
 
     def __exit__(self, exc_type, *exc: object) -> None:
-        if self._writer is not None:
+        if self._segment is not None:
             with contextlib.suppress(Exception):
-                self._writer.close()
-            self._writer = None
+                self._segment.writer.close()
+            self._segment = None
         self._unlock()
         if exc_type is None and self._ok and self.share.rank == 0:
             shutil.rmtree(self.path, ignore_errors=True)
@@ -359,48 +358,32 @@ class SharedSink:
         self.film_frames = i + 1
 
     def write(self, f: SourceFrame, cb: np.ndarray, cr: np.ndarray) -> None:
-        if self._writer is None:
-            self._open(f)
-        self._writer.write(f.y, self.target.info.bits, cb, cr, f.pts, f.duration)
-        self._frames += 1
-        self._repeated += f.repeated
-        self._dropped += f.dropped
-        self._end = f.pts + f.duration
-
-    def _open(self, f: SourceFrame) -> None:
-        self._seg = self._order.popleft()
-        shift = self.first_pts if self.target.start is not None else 0
-        self._writer = VideoWriter(
-            self._file(self._seg, partial=True),
-            self.target.info,
-            self.target.settings,
-            self.target.size,
-            audio=False,
-            streams=False,
-        )
-        self._writer.start(None, None, f.pts if self.relative else shift)
-        self._frames = self._repeated = self._dropped = 0
-        self._first = f.pts
+        if self._segment is None:
+            self._seg = self._order.popleft()
+            shift = self.first_pts if self.target.start is not None else 0
+            path = self._file(self._seg, partial=True)
+            self._segment = SegmentWriter(path, self.target, f, f.pts if self.relative else shift)
+        self._segment.write(f, cb, cr)
 
     def _file(self, k: int, partial: bool = False) -> Path:
         return self.path / f"seg-{k:05d}{'.partial' if partial else ''}{self.target.dst.suffix}"
 
     def close_segment(self, _k: int) -> None:
         """Make this rank's current segment durable, then list it (its `.json`)."""
-        self._writer.finish()
-        self._writer = None
+        s, self._segment = self._segment, None
+        s.writer.finish()
         k, partial, final = self._seg, self._file(self._seg, True), self._file(self._seg)
         with open(partial, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(partial, final)
         seg = Segment(
             final.name,
-            self._frames,
-            self._first,
-            self._end,
+            s.frames,
+            s.first_pts,
+            s.end_pts,
             final.stat().st_size,
-            self._repeated,
-            self._dropped,
+            s.repeated,
+            s.dropped,
         )
         _write_json(
             self.path / f"seg-{k:05d}.json", asdict(seg) | {"index": k, "run": self.generation}
