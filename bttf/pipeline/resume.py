@@ -35,7 +35,7 @@ from bttf.pipeline import segments as work_folder
 from bttf.pipeline.decode import SourceFrame, VideoInfo, read_frames, to_fraction
 from bttf.pipeline.encode import EncodeSettings, VideoWriter
 from bttf.pipeline.media import atomic_output
-from bttf.pipeline.segments import WARMUP_FRAMES, WorkDir
+from bttf.pipeline.segments import WorkDir, segment_job
 
 if TYPE_CHECKING:
     from typing import Self  # 3.11+, for type checkers only
@@ -178,8 +178,7 @@ class SegmentSink:
     ) -> None:
         self.target = target
         self.segment_frames = segment_frames
-        self.warmup = min(WARMUP_FRAMES, segment_frames) if stabilized else 0
-        self.job = {**job, "segment_frames": segment_frames, "warmup": self.warmup}
+        self.warmup, self.job = segment_job(job, segment_frames, stabilized)
         self.resume = resume
         self.notices: list[str] = []
         self.encode_s = 0.0

@@ -60,6 +60,15 @@ _FORMAT = 1
 _DIGEST_BYTES = 1 << 20
 
 
+def segment_job(
+    job: dict[str, Any], segment_frames: int, stabilized: bool
+) -> tuple[int, dict[str, Any]]:
+    """A segmented run's warm-up (frames before each segment the stabilizer sees again) and its
+    settings, the segmentation included (they go into the settings hash)."""
+    warmup = min(WARMUP_FRAMES, segment_frames) if stabilized else 0
+    return warmup, {**job, "segment_frames": segment_frames, "warmup": warmup}
+
+
 def work_dir_for(dst: str | os.PathLike) -> Path:
     """The work folder of OUTPUT `dst`: `.NAME.bttf-work` beside it."""
     d = Path(dst)

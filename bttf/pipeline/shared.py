@@ -45,10 +45,10 @@ from bttf.errors import BadInputError, BttfError
 from bttf.pipeline.decode import SourceFrame, read_frames, to_fraction
 from bttf.pipeline.resume import SegmentWriter
 from bttf.pipeline.segments import (
-    WARMUP_FRAMES,
     Segment,
     join_segments,
     keeps_time_base,
+    segment_job,
     settings_hash,
     work_dir_for,
 )
@@ -152,8 +152,7 @@ class SharedSink:
     ) -> None:
         self.target = target
         self.segment_frames = segment_frames
-        self.warmup = min(WARMUP_FRAMES, segment_frames) if stabilized else 0
-        self.job = {**job, "segment_frames": segment_frames, "warmup": self.warmup}
+        self.warmup, self.job = segment_job(job, segment_frames, stabilized)
         self.hash = settings_hash(self.job)
         self.resume = resume
         self.share = share
