@@ -6,7 +6,9 @@ Only `bttf.cli` imports click and owns the rich console.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -151,3 +153,38 @@ UNSURE_OPTION = click.option(
     "model's own setting (none of the shipped models has one; 0.3,0.6 is a good start); off: one "
     "temperature everywhere.",
 )
+
+
+@contextlib.contextmanager
+def lazy_progress(
+    label: str, columns: list, terminal_only: bool = False
+) -> Iterator[Callable[[int, int | None], None]]:
+    """A rich progress bar (`label`, a bar, `columns`, ETA) that appears with the first call of
+    the callback it yields, `progress(done, total)`, and is gone after the block. With
+    `terminal_only`, nothing is shown when stderr is a log or a pipe."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn(f"[bold]{label}[/]", markup=True),
+        BarColumn(),
+        *columns,
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    task = bar.add_task(label, total=None, start=False)
+
+    def progress(done: int, total: int | None) -> None:
+        if terminal_only and not console.is_terminal:
+            return
+        if not bar.live.is_started:  # only once the work has really begun
+            bar.start()
+            bar.start_task(task)
+        bar.update(task, completed=done, total=max(total, done) if total else None)
+
+    try:
+        yield progress
+    finally:
+        if bar.live.is_started:
+            bar.stop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from bttf.cli.app import (
     cli,
     console,
     default_output,
+    lazy_progress,
 )
 
 COLORIZER_OPTIONS = [
@@ -117,19 +117,10 @@ def colorize_config(**options: Any):
     return ColorizeConfig(**options)
 
 
-@contextlib.contextmanager
-def film_progress(label: str = "colorizing") -> Iterator[Callable[[int, int | None], None]]:
-    """A progress bar (frames, fps, ETA) that appears with the first call of the callback it
-    yields, `progress(done, total)`, and is gone after the block."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+def film_progress(label: str = "colorizing"):
+    """A progress bar (frames, fps, elapsed, ETA) for `progress(done, total)`, appearing once
+    the input is open and the model loaded."""
+    from rich.progress import MofNCompleteColumn, ProgressColumn, TimeElapsedColumn
     from rich.text import Text
 
     class _Fps(ProgressColumn):
@@ -138,30 +129,7 @@ def film_progress(label: str = "colorizing") -> Iterator[Callable[[int, int | No
             text = f"{speed:5.1f} fps" if speed else "  ... fps"
             return Text(text, style="progress.data.speed")
 
-    bar = Progress(
-        TextColumn(f"[bold]{label}[/]", markup=True),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _Fps(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
-    task = bar.add_task("colorize", total=None, start=False)
-
-    def progress(done: int, total: int | None) -> None:
-        if not bar.live.is_started:  # only once the input is open and the model loaded
-            bar.start()
-            bar.start_task(task)
-        bar.update(task, completed=done, total=max(total, done) if total else None)
-
-    try:
-        yield progress
-    finally:
-        if bar.live.is_started:
-            bar.stop()
+    return lazy_progress(label, [MofNCompleteColumn(), _Fps(), TimeElapsedColumn()])
 
 
 def _colorize_folder(src: str, out: str | None, config, quiet: bool) -> None:

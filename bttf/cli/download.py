@@ -3,53 +3,17 @@ checkpoints folder, hash-checked (`bttf.models.download`)."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
-
 import click
 
-from bttf.cli.app import cli, console
+from bttf.cli.app import cli, console, lazy_progress
 
 
-@contextlib.contextmanager
-def byte_progress(label: str) -> Iterator[Callable[[int, int | None], None]]:
-    """A progress bar (size, speed, ETA) that appears with the first call of the callback it
-    yields, `progress(done_bytes, total_bytes)`, and is gone after the block; nothing when
-    stderr is no terminal."""
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+def byte_progress(label: str):
+    """A progress bar (size, speed, ETA) for `progress(done_bytes, total_bytes)`; nothing when
+    stderr is no terminal (a log or a pipe: the result line is enough)."""
+    from rich.progress import DownloadColumn, TransferSpeedColumn
 
-    bar = Progress(
-        TextColumn(f"[bold]{label}[/]", markup=True),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
-    task = bar.add_task("download", total=None, start=False)
-
-    def progress(done: int, total: int | None) -> None:
-        if not console.is_terminal:  # a log or a pipe: the result line is enough
-            return
-        if not bar.live.is_started:  # only once the server has answered
-            bar.start()
-            bar.start_task(task)
-        bar.update(task, completed=done, total=max(total, done) if total else None)
-
-    try:
-        yield progress
-    finally:
-        if bar.live.is_started:
-            bar.stop()
+    return lazy_progress(label, [DownloadColumn(), TransferSpeedColumn()], terminal_only=True)
 
 
 @cli.command("download")
