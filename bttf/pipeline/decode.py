@@ -546,3 +546,32 @@ def read_frames(
         if good == 0 and damaged:
             raise BadInputError(f"none of the frames of {info.path} can be decoded ({error})")
         yield from timeline.finish()
+
+
+def frame_times(
+    info: VideoInfo, start: float | None = None, duration: float | None = None
+) -> list[int] | None:
+    """The pts of every frame `read_frames(info, start, duration)` gives, in order, read from
+    the packets alone (no decoding: seconds for a feature film); None when the packets cannot
+    say (one without a timestamp, or two with the same one): then only decoding can.
+
+    A film whose frames are all decodable gives exactly these (a damaged frame shown again under
+    "repeat" keeps its packet's timestamp; under "skip" it is left out, so callers must not use
+    this then). Raises BadInputError when the container cannot be read.
+    """
+    t_start = info.start + (to_fraction(start) or 0)
+    t_end = None if duration is None else t_start + to_fraction(duration)
+    tb = info.time_base
+    pts: list[int] = []
+    with open_input(info.path) as container:
+        stream = _video_stream(container, info.path)
+        for packet in _packets(container, stream, info.path):
+            if not packet.size or packet.is_discard:
+                continue
+            if packet.pts is None:
+                return None
+            pts.append(packet.pts)
+    pts.sort()
+    if len(set(pts)) != len(pts):
+        return None
+    return [p for p in pts if p * tb >= t_start and (t_end is None or p * tb < t_end)]

@@ -1,10 +1,15 @@
-"""One film shared out by segments among the ranks of a torchrun job (RANK, WORLD_SIZE set).
+"""Films shared out by segments among the ranks of a torchrun job (RANK, WORLD_SIZE set).
 
-Every rank decodes the film from its start (so each knows the film's frame count and every
-segment boundary without seeking), colorizes only the segments `k` with `k % WORLD_SIZE == RANK`
+Segment `k` of a film belongs to rank `(k + offset) % WORLD_SIZE`: for one film `offset` is 0;
+for a folder it is the number of segments of the films before it (`bttf.pipeline.batch`), so a
+long film is shared by every rank and the ranks stay busy alike. A rank colorizes its segments
 that no earlier run finished, each after the stabilizer's warm-up on the `WARMUP_FRAMES` frames
 before it, exactly as a one-process run with the same `segment_frames` does; so the joined film
-is frame for frame that run's. The shared work folder (`.OUTPUT.bttf-work/`) holds:
+is frame for frame that run's. Every rank reads the frames' timestamps from the packets
+(`decode.frame_times`, no decoding), so all know the film's frame count and every boundary, and
+decodes only its own segments (a seek to the keyframe before each warm-up); a film whose packets
+cannot say (or with `on_decode_error` other than "repeat") is decoded from its start by every
+rank. The shared work folder (`.OUTPUT.bttf-work/`) holds:
 
     shared.json           the settings (and their hash) of the job
     seg-00003.mp4         a closed segment (renamed into place once flushed) ...
@@ -15,11 +20,14 @@ is frame for frame that run's. The shared work folder (`.OUTPUT.bttf-work/`) hol
     generation            drawn by rank 0 of a run (the other ranks wait for it): segments of
                           another generation are an interrupted run's (taken only with --resume)
     rank-<GEN>-<r>.lock   rank r holds it while it works: rank 0 sees a rank that died
+    failed-<GEN>-<r>.txt  rank r failed on this film (its one-line reason): the others stop it
 
 Rank 0, after its own segments, waits for every segment's `.json`, then joins them (with the
 source's audio) into OUTPUT and removes the folder; the other ranks exit when their share is
 done. A rank that dies leaves its closed segments: rank 0 says which rank stopped, and the same
-command with --resume redoes only the missing segments.
+command with --resume redoes only the missing segments. A rank that fails leaves a `failed-`
+file, so rank 0 gives the film up with its reason instead of waiting. Waiting for a rank that
+has not come (rank 0 to open the folder, another rank to check in) ends after `Share.wait_s`.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bttf.errors import BadInputError, BttfError
-from bttf.pipeline.decode import SourceFrame, read_frames, to_fraction
+from bttf.pipeline.decode import SourceFrame, frame_times, read_frames, to_fraction
 from bttf.pipeline.resume import SegmentWriter
 from bttf.pipeline.segments import (
     Segment,
@@ -66,16 +74,22 @@ except ImportError:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 SETTINGS = "shared.json"
+#: Seconds a rank waits for another that has not come (BTTF_SHARE_TIMEOUT changes it).
+DEFAULT_WAIT_S = 600.0
 
 
 @dataclass(frozen=True)
 class Share:
-    """This process's place in a torchrun job: `rank` of `world`, GPU `local_rank`, `run_id`."""
+    """This process's place in a torchrun job: `rank` of `world`, GPU `local_rank`, `run_id`;
+    `offset`: the place of the film's segment 0 in the run's order (see the module notes);
+    `wait_s`: how long to wait for a rank that has not come."""
 
     rank: int
     world: int
     local_rank: int
     run_id: str
+    offset: int = 0
+    wait_s: float = DEFAULT_WAIT_S
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Share | None:
@@ -90,7 +104,18 @@ class Share:
             env.get(k, "") for k in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT")
         )
         run_id = re.sub(r"[^A-Za-z0-9_.-]", "_", raw.strip("-")) or "local"
-        return cls(rank, world, local, run_id)
+        wait = env.get("BTTF_SHARE_TIMEOUT", str(DEFAULT_WAIT_S))
+        try:
+            wait_s = float(wait)
+        except ValueError:
+            wait_s = -1.0
+        if not wait_s > 0:
+            raise BadInputError(f"BTTF_SHARE_TIMEOUT={wait} must be a number of seconds above 0")
+        return cls(rank, world, local, run_id, wait_s=wait_s)
+
+    def owner(self, k: int) -> int:
+        """The rank that colorizes segment `k` of the film."""
+        return (k + self.offset) % self.world
 
     def device(self, name: str) -> str:
         """`name`, with `auto` made the GPU LOCAL_RANK when there is one."""
@@ -129,74 +154,27 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     _write_text(path, json.dumps(data, indent=1))
 
 
-class SharedSink:
-    """The segments `k % world == rank` of a film in the shared work folder; rank 0 joins.
+class _Folder:
+    """The ranks' meeting in one work folder: the locks, the generation, the check-ins and the
+    failure notes (see the module notes)."""
 
-    The engine's loop uses it as it uses a `SegmentSink` (see `bttf.pipeline.resume`).
-    """
-
-    empty_ok = True  # a rank may have no segment left to do
-    resumed_frames = 0
-    first_segment = 0
-
-    def __init__(
-        self,
-        target: Target,
-        *,
-        job: dict[str, Any],
-        segment_frames: int,
-        stabilized: bool,
-        resume: bool,
-        share: Share,
-        poll_s: float = 0.2,
-    ) -> None:
-        self.target = target
-        self.segment_frames = segment_frames
-        self.warmup, self.job = segment_job(job, segment_frames, stabilized)
-        self.hash = settings_hash(self.job)
-        self.resume = resume
+    def __init__(self, dst: Path, share: Share, poll_s: float) -> None:
+        self.dst = dst
+        self.path = work_dir_for(dst)
         self.share = share
         self.poll_s = poll_s
-        self.path = work_dir_for(target.dst)
-        self.notices: list[str] = []
-        self.encode_s = 0.0
-        self.done: dict[int, Segment] = {}  # closed segments, by index (earlier runs' too)
-        self.mine: list[Segment] = []  # those this process closed
-        self.film_frames: int | None = None  # known once the source has run to the end
-        self.first_pts: int | None = None
-        self.relative = True
+        self.generation = ""  # this run's id in the folder (a uuid rank 0 draws)
         self._fds: list[int] = []
-        self.generation = ""  # this run's id in the folder (a uuid the first rank draws)
-        self._order: deque[int] = deque()  # segments the source started, for the encode thread
-        self._segment: SegmentWriter | None = None
-        self._seg = 0  # the index of the segment being written
-        self._ok = False
-
-    # --- open, leave ---------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        self.path.mkdir(exist_ok=True)
-        try:
-            self._lock()
-            self._settings()
-            self._adopt()
-            probe = self.path / f"probe-{self.share.rank}{self.target.dst.suffix}"
-            self.relative = keeps_time_base(probe, self._probe)
-            self._check_in()
-        except BaseException:
-            self._unlock()
-            raise
-        return self
 
     def _lock(self) -> None:
         """Share `lock` with the ranks of this run, refuse another run, learn the generation
-        (ranks > 0 wait here until rank 0 has opened the folder)."""
-        busy = f"another bttf run is writing {self.target.dst} (it holds {self.path})"
+        (ranks > 0 wait here until rank 0 has opened the folder, at most `wait_s`)."""
+        busy = f"another bttf run is writing {self.dst} (it holds {self.path})"
         fd = _flock(self.path / "lock", fcntl.LOCK_SH if fcntl else 0)
         if fd is None:
             raise BadInputError(f"{busy}; wait for it to end or stop it first")
         self._fds.append(fd)
-        waited = False
+        since, logged = time.monotonic(), False
         while True:
             setup = os.open(self.path / "setup.lock", os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -206,19 +184,17 @@ class SharedSink:
                     break
             finally:
                 os.close(setup)
-            if not waited:
+            waited = time.monotonic() - since
+            if not logged:
                 log.info("rank %d: waiting for rank 0 to open %s", self.share.rank, self.path)
-                waited = True
+                logged = True
+            if waited > self.share.wait_s:
+                raise BttfError(
+                    f"rank {self.share.rank} waited {waited:.0f} s for rank 0 of run "
+                    f"{self.share.run_id} to open {self.path}; start every rank of the run "
+                    "(the same MASTER_ADDR/MASTER_PORT), then run the same command with --resume"
+                )
             time.sleep(self.poll_s)
-
-    def _check_in(self) -> None:
-        """Hold this rank's lock: the last step of opening (rank 0 joins only once every rank
-        has it, so none comes to a folder already joined and removed)."""
-        name = f"rank-{self.generation}-{self.share.rank}.lock"
-        fd = _flock(self.path / name, fcntl.LOCK_EX if fcntl else 0)
-        if fd is None:
-            raise BadInputError(f"rank {self.share.rank} of this run is already running")
-        self._fds.append(fd)
 
     def _join_run(self, busy: str) -> bool:
         """Drop other runs' locks nobody holds (runs that are gone), refuse a live other run;
@@ -242,6 +218,9 @@ class SharedSink:
                     f"{busy}: processes of an earlier run with the same torchrun id "
                     f"({self.share.run_id}) are still alive; stop them first"
                 )
+            for old in self.path.glob("failed-*.txt"):  # earlier runs' (the generation is new)
+                with contextlib.suppress(OSError):
+                    old.unlink()
             _write_text(gen, uuid.uuid4().hex)
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_SH)
@@ -255,6 +234,146 @@ class SharedSink:
         self._fds.append(fd)
         self.generation = gen.read_text().strip()
         return True
+
+    def _check_in(self) -> None:
+        """Hold this rank's lock: the last step of opening (rank 0 joins only once every rank
+        has it, so none comes to a folder already joined and removed)."""
+        name = f"rank-{self.generation}-{self.share.rank}.lock"
+        fd = _flock(self.path / name, fcntl.LOCK_EX if fcntl else 0)
+        if fd is None:
+            raise BadInputError(f"rank {self.share.rank} of this run is already running")
+        self._fds.append(fd)
+
+    def _unlock(self) -> None:
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+
+    def _absent(self) -> list[int]:
+        """The ranks that have not checked in yet."""
+        return [
+            r
+            for r in range(self.share.world)
+            if not (self.path / f"rank-{self.generation}-{r}.lock").exists()
+        ]
+
+    def _gone(self, rank: int) -> bool:
+        """Rank `rank` of this run started and no longer holds its lock."""
+        p = self.path / f"rank-{self.generation}-{rank}.lock"
+        if not p.exists():
+            return False  # not started yet
+        fd = _flock(p, fcntl.LOCK_EX if fcntl else 0)
+        if fd is None:
+            return False
+        os.close(fd)
+        return True
+
+    def _fail(self, reason: str) -> None:
+        """Leave this rank's failure note (for rank 0 and the ranks still at work)."""
+        if self.generation:
+            with contextlib.suppress(OSError):
+                name = f"failed-{self.generation}-{self.share.rank}.txt"
+                _write_text(self.path / name, " ".join(reason.split()))
+
+    def failure(self) -> str | None:
+        """'rank r failed: reason' when a rank of this run left a failure note."""
+        for p in sorted(self.path.glob(f"failed-{self.generation}-*.txt")):
+            with contextlib.suppress(OSError, ValueError):
+                return f"rank {int(p.stem.rsplit('-', 1)[1])} failed: {p.read_text().strip()}"
+        return None
+
+    def _await_ranks(self, what: str) -> None:
+        """Until every rank has checked in; BttfError after `wait_s` (rank 0 only)."""
+        since = time.monotonic()
+        while absent := self._absent():
+            if time.monotonic() - since > self.share.wait_s:
+                raise self._timeout(absent[0], what)
+            time.sleep(self.poll_s)
+
+    def _timeout(self, rank: int, what: str) -> BttfError:
+        return BttfError(
+            f"rank 0 waited {self.share.wait_s:g} s for rank {rank} of run {self.share.run_id} "
+            f"to start on {self.dst} ({what}); start every rank of the run, then run the same "
+            "command with --resume"
+        )
+
+
+def report_failure(dst: Path, share: Share, reason: str, poll_s: float = 0.2) -> None:
+    """Rank `share.rank` failed on the film `dst` before it opened its work folder: check in
+    with a failure note, so rank 0 gives the film up instead of waiting for this rank (and rank
+    0 waits for the others to come, so none waits for it). Best effort: errors are logged."""
+    folder = _Folder(dst, share, poll_s)
+    try:
+        folder.path.mkdir(exist_ok=True)
+        folder._lock()
+        folder._fail(reason)
+        folder._check_in()
+        if share.rank == 0:
+            folder._await_ranks("to hear that rank 0 failed")
+    except (OSError, BttfError) as e:
+        log.warning("rank %d: could not note the failure on %s (%s)", share.rank, dst, e)
+    finally:
+        folder._unlock()
+
+
+class SharedSink(_Folder):
+    """This rank's segments (`share.owner(k) == rank`) of a film in the shared work folder;
+    rank 0 joins.
+
+    The engine's loop uses it as it uses a `SegmentSink` (see `bttf.pipeline.resume`).
+    """
+
+    empty_ok = True  # a rank may have no segment left to do
+    resumed_frames = 0
+    first_segment = 0
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        job: dict[str, Any],
+        segment_frames: int,
+        stabilized: bool,
+        resume: bool,
+        share: Share,
+        poll_s: float = 0.2,
+    ) -> None:
+        super().__init__(target.dst, share, poll_s)
+        self.target = target
+        self.segment_frames = segment_frames
+        self.warmup, self.job = segment_job(job, segment_frames, stabilized)
+        self.hash = settings_hash(self.job)
+        self.resume = resume
+        self.notices: list[str] = []
+        self.encode_s = 0.0
+        self.done: dict[int, Segment] = {}  # closed segments, by index (earlier runs' too)
+        self.mine: list[Segment] = []  # those this process closed
+        self.film_frames: int | None = None  # known from the packets, or at the source's end
+        self.first_pts: int | None = None
+        self.decoded = 0  # frames this rank decoded (its segments, warm-ups, from keyframes)
+        self.relative = True
+        self._order: deque[int] = deque()  # segments the source started, for the encode thread
+        self._segment: SegmentWriter | None = None
+        self._seg = 0  # the index of the segment being written
+        self._ok = False
+
+    # --- open, leave ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        self.path.mkdir(exist_ok=True)
+        try:
+            self._lock()
+            self._settings()
+            self._adopt()
+            probe = self.path / f"probe-{self.share.rank}{self.target.dst.suffix}"
+            self.relative = keeps_time_base(probe, self._probe)
+            self._check_in()
+        except BaseException as e:
+            self._fail(str(e) or type(e).__name__)
+            self._unlock()
+            raise
+        return self
 
     def _settings(self) -> None:
         if (self.path / "manifest.json").exists():
@@ -311,11 +430,14 @@ class SharedSink:
         vs.time_base = vs.codec_context.time_base = t.info.time_base
         return vs
 
-    def __exit__(self, exc_type, *exc: object) -> None:
+    def __exit__(self, exc_type, exc: BaseException | None, tb: object) -> None:
         if self._segment is not None:
             with contextlib.suppress(Exception):
                 self._segment.writer.close()
             self._segment = None
+        if exc is not None:
+            self._fail(str(exc) or type(exc).__name__)
+            noted(exc)
         self._unlock()
         if exc_type is None and self._ok and self.share.rank == 0:
             shutil.rmtree(self.path, ignore_errors=True)
@@ -327,34 +449,107 @@ class SharedSink:
                 self.path,
             )
 
-    def _unlock(self) -> None:
-        for fd in self._fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._fds.clear()
-
     # --- the stream ----------------------------------------------------------------------------
 
     def owns(self, k: int) -> bool:
-        return k % self.share.world == self.share.rank and k not in self.done
+        return self.share.owner(k) == self.share.rank and k not in self.done
 
     def source(self) -> Iterator[tuple[str, SourceFrame]]:
-        """This rank's segments as ("frame", f), each after its warm-up frames as ("warm", f)."""
+        """This rank's segments as ("frame", f), each after its warm-up frames as ("warm", f):
+        decoded from a seek before each run of them when the packets give every frame's
+        timestamp, else from the film's start."""
+        t = self.target
+        times = None
+        if t.on_decode_error == "repeat":
+            times = frame_times(t.info, t.start, t.duration)
+        if times is None:
+            yield from self._whole_source()
+        elif times:
+            yield from self._seek_source(times)
+        log.info(
+            "rank %d: decoded %d frames (the film has %s)",
+            self.share.rank,
+            self.decoded,
+            self.film_frames,
+        )
+
+    def _whole_source(self) -> Iterator[tuple[str, SourceFrame]]:
         t, n = self.target, self.segment_frames
         frames = read_frames(t.info, t.start, t.duration, on_error=t.on_decode_error)
         i = -1
         with contextlib.closing(frames):
             for i, f in enumerate(frames):
+                self.decoded += 1
                 if self.first_pts is None:
                     self.first_pts = f.pts
                 k, at = divmod(i, n)
                 if self.owns(k):
                     if at == 0:
+                        self._stop_if_failed()
                         self._order.append(k)
                     yield "frame", f
                 elif at >= n - self.warmup and self.owns(k + 1):
                     yield "warm", f
         self.film_frames = i + 1
+
+    def _seek_source(self, times: list[int]) -> Iterator[tuple[str, SourceFrame]]:
+        """Each run of consecutive segments of this rank from a seek before its warm-up."""
+        n = self.segment_frames
+        self.film_frames, self.first_pts = len(times), times[0]
+        runs: list[list[int]] = []
+        for k in range(-(-len(times) // n)):
+            if self.owns(k):
+                if runs and runs[-1][-1] == k - 1:
+                    runs[-1].append(k)
+                else:
+                    runs.append([k])
+        for run in runs:
+            lo = max(0, run[0] * n - self.warmup)
+            yield from self._span(times, lo, run[0] * n, min(len(times), (run[-1] + 1) * n))
+
+    def _span(self, times: list[int], lo: int, first: int, hi: int):
+        """Frames `lo`..`first` - 1 as warm-up and `first`..`hi` - 1 as this rank's, decoded from
+        the keyframe before frame `lo` (further back when the seek lands after it)."""
+        t, info, n = self.target, self.target.info, self.segment_frames
+        back = Fraction(0)
+        while True:
+            seek = times[lo] * info.time_base - back
+            from_start = lo == 0 or seek <= info.start + (to_fraction(t.start) or 0)
+            frames = read_frames(
+                info,
+                t.start,
+                t.duration,
+                on_error=t.on_decode_error,
+                seek=None if from_start else seek,
+            )
+            i = lo
+            with contextlib.closing(frames):
+                for f in frames:
+                    self.decoded += 1
+                    if f.pts < times[lo] and i == lo:
+                        continue
+                    if f.pts != times[i]:
+                        break
+                    if i >= first and (i - first) % n == 0:
+                        self._stop_if_failed()
+                        self._order.append(i // n)
+                    yield ("warm" if i < first else "frame"), f
+                    i += 1
+                    if i == hi:
+                        return
+            if i > lo or from_start:
+                at = float(times[i] * info.time_base - info.start) if i < hi else -1
+                raise BttfError(
+                    f"{info.path}: the frame at {at:.3f} s is not where its packet said; run it "
+                    "in one process (without torchrun)"
+                )
+            back = max(2 * back, Fraction(self.warmup + 2) / (info.rate or 24))
+
+    def _stop_if_failed(self) -> None:
+        """Another rank failed on this film: no use colorizing more of it."""
+        why = self.failure()
+        if why is not None:
+            raise BttfError(f"{self.dst} was given up: {why}")
 
     def write(self, f: SourceFrame, cb: np.ndarray, cr: np.ndarray) -> None:
         if self._segment is None:
@@ -420,9 +615,11 @@ class SharedSink:
         self._ok = True
 
     def _wait(self, count: int) -> None:
-        """Until every segment's `.json` is there and every rank has opened the folder;
-        BttfError when a segment's rank is gone without it."""
+        """Until every segment's `.json` is there and every rank has checked in; BttfError when
+        a rank failed (its note), when a segment's rank is gone without it, or when a rank has
+        not come after `wait_s`."""
         fields = set(Segment.__dataclass_fields__)
+        since = time.monotonic()
         while True:
             missing = [k for k in range(count) if k not in self.done]
             for k in missing:
@@ -430,32 +627,26 @@ class SharedSink:
                     raw = json.loads((self.path / f"seg-{k:05d}.json").read_text())
                     self.done[k] = Segment(**{a: b for a, b in raw.items() if a in fields})
             missing = [k for k in missing if k not in self.done]
-            rank_locks = (
-                self.path / f"rank-{self.generation}-{r}.lock" for r in range(self.share.world)
-            )
-            if not missing and all(p.exists() for p in rank_locks):
-                return
-            if not missing:
-                time.sleep(self.poll_s)
-                continue
-            k = missing[0]
-            if self._gone(k % self.share.world) and not (self.path / f"seg-{k:05d}.json").exists():
+            why = self.failure()
+            if why is not None:
                 raise BttfError(
-                    f"rank {k % self.share.world} stopped before finishing segment {k} of "
-                    f"{self.target.dst}; run the same command with --resume to finish it"
+                    f"{self.dst} was given up: {why} (the closed segments are kept: fix that, "
+                    "then run the same command with --resume)"
                 )
+            absent = self._absent()
+            if not missing and not absent:
+                return
+            if absent and time.monotonic() - since > self.share.wait_s:
+                raise self._timeout(absent[0], f"{len(missing)} segments missing")
+            if missing:
+                k = missing[0]
+                r = self.share.owner(k)
+                if self._gone(r) and not (self.path / f"seg-{k:05d}.json").exists():
+                    raise BttfError(
+                        f"rank {r} stopped before finishing segment {k} of "
+                        f"{self.dst}; run the same command with --resume to finish it"
+                    )
             time.sleep(self.poll_s)
-
-    def _gone(self, rank: int) -> bool:
-        """Rank `rank` of this run started and no longer holds its lock."""
-        p = self.path / f"rank-{self.generation}-{rank}.lock"
-        if not p.exists():
-            return False  # not started yet
-        fd = _flock(p, fcntl.LOCK_EX if fcntl else 0)
-        if fd is None:
-            return False
-        os.close(fd)
-        return True
 
     def _join(self, segs: list[Segment]) -> None:
         t, info = self.target, self.target.info
@@ -483,3 +674,15 @@ class SharedSink:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+
+
+def noted(exc: BaseException) -> None:
+    """Mark `exc` as left in a work folder's failure note (see `was_noted`)."""
+    with contextlib.suppress(AttributeError, TypeError):
+        exc.bttf_share_noted = True  # type: ignore[attr-defined]
+
+
+def was_noted(exc: BaseException) -> bool:
+    """Whether a `SharedSink` left `exc` as this rank's failure note (else the caller should
+    `report_failure`)."""
+    return bool(getattr(exc, "bttf_share_noted", False))
