@@ -159,7 +159,10 @@ def _colorize_folder(src: str, out: str | None, config, quiet: bool) -> None:
         bars.close()
         if item.status == FAILED:
             where = "" if str(item.src) in item.reason else f"{item.src}: "
-            click.echo(f"bttf: error: {tag}{where}{item.reason}", err=True)
+            if world > 1 and rank > 0:  # rank 0 reports the films and sets the exit code
+                click.echo(f"{tag}{where}failed here: {item.reason}", err=True)
+            else:
+                click.echo(f"bttf: error: {tag}{where}{item.reason}", err=True)
         for n in item.notices if not quiet else ():
             console.print(f"  note: {escape(n)}", highlight=False)
 
@@ -168,7 +171,7 @@ def _colorize_folder(src: str, out: str | None, config, quiet: bool) -> None:
             src, out_dir, config, on_start=on_start, on_done=on_done, progress_for=progress_for
         )
     if not quiet:
-        shard = f" (rank {rank} of {world}: {len(result.items)} of {result.total} films)"
+        shard = f" (rank {rank} of {world}, sharing segments; frames: this rank's)"
         table = Table(title=f"{src} -> {out_dir}{shard if world > 1 else ''}")
         for col, justify in (
             ("film", "left"),
@@ -193,7 +196,7 @@ def _colorize_folder(src: str, out: str | None, config, quiet: bool) -> None:
             f"{result.count(FAILED)} failed",
             highlight=False,
         )
-    if not result.ok:
+    if not result.ok and (rank == 0 or not result.shared):  # (torchrun stops all on an exit 1)
         raise click.exceptions.Exit(1)
 
 
@@ -249,6 +252,13 @@ def _colorize_folder(src: str, out: str | None, config, quiet: bool) -> None:
 )
 @click.option("--no-audio", is_flag=True, help="Leave the audio out.")
 @click.option(
+    "--fields/--no-fields",
+    default=None,
+    help="Colour each field of an interlaced film on its own, so what moves between the two "
+    "fields of a frame keeps its colour (--fields also for a film flagged progressive that is "
+    "interlaced; --no-fields: whole frames). [default: when the film says it is interlaced]",
+)
+@click.option(
     "--on-decode-error",
     type=click.Choice(["repeat", "skip", "fail"]),
     default="repeat",
@@ -281,6 +291,7 @@ def colorize_cmd(
     start: float | None,
     duration: float | None,
     no_audio: bool,
+    fields: bool | None,
     on_decode_error: str,
     segment_frames: int | None,
     resume: bool,
@@ -298,8 +309,8 @@ def colorize_cmd(
 
     A folder: each film goes to OUTDIR/NAME.mp4; existing outputs are skipped, failures
     reported; exit code 1 if any failed. Under torchrun --nproc_per_node=N (or with RANK and
-    WORLD_SIZE set), process r takes films r, r+N, … on GPU LOCAL_RANK; one film: the processes
-    share its segments (--segment-frames) and rank 0 joins them.
+    WORLD_SIZE set), the processes share the segments (--segment-frames) of the film, or of all
+    the films of the folder, each on GPU LOCAL_RANK; rank 0 joins them and reports.
     """
     from bttf.pipeline import colorize_image, colorize_video
     from bttf.pipeline.media import is_image_path
@@ -313,6 +324,7 @@ def colorize_cmd(
         start=start,
         duration=duration,
         audio=not no_audio,
+        fields=fields,
         overwrite=overwrite,
         on_decode_error=on_decode_error,
         segment_frames=segment_frames,

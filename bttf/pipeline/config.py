@@ -53,6 +53,10 @@ class ColorizeConfig:
         afresh when there is nothing to continue; forces segments).
     keyframes: a folder of frames coloured by hand, named by the film's frame index
         (`bttf.pipeline.keyframes`): their colour is carried through their shots.
+    fields: colour an interlaced film field by field (`bttf.pipeline.fields`), so what moves
+        between the two fields of a frame keeps its colour; None = when the source says it is
+        interlaced; True also for a source flagged progressive (top field first unless it
+        names an order); False = whole frames.
     """
 
     model: str | None = None
@@ -78,6 +82,7 @@ class ColorizeConfig:
     segment_frames: int = DEFAULT_SEGMENT_FRAMES
     resume: bool = False
     keyframes: Path | None = None
+    fields: bool | None = None
 
     def __post_init__(self) -> None:
         def bad(what: str) -> BadInputError:

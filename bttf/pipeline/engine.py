@@ -38,13 +38,13 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bttf.errors import BadInputError
 from bttf.pipeline.config import ColorizeConfig, ColorizeStats, ProgressCallback
 from bttf.pipeline.decode import VideoInfo, probe_video
 from bttf.pipeline.encode import OUTPUT_PIX_FMTS, EncodeSettings, plan_encode
+from bttf.pipeline.fields import FieldChroma, FieldPreparer, by_fields, top_field_first
 from bttf.pipeline.media import (
     Consumer,
     Producer,
@@ -62,6 +62,7 @@ from bttf.pipeline.stages import (
     ModelStage,
     PreparedFrame,
     Preparer,
+    model_input,
     render_dims,
 )
 from bttf.runtime import resolve_device, share_heap, torch_threads
@@ -207,7 +208,7 @@ class _Stages:
     prepare: Preparer
     model: ModelStage
     colour: ColourStage
-    chroma: ChromaStage
+    chroma: ChromaStage | FieldChroma
     batch_size: int
     overlap: bool  # CPU: colour and chroma on threads of their own
 
@@ -318,7 +319,7 @@ def _stream(
     def run(batch: list[PreparedFrame]) -> None:
         nonlocal done, out_hw
         t0 = time.perf_counter()
-        small = np.stack([p.small for p in batch])
+        small = model_input(batch)
         plan = s.colour.plan(small, out_hw)  # its flow work beside the model's
         out = s.model(small)
         out_hw = tuple(out.shape[-2:])
@@ -426,6 +427,13 @@ def _build_stages(
         batch_size=config.batch_size,
         overlap=overlap and device.type == "cpu",
     )
+    if by_fields(info, config.fields):  # interlaced: each frame's two fields coloured apart
+        top = top_field_first(info)
+        log.info(
+            "%s: coloured field by field, %s field first", info.path, "top" if top else "bottom"
+        )
+        stages.prepare = FieldPreparer(info, (rh, rw), rotate_k, chroma_hw, top)
+        stages.chroma = FieldChroma(stages.chroma, chroma_hw[0], top)
     return stages, model_hw
 
 
@@ -461,7 +469,8 @@ def _make_sink(
     return kind(
         target,
         job=_job_settings(src, config, colorizer, model_hw, stabilizer is not None, size)
-        | {"codec": settings.codec},  # the one OUTPUT's suffix picked when config.codec is None
+        | {"codec": settings.codec}  # the one OUTPUT's suffix picked when config.codec is None
+        | ({"fields": True} if by_fields(info, config.fields) else {}),
         segment_frames=config.segment_frames or DEFAULT_SEGMENT_FRAMES,
         stabilized=stabilizer is not None,
         resume=config.resume,

@@ -92,7 +92,8 @@ class Preparer:
         self.chroma_hw = chroma_hw
         self.lut = gray_lut(info.bits, info.full_range)
 
-    def __call__(self, f: SourceFrame) -> PreparedFrame:
+    def luma(self, f: SourceFrame) -> np.ndarray:
+        """The frame's Y plane at the film's size (a frame of another size is resized)."""
         info, y = self.info, f.y
         if y.shape != (info.height, info.width):
             log.warning(
@@ -104,10 +105,22 @@ class Preparer:
                 info.height,
             )
             y = f.y = resize_plane(y, (info.height, info.width))
+        return y
+
+    def __call__(self, f: SourceFrame) -> PreparedFrame:
+        y = self.luma(f)
         small = self.lut[resize_plane(y, self.render_hw)]
         if self.rotate_k:
             small = np.ascontiguousarray(np.rot90(small, self.rotate_k))
         return PreparedFrame(f, small, self.lut[resize_plane(y, self.chroma_hw)])
+
+
+def model_input(batch: list[PreparedFrame]) -> np.ndarray:
+    """The gray images the model sees for `batch`: (N, h, w) uint8, one a frame; (2N, h, w)
+    when each frame is split in its two fields (`bttf.pipeline.fields`), first field first."""
+    if batch[0].small.ndim == 2:
+        return np.stack([p.small for p in batch])
+    return np.concatenate([p.small for p in batch])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,7 +263,7 @@ class ColourStage:
             return
         self.stabilizer.reset()
         for i in range(0, len(warmup), batch_size):
-            small = np.stack([p.small for p in warmup[i : i + batch_size]])
+            small = model_input(warmup[i : i + batch_size])
             out = model.run(small)
             t0 = time.perf_counter()
             with torch.inference_mode():
