@@ -179,14 +179,16 @@ def hush_encoder(codec: str) -> None:
         os.environ["SVT_LOG"] = "3" if _verbose() else "1"  # 1 error, 3 info
 
 
-def _try_open(settings: EncodeSettings, width: int, height: int, time_base: Fraction) -> str | None:
+def _try_open(
+    settings: EncodeSettings, width: int, height: int, time_base: Fraction, field_order: int = 0
+) -> str | None:
     """None when the encoder opens with these settings, else FFmpeg's reason."""
     try:
         ctx = av.CodecContext.create(settings.codec, "w")
         ctx.width, ctx.height, ctx.pix_fmt = width, height, settings.pix_fmt
         ctx.time_base = time_base
         ctx.framerate = Fraction(24)  # SVT-AV1 takes 1 / time_base otherwise: 90000 fps
-        ctx.options = settings.options()
+        ctx.options = interlaced_options(settings.codec, settings.options(), field_order)
         ctx.open()
         with contextlib.suppress(Exception):
             ctx.close()
@@ -196,13 +198,19 @@ def _try_open(settings: EncodeSettings, width: int, height: int, time_base: Frac
 
 
 def plan_encode(
-    settings: EncodeSettings, width: int, height: int, time_base: Fraction
+    settings: EncodeSettings,
+    width: int,
+    height: int,
+    time_base: Fraction,
+    field_order: int = 0,
 ) -> tuple[int, int]:
     """Check the encoder accepts the settings and return the size to encode at.
 
     Odd sizes are kept when the encoder can (ffv1, VP9 …). H.264/HEVC 4:2:0 cannot represent an
     odd width or height at all (their cropping works in whole chroma samples), so those are
-    padded by one row/column repeating the edge, with a warning.
+    padded by one row/column repeating the edge, with a warning. Interlaced (`field_order`),
+    each field needs whole chroma rows: x264 4:2:0 takes heights in fours, so 50 rows become
+    52, the extra rows repeating the last row of their own field.
     """
     if settings.pix_fmt not in OUTPUT_PIX_FMTS:
         raise BadInputError(
@@ -216,21 +224,24 @@ def plan_encode(
     if codec.type != "video":
         raise BadInputError(f"--codec {settings.codec} is not a video encoder")
     hush_encoder(settings.codec)
-    reason = _try_open(settings, width, height, time_base)
+    reason = _try_open(settings, width, height, time_base, field_order)
     if reason is None:
         return width, height
     sx, sy, _ = OUTPUT_PIX_FMTS[settings.pix_fmt]
+    sy += field_order in FIELD_ORDERS  # interlaced: whole chroma rows in each field
     pw, ph = -(-width // (1 << sx)) << sx, -(-height // (1 << sy)) << sy
-    if (pw, ph) != (width, height) and _try_open(settings, pw, ph, time_base) is None:
+    if (pw, ph) != (width, height) and _try_open(settings, pw, ph, time_base, field_order) is None:
         log.warning(
-            "%s cannot encode %s at the odd size %dx%d; padding to %dx%d (the extra row/column "
-            "repeats the edge; use --pix-fmt yuv444p to keep the size)",
+            "%s cannot encode %s%s at %dx%d; padding to %dx%d (the extra rows/columns repeat "
+            "the edge; use --pix-fmt yuv444p%s to keep the size)",
             settings.codec,
+            "interlaced " if field_order in FIELD_ORDERS else "",
             settings.pix_fmt,
             width,
             height,
             pw,
             ph,
+            " or --codec ffv1" if field_order in FIELD_ORDERS else "",
         )
         return pw, ph
     raise BadInputError(
@@ -327,7 +338,11 @@ class VideoWriter:
         y = convert_depth(y, bits, self.bits)
         h, w = y.shape
         if (h, w) != (self.height, self.width):
-            y = np.pad(y, ((0, self.height - h), (0, self.width - w)), mode="edge")
+            # interlaced: a padded row repeats the last row of its own field (reflect: row h
+            # is row h - 2, row h + 1 is row h - 3)
+            mode = "reflect" if self.info.field_order in FIELD_ORDERS and h > 3 else "edge"
+            y = np.pad(y, ((0, self.height - h), (0, 0)), mode=mode)
+            y = np.pad(y, ((0, 0), (0, self.width - w)), mode="edge")
         dtype = np.uint8 if self.bits == 8 else np.dtype("<u2")
         for plane, data in zip(frame.planes, (y, cb, cr)):
             item = np.dtype(dtype).itemsize

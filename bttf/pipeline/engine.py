@@ -516,7 +516,7 @@ def colorize_video(
     share_heap()
     src, dst, info = _open_input(src, dst, config)
     settings = config.encode_settings(dst)
-    size = plan_encode(settings, info.width, info.height, info.time_base)
+    size = plan_encode(settings, info.width, info.height, info.time_base, info.field_order)
     device = resolve_device(share.device(config.device) if share else config.device)
     built = colorizer is None
     colorizer = build_colorizer(config, device) if built else prepare_colorizer(colorizer, device)
