@@ -234,9 +234,10 @@ def _colorize_folder(src: str, out: str | None, config, quiet: bool) -> None:
 @click.option(
     "--pix-fmt",
     type=PixFmtParam(),
-    default="yuv420p",
-    show_default=True,
-    help="Output pixel format: yuv420p, yuv422p, yuv444p or their 10-bit p10le forms.",
+    default=None,
+    help="Output pixel format: yuv420p, yuv422p, yuv444p or their 10-bit p10le forms. "
+    "[default: yuv420p; for a 10-bit source (ProRes, 10-bit HEVC) its 10-bit form, luma "
+    "kept at full depth, where the encoder takes it]",
 )
 @click.option(
     "--start",
@@ -287,7 +288,7 @@ def colorize_cmd(
     codec: str | None,
     crf: int,
     preset: str,
-    pix_fmt: str,
+    pix_fmt: str | None,
     start: float | None,
     duration: float | None,
     no_audio: bool,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from bttf.errors import BadInputError
 from bttf.models.bins import check_unsure
-from bttf.pipeline.decode import DECODE_ERROR_POLICIES
-from bttf.pipeline.encode import OUTPUT_PIX_FMTS, EncodeSettings, codec_for
+from bttf.pipeline.decode import DECODE_ERROR_POLICIES, VideoInfo
+from bttf.pipeline.encode import OUTPUT_PIX_FMTS, EncodeSettings, codec_for, output_pix_fmt
 from bttf.pipeline.segments import DEFAULT_SEGMENT_FRAMES
 
 #: `progress(done, total)`: frames written so far and the expected total (None if unknown).
@@ -40,7 +40,9 @@ class ColorizeConfig:
         optical flow is trusted (0 = frame by frame); None = its measured default.
     codec, crf, preset, pix_fmt: the video encoder (crf/preset are passed when not None; for
         VP9 the preset becomes libvpx's cpu-used); codec None: OUTPUT's suffix picks it
-        (libvpx-vp9 for .webm, else libx264).
+        (libvpx-vp9 for .webm, else libx264); pix_fmt None: by the source
+        (`bttf.pipeline.encode.output_pix_fmt`: yuv420p for 8-bit sources, 10-bit output for
+        deeper ones where the encoder takes it).
     start, duration: seconds, like ffmpeg's -ss and -t (output timestamps then start at 0).
     audio: keep the source's audio streams.
     overwrite: replace an existing output file.
@@ -72,7 +74,7 @@ class ColorizeConfig:
     codec: str | None = None
     crf: int | None = 18
     preset: str | None = "medium"
-    pix_fmt: str = "yuv420p"
+    pix_fmt: str | None = None
     start: float | None = None
     duration: float | None = None
     audio: bool = True
@@ -109,7 +111,7 @@ class ColorizeConfig:
             raise bad(f"temporal_strength must be in 0..1, got {self.temporal_strength}")
         if self.threads is not None and self.threads < 1:
             raise bad(f"threads must be at least 1, got {self.threads}")
-        if self.pix_fmt not in OUTPUT_PIX_FMTS:
+        if self.pix_fmt is not None and self.pix_fmt not in OUTPUT_PIX_FMTS:
             raise bad(f"pix_fmt {self.pix_fmt!r}; choose one of {', '.join(OUTPUT_PIX_FMTS)}")
         if self.on_decode_error not in DECODE_ERROR_POLICIES:
             raise bad(
@@ -121,11 +123,17 @@ class ColorizeConfig:
         if self.resume and self.segment_frames == 0:
             raise bad("resume needs segments; give segment_frames > 0")
 
-    def encode_settings(self, dst: str | Path | None = None) -> EncodeSettings:
+    def encode_settings(
+        self, dst: str | Path | None = None, info: VideoInfo | None = None
+    ) -> EncodeSettings:
         """The encoder for OUTPUT `dst`: `codec`, or the one its suffix picks (VP9 for .webm,
-        else libx264; a .gif is refused with a pointer to `bttf gif`)."""
+        else libx264; a .gif is refused with a pointer to `bttf gif`); `pix_fmt`, or the one
+        the source `info` calls for (yuv420p without one)."""
         codec = codec_for(dst, self.codec) if dst is not None else self.codec or "libx264"
-        return EncodeSettings(codec=codec, crf=self.crf, preset=self.preset, pix_fmt=self.pix_fmt)
+        pix_fmt = self.pix_fmt
+        if pix_fmt is None:
+            pix_fmt = output_pix_fmt(codec, info.bits, info.pix_fmt) if info else "yuv420p"
+        return EncodeSettings(codec=codec, crf=self.crf, preset=self.preset, pix_fmt=pix_fmt)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,33 @@ OUTPUT_PIX_FMTS = {
 }
 
 
+def _encoder_formats(codec: str) -> set[str]:
+    try:
+        return {f.name for f in av.codec.Codec(codec, "w").video_formats or ()}
+    except (av.codec.codec.UnknownCodecError, av.FFmpegError, ValueError):
+        return set()  # (plan_encode names the unknown codec)
+
+
+def output_pix_fmt(codec: str, bits: int, source_pix_fmt: str) -> str:
+    """The output's pixel format when none is asked for.
+
+    An 8-bit source: yuv420p, as players expect. A deeper one (ProRes, 10-bit HEVC …): 10 bits,
+    in the source's chroma subsampling when the encoder takes it (yuv422p10le for ProRes
+    4:2:2), else another 10-bit format it takes; 8 bits only when it takes none. An encoder
+    that takes no yuv420p (ProRes) gets the first of `OUTPUT_PIX_FMTS` it takes.
+    """
+    formats = _encoder_formats(codec)
+    if bits > 8:
+        sub = next((k for k in ("444", "422") if k in source_pix_fmt), "420")
+        order = [f"yuv{sub}p10le", "yuv420p10le", "yuv422p10le", "yuv444p10le"]
+        found = next((f for f in order if f in formats), None)
+        if found:
+            return found
+    if not formats or "yuv420p" in formats:
+        return "yuv420p"
+    return next((f for f in OUTPUT_PIX_FMTS if f in formats), "yuv420p")
+
+
 def convert_depth(y: np.ndarray, bits_in: int, bits_out: int) -> np.ndarray:
     """Re-quantize integer code values between bit depths (exact when widening)."""
     if bits_in == bits_out:

@@ -469,7 +469,8 @@ def _make_sink(
     return kind(
         target,
         job=_job_settings(src, config, colorizer, model_hw, stabilizer is not None, size)
-        | {"codec": settings.codec}  # the one OUTPUT's suffix picked when config.codec is None
+        # the codec OUTPUT's suffix picked, the pixel format the source did (when not given)
+        | {"codec": settings.codec, "pix_fmt": settings.pix_fmt}
         | ({"fields": True} if by_fields(info, config.fields) else {}),
         segment_frames=config.segment_frames or DEFAULT_SEGMENT_FRAMES,
         stabilized=stabilizer is not None,
@@ -515,7 +516,7 @@ def colorize_video(
     t_begin = time.perf_counter()
     share_heap()
     src, dst, info = _open_input(src, dst, config)
-    settings = config.encode_settings(dst)
+    settings = config.encode_settings(dst, info)
     size = plan_encode(settings, info.width, info.height, info.time_base, info.field_order)
     device = resolve_device(share.device(config.device) if share else config.device)
     built = colorizer is None

@@ -1,0 +1,100 @@
+"""10-bit sources keep 10-bit output (#21): the output's luma is the source's own at full depth,
+in the source's chroma subsampling where the encoder takes it, HDR colour tags kept; 8-bit
+sources are unchanged (yuv420p)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from conftest import make_video
+
+import bttf
+from bttf.pipeline import ColorizeConfig
+from bttf.pipeline.encode import output_pix_fmt
+
+FAST = {"render_size": 32, "batch_size": 4, "preset": "ultrafast", "device": "cpu", "threads": 1}
+BT2020, PQ = 9, 16  # AVColorPrimaries / AVColorTransferCharacteristic (matrix BT.2020 NCL: 9)
+
+
+def ten_bit_clip(path: Path, pix_fmt: str, frames: int = 4) -> list[np.ndarray]:
+    """An ffv1 film of random 10-bit luma (not multiples of 4: an 8-bit trip would show),
+    tagged HDR10 (BT.2020, PQ); returns its Y planes."""
+    rng = np.random.default_rng(1)
+    ys = [rng.integers(64, 941, (48, 64), dtype=np.uint16) for _ in range(frames)]
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("ffv1", rate=24)
+        vs.width, vs.height, vs.pix_fmt = 64, 48, pix_fmt
+        cc = vs.codec_context
+        cc.color_primaries, cc.color_trc, cc.colorspace, cc.color_range = BT2020, PQ, 9, 1
+        for i, y in enumerate(ys):
+            f = av.VideoFrame(64, 48, pix_fmt)
+            for k, p in enumerate(f.planes):
+                a = np.frombuffer(p, "<u2").reshape(p.height, p.line_size // 2)
+                a[:, : p.width] = y if k == 0 else 512
+            f.pts, f.time_base = i, Fraction(1, 24)
+            f.color_primaries, f.color_trc, f.colorspace, f.color_range = BT2020, PQ, 9, 1
+            out.mux(vs.encode(f))
+        out.mux(vs.encode(None))
+    return ys
+
+
+def luma_of(path: Path) -> tuple[str, list[np.ndarray], av.codec.context.CodecContext]:
+    with av.open(str(path)) as c:
+        frames = list(c.decode(video=0))
+        cc = c.streams.video[0].codec_context
+        ys = []
+        for f in frames:
+            p = f.planes[0]
+            a = np.frombuffer(p, "<u2").reshape(p.height, p.line_size // 2)
+            ys.append(a[:, : p.width].copy())
+        return frames[0].format.name, ys, (cc.color_primaries, cc.color_trc, cc.colorspace)
+
+
+@pytest.mark.parametrize("source", ["yuv420p10le", "yuv422p10le"])
+def test_a_10_bit_film_keeps_its_own_10_bit_luma(tmp_path: Path, source: str) -> None:
+    """It came out 8-bit 4:2:0: the luma lost its two low bits. (ffv1: lossless, so the
+    comparison sees the pipeline, not the encoder.)"""
+    src = tmp_path / "in.mkv"
+    ys = ten_bit_clip(src, source)
+    stats = bttf.colorize_video(src, tmp_path / "out.mkv", ColorizeConfig(**FAST, codec="ffv1"))
+    fmt, out_ys, tags = luma_of(stats.output)
+    assert fmt == source
+    assert all(np.array_equal(a, b) for a, b in zip(ys, out_ys, strict=True))
+    assert tags == (BT2020, PQ, 9)
+
+
+@pytest.mark.parametrize(("source", "suffix"), [("yuv420p10le", ".mp4"), ("yuv422p10le", ".mov")])
+def test_a_10_bit_film_through_x264_is_10_bit(tmp_path: Path, source: str, suffix: str) -> None:
+    """The default encoder too: 10 bits in the source's subsampling (ProRes 4:2:2 -> 4:2:2)."""
+    src = tmp_path / "in.mkv"
+    ys = ten_bit_clip(src, source)
+    stats = bttf.colorize_video(src, tmp_path / f"out{suffix}", ColorizeConfig(**FAST))
+    fmt, out_ys, tags = luma_of(stats.output)
+    assert fmt == source and tags == (BT2020, PQ, 9)
+    # lossy (x264 at 10 bits is lossless only at qp 0, which bttf does not expose)
+    assert max(np.abs(a.astype(int) - b).max() for a, b in zip(ys, out_ys, strict=True)) < 64
+
+
+def test_an_8_bit_film_is_unchanged_and_prores_gets_a_format_it_takes(tmp_path: Path) -> None:
+    src = make_video(tmp_path / "in.mp4", frames=3, audio=None)
+    stats = bttf.colorize_video(src, tmp_path / "out.mp4", ColorizeConfig(**FAST))
+    with av.open(str(stats.output)) as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv420p"
+    # ProRes takes no yuv420p: the default refused it ("the encoder prores_ks refuses …")
+    stats = bttf.colorize_video(
+        src, tmp_path / "out.mov", ColorizeConfig(**FAST, codec="prores_ks")
+    )
+    with av.open(str(stats.output)) as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv422p10le"
+
+
+def test_output_pix_fmt_by_source_and_encoder() -> None:
+    assert output_pix_fmt("libx264", 8, "yuv422p") == "yuv420p"
+    assert output_pix_fmt("libx265", 10, "yuv420p10le") == "yuv420p10le"
+    assert output_pix_fmt("prores_ks", 10, "yuv420p10le") == "yuv422p10le"
+    assert output_pix_fmt("libvpx-vp9", 10, "yuv420p10le") == "yuv420p"  # this libvpx: 8-bit only
+    assert output_pix_fmt("libsvtav1", 12, "yuv444p12le") == "yuv420p10le"
