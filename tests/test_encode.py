@@ -280,6 +280,41 @@ def test_timecode_track_is_carried_without_a_dropped_notice(tmp_path: Path) -> N
     assert not stats.notices
 
 
+def test_a_packet_the_muxer_refuses_is_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """An MKV whose AAC audio has two packets at the same time (Matroska takes that; MP4's
+    muxer refuses it): one line naming the container, the stream, its codec and the time, and
+    the way out; nothing written. The advice works: the same film into .mkv."""
+    import av
+
+    from bttf.cli import main
+
+    made = make_video(tmp_path / "made.mkv", frames=24, audio="aac")
+    src = tmp_path / "in.mkv"
+    with av.open(str(made)) as inp, av.open(str(src), "w") as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
+        n, last = 0, None
+        for p in inp.demux():
+            if not p.size:
+                continue
+            if p.stream.type == "audio":
+                n += 1
+                if n == 10:  # the 10th audio packet at the 9th's time
+                    p.pts, p.dts = last
+                last = p.pts, p.dts
+            p.stream = streams[p.stream.index]
+            out.mux(p)
+    args = ["colorize", str(src), "--render-size", "32", "--device", "cpu", "-q"]
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "-o", str(tmp_path / "out.mp4")])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1
+    assert "the mp4 muxer refused the aac audio of stream #1 at 0.149 s" in err
+    assert "--no-audio" in err and "write .mkv" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mkv", "made.mkv"]
+    main([*args, "-o", str(tmp_path / "out.mkv")])
+    assert (tmp_path / "out.mkv").is_file()
+
+
 # --- interlaced input (#21 item 5, the encoding half) -----------------------------------------
 
 
