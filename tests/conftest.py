@@ -19,6 +19,15 @@ def shared_dir() -> Path:
     return SHARED
 
 
+@pytest.fixture(autouse=True)
+def weights_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> Path:
+    """bttf's weights cache (converted copies of .pth files) in a temporary folder, never the
+    user's own."""
+    path = tmp_path_factory.getbasetemp() / "bttf-cache"
+    monkeypatch.setenv("BTTF_CACHE_DIR", str(path))
+    return path / "weights"
+
+
 def stray_threads(timeout: float = 10.0) -> list[str]:
     """The engine's threads (named "bttf-...") still alive after waiting up to `timeout` s:
     a thread whose executor was shut down without waiting exits a moment later, so a fixed

@@ -185,6 +185,18 @@ class MLP(nn.Module):
         return x
 
 
+class Table(nn.Module):
+    """Learned vectors used whole (the official `nn.Embedding`s, key `weight`, never looked up).
+    Not an `nn.Embedding`: its `normal_` init on the meta device, where a model to be loaded is
+    built, makes torch import sympy (1.4 s, once a process); here init is skipped there."""
+
+    def __init__(self, rows: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(rows, dim))
+        if not self.weight.is_meta:
+            nn.init.normal_(self.weight)
+
+
 class MultiScaleColorDecoder(nn.Module):
     """Colour queries attending to three scales of the pixel decoder in turn."""
 
@@ -204,9 +216,9 @@ class MultiScaleColorDecoder(nn.Module):
         )
         self.transformer_ffn_layers = nn.ModuleList(FFNLayer(hidden) for _ in range(layers))
         self.decoder_norm = nn.LayerNorm(hidden)
-        self.query_feat = nn.Embedding(queries, hidden)
-        self.query_embed = nn.Embedding(queries, hidden)
-        self.level_embed = nn.Embedding(len(in_channels), hidden)
+        self.query_feat = Table(queries, hidden)
+        self.query_embed = Table(queries, hidden)
+        self.level_embed = Table(len(in_channels), hidden)
         self.input_proj = nn.ModuleList(nn.Conv2d(c, hidden, 1) for c in in_channels)
         self.color_embed = MLP(hidden, 3)
 

@@ -37,6 +37,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 Y_RANGE = (-3.0, 3.0)
 
 
+def imagenet_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet's mean and std, (1, 3, 1, 1) float32 on `device`. Made at each call rather than
+    kept as buffers: no weights file holds them, and a model built on the meta device to be
+    loaded (`bttf.models.weights.build_loaded`) must get every tensor from its file."""
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    return mean, torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+
+
 class SpectralConv(nn.Module):
     """A 1-D or 2-D convolution under eval-mode spectral norm (keys `weight_orig`, `weight_u`,
     `weight_v`, optional `bias`, as `torch.nn.utils.spectral_norm` stores them)."""
@@ -51,7 +59,8 @@ class SpectralConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(cout)) if bias else None
         self.register_buffer("weight_u", torch.empty(cout))
         self.register_buffer("weight_v", torch.empty(cin * kernel**dims))
-        nn.init.kaiming_normal_(self.weight_orig)
+        if not self.weight_orig.is_meta:  # see `WeightNormConv`
+            nn.init.kaiming_normal_(self.weight_orig)
         self.power_iteration(steps=3, seed=True)
 
     @torch.no_grad()
@@ -84,10 +93,13 @@ class WeightNormConv(nn.Module):
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
         self.weight_v = nn.Parameter(torch.empty(cout, cin, 1, 1))
-        nn.init.kaiming_normal_(self.weight_v)
-        self.weight_g = nn.Parameter(
-            self.weight_v.detach().flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-        )
+        self.weight_g = nn.Parameter(torch.empty(cout, 1, 1, 1))
+        # No init on the meta device, where a model to be loaded is built: torch's meta
+        # `normal_` and `norm` import sympy (1.3 s, once a process); the file brings the values.
+        if not self.weight_v.is_meta:
+            nn.init.kaiming_normal_(self.weight_v)
+            with torch.no_grad():
+                self.weight_g.copy_(self.weight_v.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
         self.bias = nn.Parameter(torch.zeros(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -323,8 +335,6 @@ class DeOldify(nn.Module):
                 conv_block(up + 3, 3, 1, activ=False, batchnorm=False),
             ]
         )
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     @staticmethod
     def _blocks(variant: str, ni: int, skips: list[int]) -> tuple[list[nn.Module], int]:
@@ -366,12 +376,14 @@ class DeOldify(nn.Module):
         """L -> the generator's input: gray sRGB (R = G = B) normalised with ImageNet statistics."""
         zeros = torch.zeros_like(L)
         gray = lab_to_rgb(torch.cat([L, zeros, zeros], dim=1))
-        return (gray - self.mean) / self.std
+        mean, std = imagenet_stats(L.device)
+        return (gray - mean) / std
 
     def rgb(self, L: torch.Tensor) -> torch.Tensor:
         """DeOldify's colour image for L: sRGB (N, 3, H, W) in [0, 1]."""
         out = self.generate(self.normalise(L))
-        return (out * self.std + self.mean).clamp(0, 1)
+        mean, std = imagenet_stats(L.device)
+        return (out * std + mean).clamp(0, 1)
 
     def forward(self, L: torch.Tensor) -> torch.Tensor:
         """L (N, 1, H, W) in [0, 100] -> ab (N, 2, H, W) of DeOldify's colour image."""

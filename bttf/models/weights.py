@@ -9,9 +9,16 @@ colorizer, training, `eval` and `compare` all ask these two.
 Two formats come in:
   - bttf's own `.safetensors`: the metadata names the model and the keyword arguments it was
     built with, so a path alone is enough to rebuild it (`format = "bttf-1"`);
-  - an official PyTorch `.pth` / `.pt` state dict (Zhang et al.'s eccv16 and siggraph17
-    releases), read with `torch.load(weights_only=True)` only: no pickle ever runs code here.
-    The architecture is recognised from the key set when the caller does not name it.
+  - an official PyTorch `.pth` / `.pt` state dict (Zhang et al.'s, DeOldify's, DDColor's
+    releases), read with `torch.load(weights_only=True)` or the restricted unpickler
+    (`safe_pickle`): no pickle ever runs code here. After the first read a converted
+    safetensors copy is kept in bttf's weights cache and read instead while the source is
+    unchanged (`bttf.models.converted`). The architecture is recognised from the key set when
+    the caller does not name it; where several models share the keys (DeOldify stable and
+    video, DDColor's three large models) the file's SHA-256 or released name must tell which.
+
+A model that is about to get weights is built on the meta device (no random init, no memory)
+and the file's tensors are assigned into it (`build_loaded`).
 
 Loading is strict: every key must be there with the right shape, and nothing extra may come
 with it. The errors name the first key that does not fit.
@@ -42,6 +49,7 @@ from bttf.models.catalogue import (
     release_for_model,
     require_cached,
 )
+from bttf.models.converted import file_sha256, load_converted, store_converted
 from bttf.models.safe_pickle import restricted_load, state_dict_of
 
 log = logging.getLogger(__name__)
@@ -99,12 +107,31 @@ def create_model(
                 "; drop those options"
             )
         kw = {**config, **kw}
-    model = spec.factory(**kw)
     try:
-        load_state_into(model, state)
+        model = build_loaded(spec, kw, state)
     except WeightsError as e:
         raise WeightsError(f"{weights} does not fit {spec.name!r}: {e}") from None
     return model.eval()
+
+
+def build_loaded(spec: ModelSpec, config: Mapping[str, Any], state: Mapping[str, Any]) -> nn.Module:
+    """`spec`'s model with `config`, holding `state` (strictly, as `load_state_into`).
+
+    The model is built on the meta device, so no random init runs and no memory is taken, and
+    the file's tensors are assigned into it. A model that keeps tensors outside its state dict
+    (non-persistent buffers, which no file brings) is built on the CPU and loaded by copy.
+
+    Raises:
+        WeightsError: `state` does not fit; TypeError: `config` does not fit the factory.
+    """
+    with torch.device("meta"):
+        model = spec.factory(**config)
+    saved = set(model.state_dict())
+    held = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    if held - saved:
+        model = spec.factory(**config)
+        return load_state_into(model, state)
+    return load_state_into(model, state, assign=True)
 
 
 def official_weights(name: str) -> Path | None:
@@ -226,8 +253,13 @@ def save_weights(
     return path
 
 
-def load_state_into(model: nn.Module, state_dict: Mapping[str, Any]) -> nn.Module:
+def load_state_into(
+    model: nn.Module, state_dict: Mapping[str, Any], assign: bool = False
+) -> nn.Module:
     """Copy `state_dict` into `model`, strictly; floating tensors are cast to the model's dtype.
+
+    With `assign`, the tensors are assigned instead of copied (a model built on the meta
+    device); missing `num_batches_tracked` counters are then set to 0.
 
     Raises:
         WeightsError: naming the first missing or unexpected key, or the first shape mismatch
@@ -259,7 +291,12 @@ def load_state_into(model: nn.Module, state_dict: Mapping[str, Any]) -> nn.Modul
         if value.is_floating_point() and target.is_floating_point():
             value = value.to(target.dtype)
         converted[key] = value
-    model.load_state_dict(converted, strict=False)
+    model.load_state_dict(converted, strict=False, assign=assign)
+    if assign:
+        for key in expected:
+            if key not in converted:  # an optional counter the file lacks
+                owner, _, name = key.rpartition(".")
+                setattr(model.get_submodule(owner), name, torch.zeros((), dtype=torch.long))
     return model
 
 
@@ -267,14 +304,39 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     """The tensors and decoded metadata of a weights file, without building a model.
 
     Metadata of a bttf safetensors file: `bttf_model` (str), `bttf_config` (dict), `format`,
-    plus every extra key JSON-decoded. A `.pth` state dict gives `{"format": "torch"}`.
+    plus every extra key JSON-decoded. A `.pth` state dict gives `{"format": "torch",
+    "sha256": the file's SHA-256, "converted": path of its converted copy or None}`.
     """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         return _read_safetensors(path)
-    return _read_torch(path), {"format": "torch"}
+    return _read_pickle(path)
+
+
+def _read_pickle(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A `.pth` state dict: from its converted copy where that can be trusted, else unpickled
+    and converted for next time (`bttf.models.converted`)."""
+    found = load_converted(path)
+    if found is not None:
+        state, record = found
+        return state, {
+            "format": "torch",
+            "sha256": record["source_sha256"],
+            "converted": record["copy"],
+        }
+    stat = path.stat()
+    try:
+        sha256 = file_sha256(path)
+    except OSError as e:
+        raise WeightsError(f"cannot read {path} ({e.strerror or type(e).__name__})") from None
+    state = _read_torch(path)
+    copy = None
+    after = path.stat()
+    if (after.st_size, after.st_mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+        copy = store_converted(path, state, sha256, stat)
+    return state, {"format": "torch", "sha256": sha256, "converted": str(copy) if copy else None}
 
 
 def load_model(
@@ -314,15 +376,13 @@ def load_model(
     elif name is not None:
         spec = get_spec(name)
     else:
-        spec = _identify(state, path)
+        spec = _identify(state, path, meta.get("sha256"))
         meta["bttf_model"] = spec.name
     meta.setdefault("bttf_config", config)
     try:
-        model = spec.factory(**config)
+        model = build_loaded(spec, config, state)
     except TypeError as e:
         raise WeightsError(f"{path}: its config does not fit {spec.name!r}: {e}") from None
-    try:
-        load_state_into(model, state)
     except WeightsError as e:
         raise WeightsError(f"{path} does not fit {spec.name!r}: {e}") from None
     return model.eval(), spec, meta
@@ -421,9 +481,12 @@ def _read_restricted(path: Path, error: pickle.UnpicklingError) -> Any:
     return obj
 
 
-def _identify(state: Mapping[str, Any], path: Path) -> ModelSpec:
-    """The registered architecture whose default key set equals the file's."""
+def _identify(state: Mapping[str, Any], path: Path, sha256: str | None) -> ModelSpec:
+    """The registered architecture whose default key set equals the file's. Where several
+    share that key set (DeOldify stable and video; DDColor's large models), the catalogue
+    decides by the file's SHA-256, else by its released file name; never by a guess."""
     keys = {k for k in state if not k.endswith(_OPTIONAL_SUFFIX)}
+    fits = []
     for candidate in list_models():
         spec = get_spec(candidate)
         try:
@@ -432,9 +495,30 @@ def _identify(state: Mapping[str, Any], path: Path) -> ModelSpec:
         except (TypeError, RuntimeError, UnknownModelError):
             continue
         if keys == {k for k in ref if not k.endswith(_OPTIONAL_SUFFIX)}:
-            log.info("%s: keys identify model %s", path, spec.name)
-            return spec
-    raise WeightsError(
-        f"cannot tell which model {path} is for (its keys match none of: "
-        f"{', '.join(list_models())}); name the model"
-    )
+            fits.append(spec.name)
+    if not fits:
+        raise WeightsError(
+            f"cannot tell which model {path} is for (its keys match none of: "
+            f"{', '.join(list_models())}); name the model"
+        )
+    name = fits[0] if len(fits) == 1 else _released_as(path, sha256, fits)
+    if name is None:
+        raise WeightsError(
+            f"{path} fits {' and '.join(fits)} alike (the same keys, other weights) and is none "
+            "of their released files by SHA-256 or name: name the model (--model NAME)"
+        )
+    log.info("%s: identified as model %s", path, name)
+    return get_spec(name)
+
+
+def _released_as(path: Path, sha256: str | None, names: list[str]) -> str | None:
+    """Which of `names` the catalogue says `path` is: its SHA-256 first, then its file name."""
+    releases = [get_release(r) for r in list_releases()]
+    colorizers = [r for r in releases if r.role == "colorizer" and set(r.models) & set(names)]
+    for release in colorizers:
+        if sha256 is not None and release.full_hash and sha256 == release.sha256:
+            return next(m for m in release.models if m in names)
+    for release in colorizers:
+        if path.name == release.file:
+            return next(m for m in release.models if m in names)
+    return None
