@@ -155,7 +155,7 @@ def main_pipeline(args: argparse.Namespace) -> None:
     import tempfile
     from pathlib import Path
 
-    from pipeline import SIZES, conditions, make_clip  # benchmarks/pipeline.py, beside this file
+    from pipeline import SIZES, make_clip  # benchmarks/pipeline.py, beside this file
 
     if args.worker:
         print(json.dumps(pipeline_worker(args.worker, Path(args.clip), args.batch)))
@@ -175,6 +175,30 @@ def main_pipeline(args: argparse.Namespace) -> None:
     result = {"conditions": cond, "clip": args.clip_size, "frames": args.frames, "models": rows}
     if args.json:
         print(json.dumps(result, indent=2))
+
+
+def conditions() -> dict:
+    """The machine and how busy it was."""
+    import platform
+    import subprocess
+    from pathlib import Path
+
+    import torch
+
+    cpu = platform.processor()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    training = subprocess.run(["pgrep", "-f", "bttf train"], capture_output=True, check=False)
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "other_training_running": bool(training.stdout.strip()),
+        "torch": torch.__version__,
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def spawn_worker(name: str, clip, frames: int, batch: int) -> dict:
