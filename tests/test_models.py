@@ -21,6 +21,7 @@ from bttf.models import (
     load_model,
     load_state_into,
     save_weights,
+    speed_class,
 )
 from bttf.models.bins import AB_BINS, annealed_mean
 from bttf.models.eccv16 import RELEASE_LOGIT_SCALE
@@ -313,3 +314,14 @@ def test_cli_models_table_and_json() -> None:
     assert by_name["siggraph17"]["output"] == "ab"
     assert by_name["fastcolor"]["render_size"] == 256
     assert isinstance(by_name["fastcolor"]["weights_present"], bool)
+    # where the weights come from, and the measured speed (bucketed)
+    assert by_name["fastcolor"]["source"] == "shipped"
+    assert by_name["deoldify-video"]["source"] == "bttf download deoldify-video"
+    assert by_name["deoldify-video"]["url"].endswith("ColorizeVideo_gen.pth")
+    assert by_name["cnn-ae"]["source"] == "train it yourself"
+    for name in ("deoldify-artistic", "deoldify-stable", "deoldify-video", "ddcolor-tiny"):
+        row = by_name[name]
+        assert row["cpu_s_360p"] > 0 and row["speed"] == speed_class(row["cpu_s_360p"])
+        assert row["file_size"] == row["size"] > 0
+    assert speed_class(0.1) == "fast" and speed_class(30.0) == "very slow"
+    assert speed_class(None) == "not measured"

@@ -28,25 +28,43 @@ def models_cmd(as_json: bool) -> None:
         return
     table = Table(
         title="bttf colorizers",
-        caption="weights: shipped / cached (downloaded) / not downloaded: bttf download NAME / "
-        "none: use --weights FILE",
+        caption="size: the weights file. CPU s/frame: one 360p frame through `bttf colorize`, "
+        "measured on a 2-vCPU Xeon (benchmarks/model_speed.py --pipeline); fast < 0.5, medium "
+        "< 2, slow < 10. weights: shipped / downloaded / bttf download NAME / train it "
+        "yourself (bttf train --model NAME, then --weights FILE)",
     )
     for column, justify in (
         ("model", "left"),
         ("output", "left"),
         ("params", "right"),
+        ("size", "right"),
         ("render size", "right"),
+        ("CPU s/frame", "right"),
         ("weights", "left"),
     ):
         table.add_column(column, justify=justify, no_wrap=column in ("model", "params"))
     for r in rows:
         name = r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else "")
-        weights = r["weights"]
-        if weights == "not downloaded":
-            weights += f" ({r['size'] / 1e6:.1f} MB)"
         output = "313 bins" if r["output"] == "bins" else "ab"
-        table.add_row(name, output, f"{r['params']:,}", str(r["render_size"]), weights)
+        size = f"{r['file_size'] / 1e6:.1f} MB" if r["file_size"] else "-"
+        speed = r["speed"] if r["cpu_s_360p"] is None else f"{r['cpu_s_360p']:g} {r['speed']}"
+        table.add_row(
+            name, output, f"{r['params']:,}", size, str(r["render_size"]), speed, _source(r)
+        )
     Console().print(table)
+
+
+def _source(row: dict) -> str:
+    """Where a model's weights come from, for the `bttf models` table."""
+    from urllib.parse import urlsplit
+
+    if row["weights"] == "missing":
+        return f"shipped file missing ({row['shipped']})"
+    if row["weights"] == "cached":
+        return f"downloaded ({row['release']})"
+    if row["weights"] == "not downloaded":
+        return f"{row['source']} (from {urlsplit(row['url']).netloc})"
+    return row["source"]
 
 
 @cli.command("cuts")

@@ -31,7 +31,13 @@ from bttf.models import (  # noqa: F401
     siggraph17,
     unet_ae,
 )
-from bttf.models._registry import ModelSpec, get_spec, list_models, register_model
+from bttf.models._registry import (
+    ModelSpec,
+    get_spec,
+    list_models,
+    register_model,
+    speed_class,
+)
 from bttf.models.colorizer import Colorizer
 from bttf.models.weights import (
     WEIGHTS_DIR,
@@ -60,4 +66,5 @@ __all__ = [
     "read_weights",
     "register_model",
     "save_weights",
+    "speed_class",
 ]

@@ -38,6 +38,22 @@ class ModelSpec:
     unsure: tuple[float, float] | None = None  # default per-pixel decoding (`bins.annealed_mean`)
     aliases: tuple[str, ...] = field(default=())
     description: str = ""
+    # Measured CPU seconds per 360p frame through `bttf colorize` at the default settings
+    # (benchmarks/model_speed.py --pipeline; the machine is named in the README); None: not
+    # measured. `bttf models` buckets it with `speed_class`.
+    cpu_s_360p: float | None = None
+
+
+# Upper bounds (CPU s per 360p frame) of each speed class, the last one open.
+SPEED_CLASSES = ((0.5, "fast"), (2.0, "medium"), (10.0, "slow"), (float("inf"), "very slow"))
+
+
+def speed_class(cpu_s_360p: float | None) -> str:
+    """ "fast" (< 0.5 CPU s per 360p frame), "medium" (< 2), "slow" (< 10), "very slow", or
+    "not measured"."""
+    if cpu_s_360p is None:
+        return "not measured"
+    return next(name for bound, name in SPEED_CLASSES if cpu_s_360p < bound)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -54,6 +70,7 @@ def register_model(
     unsure: tuple[float, float] | None = None,
     aliases: tuple[str, ...] = (),
     description: str = "",
+    cpu_s_360p: float | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a model factory under `name` (and `aliases`); duplicates are refused."""
 
@@ -72,6 +89,7 @@ def register_model(
             unsure=unsure,
             aliases=tuple(aliases),
             description=doc if isinstance(doc, str) else "".join(doc),
+            cpu_s_360p=cpu_s_360p,
         )
         _REGISTRY[name] = spec
         for alias in aliases:

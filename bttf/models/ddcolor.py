@@ -310,6 +310,7 @@ _DESCRIPTION = "DDColor {} (ConvNeXt-{}, {} M params; {})"
 @register_model(
     "ddcolor",
     output="ab",
+    cpu_s_360p=8.1,  # benchmarks/model_speed.py --pipeline (README "Models")
     stride=32,
     render_size=512,
     description=_DESCRIPTION.format("ModelScope", "L", 228, "ddcolor_modelscope.pth"),
@@ -346,6 +347,7 @@ def ddcolor_artistic(**kw) -> DDColor:
 @register_model(
     "ddcolor-tiny",
     output="ab",
+    cpu_s_360p=6.0,  # benchmarks/model_speed.py --pipeline (README "Models")
     stride=32,
     render_size=512,
     description=_DESCRIPTION.format("tiny", "T", 55, "ddcolor_paper_tiny.pth"),

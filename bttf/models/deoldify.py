@@ -394,6 +394,7 @@ class DeOldify(nn.Module):
 @register_model(
     "deoldify-artistic",
     output="ab",
+    cpu_s_360p=19.4,  # benchmarks/model_speed.py --pipeline (README "Models")
     stride=16,
     render_size=560,
     description="DeOldify artistic (U-Net, ResNet-34, 64 M params; ColorizeArtistic_gen.pth)",
@@ -406,6 +407,7 @@ def deoldify_artistic(**kw) -> DeOldify:
 @register_model(
     "deoldify-stable",
     output="ab",
+    cpu_s_360p=16.3,  # benchmarks/model_speed.py --pipeline (README "Models")
     stride=16,
     render_size=560,
     description="DeOldify stable (wide U-Net, ResNet-101, 218 M params; ColorizeStable_gen.pth)",
@@ -418,6 +420,7 @@ def deoldify_stable(**kw) -> DeOldify:
 @register_model(
     "deoldify-video",
     output="ab",
+    cpu_s_360p=6.6,  # benchmarks/model_speed.py --pipeline (README "Models")
     stride=16,
     render_size=336,
     description="DeOldify video (wide U-Net, ResNet-101, 218 M params; ColorizeVideo_gen.pth)",

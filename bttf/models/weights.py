@@ -41,7 +41,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from bttf.errors import BadInputError, UnknownModelError, WeightsError
-from bttf.models._registry import ModelSpec, get_spec, list_models
+from bttf.models._registry import ModelSpec, get_spec, list_models, speed_class
 from bttf.models.catalogue import (
     cached_file,
     get_release,
@@ -180,18 +180,27 @@ def describe_models(pattern: str = "*") -> list[dict[str, Any]]:
     render_size, shipped (file name under bttf/weights/ or None), release (catalogue name of
     its released weights, or None), weights ("shipped", "missing" (shipped file absent),
     "cached", "not downloaded" or "none"), weights_present (bool: shipped or cached), size
-    (bytes of the released file, or None), description.
+    (bytes of the released file, or None), file_size (bytes of the weights file: shipped,
+    released, or None), cpu_s_360p (measured CPU s per 360p frame, `ModelSpec.cpu_s_360p`, or
+    None), speed (its class, `speed_class`), source (where the weights come from: "shipped",
+    "bttf download NAME" or "train it yourself"), url (the released file's first URL, or None),
+    description.
     """
     rows = []
     for name in list_models(pattern):
         spec = get_spec(name)
         release = release_for_model(spec.name)
+        file_size = release.size if release else None
         if spec.shipped:
-            weights = "shipped" if (WEIGHTS_DIR / spec.shipped).is_file() else "missing"
+            shipped = WEIGHTS_DIR / spec.shipped
+            weights = "shipped" if shipped.is_file() else "missing"
+            file_size = shipped.stat().st_size if shipped.is_file() else None
+            source = "shipped"
         elif release is not None:
             weights = "cached" if cached_file(release) else "not downloaded"
+            source = f"bttf download {release.name}"
         else:
-            weights = "none"
+            weights, source = "none", "train it yourself"
         with torch.device("meta"):  # counts parameters without allocating them
             params = sum(p.numel() for p in spec.factory().parameters())
         rows.append(
@@ -207,6 +216,11 @@ def describe_models(pattern: str = "*") -> list[dict[str, Any]]:
                 "weights": weights,
                 "weights_present": weights in ("shipped", "cached"),
                 "size": release.size if release else None,
+                "file_size": file_size,
+                "cpu_s_360p": spec.cpu_s_360p,
+                "speed": speed_class(spec.cpu_s_360p),
+                "source": source,
+                "url": release.urls[0] if release else None,
                 "description": spec.description,
             }
         )
