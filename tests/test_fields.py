@@ -155,13 +155,20 @@ def test_the_stabilizer_sees_the_fields_in_the_order_shown(tmp_path: Path, x264_
 
 def test_fields_are_woven_back_into_their_rows() -> None:
     class Planes:  # a chroma stage whose planes say which field they are
+        closed = False
+
         def __call__(self, fields, ab):
             cb = np.stack([np.full((3, 4), k, np.uint8) for k in range(len(fields))])
             return cb, cb
 
-    woven, _ = FieldChroma(Planes(), 5, top_first=False)(
-        [_Prepared(), _Prepared()], torch.zeros(4, 2, 3, 4)
-    )
+        def close(self) -> None:
+            self.closed = True
+
+    planes = Planes()
+    stage = FieldChroma(planes, 5, top_first=False)
+    woven, _ = stage([_Prepared(), _Prepared()], torch.zeros(4, 2, 3, 4))
+    stage.close()  # the engine closes its chroma stage (a keyframe guide's decoders)
+    assert planes.closed
     # frame 0: fields 0 (first: bottom, rows 1 and 3) and 1 (top: rows 0, 2, 4)
     assert woven[0][:, 0].tolist() == [1, 0, 1, 0, 1]
     assert woven[1][:, 0].tolist() == [3, 2, 3, 2, 3]

@@ -90,6 +90,12 @@ class FieldChroma:
         cb, cr = self.chroma(fields, ab)
         return self.weave(cb), self.weave(cr)
 
+    def close(self) -> None:
+        """Close the wrapped stage (its keyframe guide's decoders), when it has anything to."""
+        close = getattr(self.chroma, "close", None)
+        if close is not None:
+            close()
+
     def weave(self, planes: np.ndarray) -> np.ndarray:
         """(2N, ch', cw) planes of fields, first field first -> (N, ch, cw) of frames."""
         n = len(planes) // 2
