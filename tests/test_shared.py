@@ -67,9 +67,18 @@ _SLOW = textwrap.dedent("""
 """)
 
 
-def rank(r: int, cmd: list[str], *, world: int = 2, port: str = "29511", slow: bool = False):
+def rank(
+    r: int,
+    cmd: list[str],
+    *,
+    world: int = 2,
+    port: str = "29511",
+    slow: bool = False,
+    env: dict[str, str] | None = None,
+):
     env = {
         **os.environ,
+        **(env or {}),
         "RANK": str(r),
         "LOCAL_RANK": str(r),
         "WORLD_SIZE": str(world),
@@ -92,14 +101,14 @@ def planes(path: Path) -> list[np.ndarray]:
         return [f.to_ndarray(format="yuv444p") for f in c.decode(c.streams.video[0])]
 
 
-def same_film(a: Path, b: Path) -> bool:
+def same_film(a: Path, b: Path, frames: int = FRAMES) -> bool:
     pa, pb = planes(a), planes(b)
     with av.open(str(a)) as ca, av.open(str(b)) as cb:
         ta = [p.pts for p in ca.demux(ca.streams.video[0]) if p.size]
         tb = [p.pts for p in cb.demux(cb.streams.video[0]) if p.size]
         audio = bool(ca.streams.audio) == bool(cb.streams.audio)
     return (
-        len(pa) == len(pb) == FRAMES
+        len(pa) == len(pb) == frames
         and all(np.array_equal(x, y) for x, y in zip(pa, pb))
         and ta == tb
         and audio
@@ -167,7 +176,8 @@ def test_a_killed_rank_then_resume(setup, tmp_path: Path) -> None:
         main([*cmd, "--resume", "-q"])
     assert exc.value.code == 2 and (work / "seg-00001.mkv").exists()
 
-    again = rank(0, cmd, port="29512")  # the same command, not --resume (rank 0 decides)
+    # the same command, not --resume: refused (rank 0 waits for rank 1 to hear it, at most 3 s)
+    again = rank(0, cmd, port="29512", env={"BTTF_SHARE_TIMEOUT": "3"})
     assert again.wait(60) == 2 and "--resume" in again.stderr.read()
 
     resumed = [rank(r, [*cmd, "--resume"], port="29512") for r in (0, 1)]
@@ -212,3 +222,81 @@ def test_keyframes_under_two_ranks(setup, tmp_path: Path) -> None:
     results = [(p.wait(60), p.stderr.read()) for p in procs]
     assert [code for code, _ in results] == [0, 0], results
     assert same_film(out, ref)
+
+
+def test_a_folder_shared_by_segments(setup, tmp_path: Path) -> None:
+    """Two films of different lengths: both shared out by segments (not one film per rank),
+    each joined by rank 0 into the one-process film; a broken file fails on every rank alike
+    (no rank waits for it), rank 0 exits 1 and the others 0."""
+    film, weights, _ = setup
+    lib, out = tmp_path / "lib", tmp_path / "out"
+    lib.mkdir()
+    (lib / "a.mp4").write_bytes(film.read_bytes())  # 36 frames: 5 segments of 8
+    make_video(lib / "b.mp4", frames=20)  # 3 segments
+    (lib / "c.mp4").write_text("not a film")
+    refs = {}
+    for name, frames in (("a", FRAMES), ("b", 20)):
+        refs[name] = tmp_path / f"{name}.mp4"
+        with pytest.raises(SystemExit) as exc:
+            main(["colorize", str(lib / f"{name}.mp4"), "-o", str(refs[name]), *args(weights)])
+            raise SystemExit(0)
+        assert exc.value.code in (0, None)
+    cmd = ["colorize", str(lib), "-o", str(out), *args(weights)]
+    procs = [rank(r, cmd, port="29515") for r in (0, 1)]
+    results = [(p.wait(120), p.stderr.read(), p.stdout.read()) for p in procs]
+    assert [code for code, *_ in results] == [1, 0], results
+    err0, err1 = results[0][1] + results[0][2], results[1][1] + results[1][2]
+    assert "bttf: error: rank 0/2: " in err0 and "c.mp4" in err0 and "not a video" in err0
+    assert "2 done, 0 skipped, 1 failed" in err0 and "bttf: error" not in err1, (err0, err1)
+    # segments of a: ranks 0 1 0 1 0; of b (after a's 5): 1 0 1 -> 4 segments each
+    assert "joined 5 segments of all ranks" in err0 and "joined 3 segments" in err0
+    assert "2 segments here" in err1 and "3 segments here" not in err1
+    for name, frames in (("a", FRAMES), ("b", 20)):
+        assert same_film(out / f"{name}.mp4", refs[name], frames), name
+        assert not work_dir_for(out / f"{name}.mp4").exists()
+    assert not (out / "c.mp4").exists() and not work_dir_for(out / "c.mp4").exists()
+
+
+def test_a_rank_that_fails_on_a_film(setup, tmp_path: Path) -> None:
+    """A damaged frame in a.mp4 with --on-decode-error fail (every rank decodes the whole
+    film then): the rank that meets it first leaves a note, the other stops on it instead of
+    waiting, rank 0 reports a.mp4 failed, and both go on to b.mp4."""
+    film, weights, _ = setup
+    lib, out = tmp_path / "lib", tmp_path / "out"
+    lib.mkdir()
+    make_video(lib / "a.mp4", frames=FRAMES)
+    (lib / "b.mp4").write_bytes(film.read_bytes())
+    data = bytearray((lib / "a.mp4").read_bytes())
+    with av.open(str(lib / "a.mp4")) as c:  # frame 12: in rank 1's segment 1
+        pk = [p for p in c.demux(c.streams.video[0]) if p.size and p.pts is not None]
+        hit = sorted(pk, key=lambda p: p.pts)[12]
+        at, size = hit.pos, hit.size
+    data[at + 8 : at + size] = bytes(size - 8)
+    (lib / "a.mp4").write_bytes(bytes(data))
+    cmd = ["colorize", str(lib), "-o", str(out), *args(weights, "--on-decode-error", "fail")]
+    procs = [rank(0, cmd, port="29516")]
+    time.sleep(5)  # rank 0 may give a.mp4 up before rank 1 comes: it waits for it
+    procs.append(rank(1, cmd, port="29516"))
+    results = [(p.wait(120), p.stderr.read() + p.stdout.read()) for p in procs]
+    assert [code for code, _ in results] == [1, 0], results
+    assert "bttf: error: rank 0/2: " in results[0][1] and "0.375 s" in results[0][1], results
+    assert "1 done, 0 skipped, 1 failed" in results[0][1]
+    assert len(planes(out / "b.mp4")) == FRAMES and not (out / "a.mp4").exists()
+
+
+def test_a_rank_waits_for_rank_0_at_most_the_timeout(setup, tmp_path: Path) -> None:
+    film, weights, _ = setup
+    out = tmp_path / "out.mkv"
+    cmd = ["colorize", str(film), "-o", str(out), *args(weights)]
+    env = {"BTTF_SHARE_TIMEOUT": "2"}
+    r1 = rank(1, cmd, port="29517", env=env)  # rank 0 never comes
+    assert r1.wait(60) == 1
+    err = r1.stderr.read().strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bttf: error: rank 1 waited"), err
+    assert "rank 0" in err[0] and "--resume" in err[0]
+
+    r0 = rank(0, cmd, port="29518", env=env)  # rank 1 never comes
+    assert r0.wait(60) == 1
+    err = r0.stderr.read()
+    assert "waited 2 s for rank 1" in err and "--resume" in err, err
+    assert not out.exists()

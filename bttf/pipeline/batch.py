@@ -9,8 +9,13 @@ whole name: `a.mov.mp4`, `a.mkv.mp4`). A film whose output exists is skipped unl
 `config.overwrite`; one that fails is reported with its one-line reason and the batch goes on.
 
 Several processes share a library when started by torchrun (or with RANK and WORLD_SIZE set
-by hand): process r of N takes films r, r + N, r + 2N … of the sorted list, so they never write
-the same file; with `device="auto"` each uses GPU LOCAL_RANK.
+by hand): they share out the segments of all the films (`bttf.pipeline.shared`), not whole films,
+so one long film does not keep one process busy while the others wait. Every process probes every
+film itself and plans alike (`plan_segments`): a film that cannot be probed fails on all of them;
+the others go in name order, film f's segment k to rank (k + the segments of the films before f)
+% N, and rank 0 joins each film once its segments are done. A process that fails on a film leaves
+a note in its work folder, so rank 0 gives that film up (failed, with the reason) and goes on.
+With `device="auto"` each uses GPU LOCAL_RANK. (`shard`: the older rule, whole films r, r + N …)
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class BatchResult:
     rank: int = 0
     world: int = 1
     total: int = 0  # films in the folder, all shards together
+    shared: bool = False  # the processes shared the films' segments: rank 0 joins and reports
 
     def count(self, status: str) -> int:
         return sum(1 for i in self.items if i.status == status)
@@ -132,9 +138,9 @@ def colorize_folder(
     """Colorize the films of `src_dir` into `out_dir` (created if missing) with `config`.
 
     Args:
-        rank, world, local_rank: this process's share (see `shard`); default from the
-            environment (`dist_env`).
-        on_start(i, n, src): before the i-th (1-based) of this process's n films.
+        rank, world, local_rank: this process's place among `world` processes sharing the
+            films' segments (module notes); default from the environment (`dist_env`).
+        on_start(i, n, src): before the i-th (1-based) of the n films.
         on_done(item): after each film.
         progress_for(src): a `progress(done, total)` callback for that film, or None.
 
@@ -142,7 +148,7 @@ def colorize_folder(
         BadInputError: `src_dir` is not a folder or holds no film; `out_dir` is `src_dir` or
             cannot be made. Failures of single films are in the result, not raised.
     """
-    from bttf.pipeline.engine import ColorizeConfig, colorize_video
+    from bttf.pipeline.engine import ColorizeConfig
     from bttf.pipeline.media import check_writable
 
     config = config or ColorizeConfig()
@@ -166,44 +172,109 @@ def colorize_folder(
     world = env_world if world is None else world
     local_rank = env_local if local_rank is None else local_rank
     names = output_names(films, out_dir)
-    mine = shard(films, rank, world)
-    if world > 1 and config.device.strip().lower() == "auto":
-        import torch
+    run = (on_start, on_done, progress_for)
+    if world > 1:
+        from bttf.pipeline.shared import Share
 
-        if torch.cuda.is_available():
-            config = dataclasses.replace(
-                config, device=f"cuda:{local_rank % torch.cuda.device_count()}"
-            )
+        share = Share.from_env() or Share(rank, world, local_rank, "local")
+        share = dataclasses.replace(share, rank=rank, world=world, local_rank=local_rank)
+        items = _shared_films(films, names, config, share, *run)
+        return BatchResult(tuple(items), rank=rank, world=world, total=len(films), shared=True)
     items = []
-    for i, src in enumerate(mine, 1):
-        dst = names[src]
+    for i, src in enumerate(films, 1):
         if on_start is not None:
-            on_start(i, len(mine), src)
-        t0 = time.perf_counter()
-        if dst.exists() and not config.overwrite:
-            item = BatchItem(src, dst, SKIPPED, "output exists (--overwrite replaces it)")
+            on_start(i, len(films), src)
+        if names[src].exists() and not config.overwrite:
+            item = BatchItem(src, names[src], SKIPPED, "output exists (--overwrite replaces it)")
         else:
-            try:
-                progress = progress_for(src) if progress_for is not None else None
-                stats = colorize_video(src, dst, film_config(config, src), progress)
-                item = BatchItem(
-                    src,
-                    dst,
-                    DONE,
-                    frames=stats.frames,
-                    seconds=time.perf_counter() - t0,
-                    notices=stats.notices,
-                )
-            except BttfError as e:
-                item = BatchItem(src, dst, FAILED, str(e), seconds=time.perf_counter() - t0)
-            except Exception as e:  # one film must not stop the library
-                log.debug("%s failed", src, exc_info=True)
-                item = BatchItem(
-                    src, dst, FAILED, f"{type(e).__name__}: {e}", seconds=time.perf_counter() - t0
-                )
-        if item.status == FAILED:
-            log.info("%s failed: %s", src, item.reason)
-        items.append(item)
-        if on_done is not None:
-            on_done(item)
+            item = _colorize_one(src, names[src], config, progress_for)
+        _finish(item, items, on_done)
     return BatchResult(tuple(items), rank=rank, world=world, total=len(films))
+
+
+def _finish(item: BatchItem, items: list[BatchItem], on_done) -> None:
+    if item.status == FAILED:
+        log.info("%s failed: %s", item.src, item.reason)
+    items.append(item)
+    if on_done is not None:
+        on_done(item)
+
+
+def _colorize_one(src: Path, dst: Path, config, progress_for, share=None) -> BatchItem:
+    """One film of the folder (this rank's segments of it under `share`); a failure is the
+    item's reason, and under `share` a note in its work folder for the other ranks."""
+    from bttf.pipeline.engine import colorize_video
+
+    t0 = time.perf_counter()
+    try:
+        progress = progress_for(src) if progress_for is not None else None
+        stats = colorize_video(src, dst, film_config(config, src), progress, share=share)
+    except Exception as e:  # one film must not stop the library
+        reason = str(e) if isinstance(e, BttfError) else f"{type(e).__name__}: {e}"
+        if not isinstance(e, BttfError):
+            log.debug("%s failed", src, exc_info=True)
+        if share is not None:
+            from bttf.pipeline.shared import report_failure, was_noted
+
+            if not was_noted(e):
+                report_failure(dst, share, reason)
+        return BatchItem(src, dst, FAILED, reason, seconds=time.perf_counter() - t0)
+    note = ""
+    if share is not None:
+        own = f"{stats.segments} segment{'s' if stats.segments != 1 else ''}"
+        note = f"joined {own} of all ranks" if share.rank == 0 else f"{own} here; rank 0 joins"
+    return BatchItem(
+        src,
+        dst,
+        DONE,
+        note,
+        frames=stats.frames,
+        seconds=time.perf_counter() - t0,
+        notices=stats.notices,
+    )
+
+
+def plan_segments(
+    films: Sequence[Path], names: dict[Path, Path], config, world: int
+) -> tuple[dict[Path, int], dict[Path, str]]:
+    """The same plan on every rank: ({film: the `Share.offset` of its segment 0}, {film that
+    cannot be probed: why}); films whose output exists (without `overwrite`) are in neither.
+    Offsets count segments by the container's frame count (the same on every rank; exactness
+    only balances the ranks better)."""
+    from bttf.pipeline.decode import probe_video
+    from bttf.pipeline.segments import DEFAULT_SEGMENT_FRAMES
+
+    n = config.segment_frames or DEFAULT_SEGMENT_FRAMES
+    offsets: dict[Path, int] = {}
+    failed: dict[Path, str] = {}
+    at = 0
+    for src in films:
+        if names[src].exists() and not config.overwrite:
+            continue
+        try:
+            info = probe_video(src)
+        except Exception as e:  # the film fails on every rank alike; the others go on
+            log.debug("%s cannot be probed", src, exc_info=True)
+            failed[src] = str(e) if isinstance(e, BttfError) else f"{type(e).__name__}: {e}"
+            continue
+        offsets[src] = at % world
+        at += max(1, -(-(info.frames or 1) // n))
+    return offsets, failed
+
+
+def _shared_films(films, names, config, share, on_start, on_done, progress_for) -> list[BatchItem]:
+    """Every film of the folder, this rank's segments of each (see the module notes)."""
+    offsets, failed = plan_segments(films, names, config, share.world)
+    items: list[BatchItem] = []
+    for i, src in enumerate(films, 1):
+        if on_start is not None:
+            on_start(i, len(films), src)
+        if src in failed:
+            item = BatchItem(src, names[src], FAILED, failed[src])
+        elif src not in offsets:
+            item = BatchItem(src, names[src], SKIPPED, "output exists (--overwrite replaces it)")
+        else:
+            film_share = dataclasses.replace(share, offset=offsets[src])
+            item = _colorize_one(src, names[src], config, progress_for, film_share)
+        _finish(item, items, on_done)
+    return items

@@ -251,11 +251,13 @@ class _Folder:
         self._fds.clear()
 
     def _absent(self) -> list[int]:
-        """The ranks that have not checked in yet."""
+        """The ranks that have neither checked in nor left a failure note yet."""
+        gen = self.generation
         return [
             r
             for r in range(self.share.world)
-            if not (self.path / f"rank-{self.generation}-{r}.lock").exists()
+            if not (self.path / f"rank-{gen}-{r}.lock").exists()
+            and not (self.path / f"failed-{gen}-{r}.txt").exists()
         ]
 
     def _gone(self, rank: int) -> bool:
@@ -369,11 +371,21 @@ class SharedSink(_Folder):
             probe = self.path / f"probe-{self.share.rank}{self.target.dst.suffix}"
             self.relative = keeps_time_base(probe, self._probe)
             self._check_in()
+            self._stop_if_failed()
         except BaseException as e:
-            self._fail(str(e) or type(e).__name__)
+            self._give_up(e)
             self._unlock()
             raise
         return self
+
+    def _give_up(self, exc: BaseException) -> None:
+        """Leave this rank's failure note; rank 0 then waits for every rank to come (each sees
+        the note and stops), so none waits for a rank 0 that has left."""
+        self._fail(str(exc) or type(exc).__name__)
+        noted(exc)
+        if self.share.rank == 0 and self.generation and isinstance(exc, Exception):
+            with contextlib.suppress(BttfError):
+                self._await_ranks("to hear that rank 0 gave the film up")
 
     def _settings(self) -> None:
         if (self.path / "manifest.json").exists():
@@ -436,8 +448,7 @@ class SharedSink(_Folder):
                 self._segment.writer.close()
             self._segment = None
         if exc is not None:
-            self._fail(str(exc) or type(exc).__name__)
-            noted(exc)
+            self._give_up(exc)
         self._unlock()
         if exc_type is None and self._ok and self.share.rank == 0:
             shutil.rmtree(self.path, ignore_errors=True)
@@ -685,4 +696,11 @@ def noted(exc: BaseException) -> None:
 def was_noted(exc: BaseException) -> bool:
     """Whether a `SharedSink` left `exc` as this rank's failure note (else the caller should
     `report_failure`)."""
-    return bool(getattr(exc, "bttf_share_noted", False))
+    seen: BaseException | None = exc
+    for _ in range(8):  # the error, or what it was raised from
+        if seen is None:
+            return False
+        if getattr(seen, "bttf_share_noted", False):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
