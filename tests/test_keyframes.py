@@ -355,3 +355,39 @@ def test_a_still_image_refuses_keyframes(gray_png, tmp_path, capsys) -> None:
     args = ["colorize", str(gray_png), "-o", str(tmp_path / "o.png"), "--keyframes", str(keys)]
     code, err = run_main(args, capsys)
     assert code == 2 and "--keyframes is for films" in err and not (tmp_path / "o.png").exists()
+
+
+def test_gray_window_decodes_overlapping_windows_once(gray_film: Path) -> None:
+    """A keyframe every shot: the windows overlap, the film is still decoded once; frames no
+    track needs are dropped; a frame asked for again after that is sought and is the same."""
+    from bttf.pipeline.keyframes import GrayWindow
+
+    info = probe_video(gray_film)
+    win = GrayWindow(info, (H // 2, W // 2), {5, 30}, "repeat")
+    try:
+        first = {i: win.get(i) for i in range(20)}  # key 5's window
+        for i in range(10, N):  # key 30's, overlapping it
+            assert win.get(i) is not None
+            if i == 30:
+                assert sorted(win.full) == [30]  # key 5's was dropped with its window
+            win.forget(i - 4)
+            assert len(win.frames) <= 5 + (N - 1 - i) and min(win.frames) >= i - 4
+        assert win.decoded == N
+        assert win.get(N) is None and win.get(N + 3) is None
+        assert not win.full
+        again = win.get(12)  # forgotten: sought and decoded again
+        assert np.array_equal(again, first[12]) and win.decoded > N
+    finally:
+        win.close()
+
+
+def test_keyframe_every_shot_each_shot_its_own(gray_film, truth, weights, tmp_path) -> None:
+    """Two shots, a keyframe in each (the second one in the middle of its shot): each shot
+    takes its own keyframe's colour, frames before the second key included."""
+    keys = tmp_path / "keys"
+    for k in (0, 30):
+        write_key(keys, k, truth[k])
+    out = colorized(gray_film, keys, weights, tmp_path / "o.mkv")
+    for t in (4, 12, 26, 28, 33):
+        key = 0 if t < CUT else 30
+        assert ab_error(out[t], truth[t], seen=shown(t, key) if t > key else W) < 3.0, t

@@ -370,6 +370,7 @@ def _stream(
         producer.close()
         lane.close()
         s.colour.close()
+        s.chroma.close()
         timing.decode_s += producer.busy_s
         timing.encode_s += encoder.busy_s
         timing.model_s += chroma_busy[0]

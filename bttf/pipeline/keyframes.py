@@ -11,13 +11,17 @@ Y plane, at full chroma resolution.
 
 Propagation (per keyframe, computed from the keyframe and the film alone, so a resumed run or a
 segment gets the same guide as an uninterrupted run): the film is decoded a second time, gray
-and small (`grid` = the render size), over a window of `MAX_SPAN` frames each side of the
-keyframe; from the keyframe outwards, DIS optical flow between neighbours (`bttf.pipeline.flow`)
-is composed into one displacement per pixel back to the keyframe and refined by a flow straight
-to the keyframe that starts from it (composed flows drift), so the keyframe's colour is sampled
-once (no blur from warping colour again and again). The cuts of the window (`CutDetector` fed
-from its first frame) stop the propagation at the shot's edges. Per frame the guide keeps the
-displacement, float16 at half the grid size (~115 KB a frame at a 256x456 render size).
+and small (`grid` = the render size), by one decoder moving forwards (`GrayWindow`: a keyframe
+every shot still decodes the film once), over at most `MAX_SPAN` frames each side of the
+keyframe; from the keyframe outwards, DIS optical flow between neighbours
+(`bttf.pipeline.flow`) is composed into one displacement per pixel back to the keyframe and
+refined by a flow straight to the keyframe that starts from it (composed flows drift), so the
+keyframe's colour is sampled once (no blur from warping colour again and again). The cuts of
+the window (`CutDetector` fed from its first frame) stop the propagation at the shot's edges.
+The tracks run on a thread of their own beside the model: the forward one streams a few frames
+ahead of the run; the backward one (the frames before a keyframe need it) starts before the run
+reaches its window. Per frame the guide keeps the displacement, float16 at half the grid size
+(~115 KB a frame at a 256x456 render size).
 
 At the chroma plane size, per pixel p of a frame with gray level l(p):
 
@@ -31,7 +35,8 @@ which stays right where the track is lost (water, spray, things turning) far lon
 tracked colour (on DAVIS, +1 to +3 dB 30 frames from the key). c = the grid's evidence (keyframe
 pixels behind it) x a mild decay per frame from the key. Where two keyframes reach a frame,
 each pixel takes the one with the higher c. At the keyframe itself: its ab, c = 1.
-Memory: the guides of the keyframes whose window holds the current frame.
+Memory, flat in the film's length: the guides of the keyframes whose window holds the current
+frame, and the gray frames (grid size) from the current frame to the furthest a track has read.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -58,6 +64,10 @@ log = logging.getLogger(__name__)
 
 GRAY_CHROMA = 4.0  # 99th percentile of ab chroma below this: a gray image (as training data)
 MAX_SPAN = 150  # frames each side of a keyframe its colour may reach
+PREFETCH = 96  # frames before its window a keyframe's backward track starts
+LEAD = 24  # frames the forward tracks run ahead of the run
+CHUNK = 8  # frames a track runs before the guide's thread turns to another
+SEEK_GAP = 48  # frames: a frame further past what was decoded is sought
 DECAY = 0.999  # confidence kept per frame away from the keyframe
 DRIFT_TOLERANCE = 20.0  # gray levels: keyframe luma at the tracked point vs the frame's
 GRID_SCALE = 1  # the flow works at the render size / this
@@ -238,43 +248,60 @@ def keyframes_digest(files: dict[int, Path]) -> str:
 class _Guide:
     """One keyframe's reach: per film index, the displacement to the keyframe (gh, gw, 2),
     float16 at half the flow's size, in its pixels (None: the keyframe itself), and what the
-    blend samples."""
+    blend samples. `back` and `ahead` are its tracks still to run (the guide's thread runs
+    them); `reach`, `open`, `more`, `last` are the run's view of the forward one."""
 
     index: int
     frames: dict[int, np.ndarray | None]
-    grid: torch.Tensor  # the keyframe's bilateral grid (`colour_grid`)
+    grid: torch.Tensor | None  # the keyframe's bilateral grid (`colour_grid`)
     gray: np.ndarray  # uint8 (H, W) the film's own luma at the keyframe, full size
-    last: int = 0
+    last: int  # the last frame it may reach (its window's end until the forward track ends)
+    back: Iterator | None = None
+    ahead: Iterator | None = None
+    reach: int = 0  # the forward track has reached this frame
+    open: bool = True  # ... and may go further
+    more: Future | None = None  # the forward track's next stretch, being run
     ab: np.ndarray | None = None  # the keyframe's ab at the chroma size, when first needed
     gray_at: np.ndarray | None = None  # `gray` at the chroma size, float32
 
 
-def shot_starts(grays: dict[int, np.ndarray]) -> set[int]:
-    """The frames of `grays` (consecutive indices) that start a shot (`CutDetector`, fed from
-    the first one)."""
-    det = CutDetector()
-    return {i for i in sorted(grays) if det.feed(grays[i])}
+class ShotCuts:
+    """Which frames start a shot, by a `CutDetector` fed in order from frame `first` (so the
+    answer depends on the keyframe's window alone), as far as asked. `gray_at(i)`: frame i
+    (uint8), None where there is none."""
+
+    def __init__(self, gray_at: Callable[[int], np.ndarray | None], first: int) -> None:
+        self.gray_at, self.fed = gray_at, first - 1
+        self.detector = CutDetector()
+        self.starts: set[int] = set()
+
+    def __call__(self, i: int) -> bool:
+        while self.fed < i and (g := self.gray_at(self.fed + 1)) is not None:
+            self.fed += 1
+            if self.detector.feed(g):
+                self.starts.add(self.fed)
+        return i in self.starts
 
 
 def propagate(
-    grays: dict[int, np.ndarray],
+    gray_at: Callable[[int], np.ndarray | None],
     key: int,
     step: int,
     flow: FlowEstimator,
-    cuts: set[int] = frozenset(),
+    is_cut: Callable[[int], bool],
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """From frame `key` in direction `step` (+1 or -1) over the gray frames `grays` (uint8,
-    one size): (index, displacement to the keyframe (h, w, 2) float32) per frame, until a cut
-    (`cuts`: first frames of shots) or the end of `grays`. Flows between neighbours are
-    composed, then refined by a flow straight to the keyframe that starts from them."""
-    key_u8 = prev = grays[key]
+    """From frame `key` in direction `step` (+1 or -1): (index, displacement to the keyframe
+    (h, w, 2) float32) per frame, until a cut (`is_cut(i)`: frame i starts a shot) or a frame
+    `gray_at` does not give (uint8 frames of one size, None past the window). Flows between
+    neighbours are composed, then refined by a flow straight to the keyframe that starts from
+    them."""
+    key_u8 = prev = gray_at(key)
     h, w = prev.shape
     disp = np.zeros((h, w, 2), np.float32)
     i = key + step
-    while i in grays:
-        if (i if step > 0 else i + 1) in cuts:
+    while (g := gray_at(i)) is not None:
+        if is_cut(i if step > 0 else i + 1):
             return
-        g = grays[i]
         fw = flow(g, prev)  # this frame -> the one nearer the keyframe
         disp = warp(disp, fw) + fw
         # composed flows drift (a small bias per step adds up): align with the keyframe itself,
@@ -341,11 +368,69 @@ def slice_grid(
     return np.stack([out[0], out[1]], axis=-1) / np.maximum(count, 1e-3)[..., None], count
 
 
+class GrayWindow:
+    """The film's gray frames at `size` (h, w) for the keyframes' tracks: one decoder moving
+    forwards, so overlapping windows (a keyframe every shot) decode the film once; it seeks
+    only when asked for a frame well past (or behind) what it has. `forget` drops the frames
+    no track needs any more. The full-size gray of the frames in `keep` is kept in `full` as
+    it passes. One thread only."""
+
+    def __init__(self, info: VideoInfo, size: tuple[int, int], keep: set[int], on_error: str):
+        self.info, self.size, self.keep, self.on_error = info, size, keep, on_error
+        self.lut = gray_lut(info.bits, info.full_range)
+        self.frames: dict[int, np.ndarray] = {}
+        self.full: dict[int, np.ndarray] = {}
+        self.missing: set[int] = set()  # frames the film does not have (passed, or past its end)
+        self._frames: Iterator | None = None
+        self._pos = -1  # the last frame decoded
+        self.decoded = 0  # frames decoded (a frame sought again counts again)
+
+    def get(self, i: int) -> np.ndarray | None:
+        """Frame i, uint8 at `size`; None where the film has none."""
+        if i in self.frames or i in self.missing:
+            return self.frames.get(i)
+        if self._frames is None or i > self._pos + SEEK_GAP or i <= self._pos:
+            self.close()
+            rate = self.info.rate or Fraction(24)
+            self._frames = read_frames(self.info, i / rate, on_error=self.on_error)
+            self._pos = i - 1
+        while self._pos < i:
+            f = next(self._frames, None)
+            if f is None:
+                self.missing.update(range(self._pos + 1, i + 1))
+                break
+            j = film_index(self.info, f.pts)
+            self.decoded += 1
+            if j <= self._pos:
+                continue
+            self.missing.update(range(self._pos + 1, j))
+            gray = self.lut[f.y]
+            self.frames[j] = resize_plane(gray, self.size)
+            if j in self.keep:
+                self.full[j] = gray
+            self._pos = j
+        return self.frames.get(i)
+
+    def forget(self, below: int) -> None:
+        for d in (self.frames, self.full):
+            for i in [i for i in d if i < below]:
+                del d[i]
+
+    def close(self) -> None:
+        if self._frames is not None:
+            self._frames.close()  # (closes the container)
+            self._frames = None
+
+
 class KeyframeGuide:
     """Blends the keyframes' colour over the model's ab in the chroma stage (module notes).
 
     `grid` = (h, w): the size the flow works at (stored orientation). `apply` must see the
-    frames of a run in order.
+    frames of a run in order. The tracks run on a thread of their own, ahead of the run: a
+    keyframe's backward track (the frames before it need it) starts `PREFETCH` frames before
+    its window, in stretches of `CHUNK` frames between the forward tracks' stretches, which
+    stay `LEAD` frames ahead of the frame the run is on. Nothing starts before the first
+    `apply`; `close` stops the thread.
     """
 
     def __init__(
@@ -359,14 +444,16 @@ class KeyframeGuide:
         self.keys = keyframes
         self.info = info
         self.grid = grid
-        self.on_error = on_error
         self.span = span
-        self.lut = gray_lut(info.bits, info.full_range)
-        self.flow = FlowEstimator("medium")
+        self.flow = FlowEstimator("medium")  # (the guide's thread only)
         self.store = (max(4, grid[0] // 2), max(4, grid[1] // 2))
         self.active: dict[int, _Guide] = {}
         self.order = sorted(keyframes.files)
-        self.next = 0  # the first keyframe of `order` whose guide is not built yet
+        self.next = 0  # the first keyframe of `order` whose guide is not started yet
+        self.window = GrayWindow(info, grid, set(self.order), on_error)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="bttf-keyframes")
+        self.pending: dict[int, Future[_Guide]] = {}
+        self._floor = 0  # frames below this one no track needs
 
     def _window(self, k: int) -> tuple[int, int]:
         hi = k + self.span
@@ -374,49 +461,104 @@ class KeyframeGuide:
             hi = min(hi, self.info.frames - 1)
         return max(0, k - self.span), hi
 
-    def _decode(self, lo: int, hi: int, k: int) -> tuple[dict[int, np.ndarray], np.ndarray]:
-        """Gray frames lo..hi of the film at the grid size (a decoder of their own), and frame
-        `k` at full size."""
-        rate = self.info.rate or Fraction(24)
-        out: dict[int, np.ndarray] = {}
-        full = None
-        for f in read_frames(self.info, lo / rate, (hi - lo + 1) / rate, on_error=self.on_error):
-            i = film_index(self.info, f.pts)
-            if lo <= i <= hi:
-                gray = self.lut[f.y]
-                out[i] = resize_plane(gray, self.grid)
-                if i == k:
-                    full = gray
-        if full is None:
-            raise BadInputError(
-                f"keyframe {self.keys.files[k]}: frame {k} of {self.info.path} cannot be found"
-            )
-        return out, full
+    # --- on the guide's thread
 
-    def _build(self, k: int) -> _Guide:
-        lo, hi = self._window(k)
-        grays, full = self._decode(lo, hi, k)
-        frames: dict[int, np.ndarray | None] = {k: None}
-        cuts = shot_starts(grays)
-        for step in (-1, 1):
-            for i, disp in propagate(grays, k, step, self.flow, cuts):
-                # kept at half size: a displacement field is smooth, and 4x less memory
-                frames[i] = resize_flow(disp, self.store).astype(np.float16)
-        log.info("keyframe %d reaches frames %d..%d", k, min(frames), max(frames))
-        grid = colour_grid(grays[k], image_ab(self.keys.files[k], self.grid))
-        return _Guide(k, frames, grid, full, last=max(frames))
+    def _start(self, k: int, done: Future) -> None:
+        """Keyframe k's guide: its grid, its tracks; then its backward track (`_back`)."""
+        try:
+            lo, hi = self._window(k)
+            self.window.forget(self._floor)
+
+            def gray_at(i: int) -> np.ndarray | None:
+                return self.window.get(i) if lo <= i <= hi else None
+
+            cuts = ShotCuts(gray_at, lo)
+            cuts(k)  # (decodes lo..k)
+            full = self.window.full.pop(k, None)
+            if full is None:
+                raise BadInputError(
+                    f"keyframe {self.keys.files[k]}: frame {k} of {self.info.path} cannot be found"
+                )
+            grid = colour_grid(gray_at(k), image_ab(self.keys.files[k], self.grid))
+            g = _Guide(k, {k: None}, grid, full, last=hi, reach=k)
+            g.back = propagate(gray_at, k, -1, self.flow, cuts)
+            g.ahead = propagate(gray_at, k, 1, self.flow, cuts)
+            self._back(g, done)
+        except BaseException as e:  # noqa: BLE001 (raised on the run's thread, by `result`)
+            done.set_exception(e)
+
+    def _back(self, g: _Guide, done: Future) -> None:
+        """A stretch of g's backward track; the rest is queued behind the other tracks'."""
+        try:
+            for n, (i, disp) in enumerate(g.back, 1):
+                g.frames[i] = self._kept(disp)
+                if n == CHUNK:
+                    self._pool.submit(self._back, g, done)
+                    return
+            log.info("keyframe %d reaches back to frame %d", g.index, min(g.frames))
+            done.set_result(g)
+        except BaseException as e:  # noqa: BLE001 (raised on the run's thread, by `result`)
+            done.set_exception(e)
+
+    def _ahead(self, g: _Guide, upto: int) -> tuple[int, bool]:
+        """Run g's forward track up to frame `upto`: (the frame reached, whether it goes on)."""
+        self.window.forget(self._floor)
+        for i, disp in g.ahead:
+            g.frames[i] = self._kept(disp)
+            if i >= upto:
+                return i, True
+        log.info("keyframe %d reaches frame %d", g.index, max(g.frames))
+        return max(g.frames), False
+
+    def _kept(self, disp: np.ndarray) -> np.ndarray:
+        # at half size: a displacement field is smooth, and 4x less memory
+        return resize_flow(disp, self.store).astype(np.float16)
+
+    # --- on the run's thread
+
+    def _schedule(self, i: int) -> None:
+        """Start the guides of the keyframes whose window begins by frame i + `PREFETCH`
+        (keyframes in order, so their windows start in order: a film's thousands of keyframes
+        cost nothing per frame)."""
+        while self.next < len(self.order) and self._window(self.order[self.next])[0] <= (
+            i + PREFETCH
+        ):
+            k = self.order[self.next]
+            self.next += 1
+            if i <= self._window(k)[1]:  # (a run that starts later skips what it passed)
+                self.pending[k] = done = Future()
+                self._pool.submit(self._start, k, done)
+
+    def _follow(self, g: _Guide, i: int) -> None:
+        """g's forward track past frame i (or ended), and its next stretch started."""
+        if g.more is not None and (g.more.done() or g.reach < i):
+            g.reach, g.open = g.more.result()
+            g.more = None
+        while g.open and g.reach < i:
+            g.reach, g.open = self._pool.submit(self._ahead, g, i + CHUNK).result()
+        if not g.open:
+            g.last = g.reach
+        elif g.more is None and g.reach < i + LEAD:
+            g.more = self._pool.submit(self._ahead, g, g.reach + CHUNK)
 
     def _guides_at(self, i: int) -> list[_Guide]:
         for k in [k for k, g in self.active.items() if g.last < i]:
             del self.active[k]  # frames come in order: never needed again
-        # keyframes in order, so their windows start in order: a film's thousands of keyframes
-        # cost nothing per frame
-        while self.next < len(self.order) and self._window(self.order[self.next])[0] <= i:
-            k = self.order[self.next]
-            self.next += 1
-            if i <= self._window(k)[1]:  # (a run that starts later skips what it passed)
-                self.active[k] = self._build(k)
+        self._schedule(i)
+        self._floor = min([i, *(self._window(k)[0] for k in self.pending)])
+        for k in sorted(self.pending):
+            if self._window(k)[0] > i:
+                break
+            self.active[k] = self.pending.pop(k).result()  # (its exception, if it failed)
+        for g in self.active.values():
+            self._follow(g, i)
         return [g for g in self.active.values() if i in g.frames]
+
+    def close(self) -> None:
+        """Stop the guide's thread (work not started is dropped) and its decoder."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.pending.clear()
+        self.window.close()
 
     def _sample(self, g: _Guide, i: int, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The keyframe's ab (h, w, 2) brought onto frame `i` (gray uint8 (h, w) at the chroma

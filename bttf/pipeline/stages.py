@@ -346,6 +346,10 @@ class ChromaStage:
             cb, cr = cb.astype(np.uint16), cr.astype(np.uint16)
         return cb, cr
 
+    def close(self) -> None:
+        if self.guide is not None:
+            self.guide.close()
+
 
 # ---------------------------------------------------------------------------------------------
 # Stills
