@@ -353,13 +353,14 @@ def slice_grid(
         [
             x * (2.0 / GRID_CELL / (gx - 1)) - 1.0,
             y * (2.0 / GRID_CELL / (gy - 1)) - 1.0,
-            gray.astype(np.float32) * (2.0 / 255.0) - 1.0,
+            gray * np.float32(2.0 / 255.0) - 1.0,
         ],
         axis=-1,
+        dtype=np.float32,
     )
     out = F.grid_sample(
         grid,
-        torch.from_numpy(coords[None, None].astype(np.float32)),
+        torch.from_numpy(coords)[None, None],
         mode="bilinear",
         padding_mode="border",
         align_corners=True,
@@ -580,10 +581,25 @@ class KeyframeGuide:
         sharp = np.exp(-((drift * (1.0 / DRIFT_TOLERANCE)) ** 2))[..., None]
         x = (np.arange(w, dtype=np.float32)[None, :] + d[..., 0]) * (self.grid[1] / w)
         y = (np.arange(h, dtype=np.float32)[:, None] + d[..., 1]) * (self.grid[0] / h)
-        near, count = slice_grid(g.grid, x, y, gray)
+        near, count = self._slice(g.grid, x, y, gray)
         key_ab = sharp * warp(g.ab, d) + (1.0 - sharp) * near
         conf = np.clip(count * (1.0 / MIN_COUNT), 0.0, 1.0) * DECAY ** abs(i - g.index)
         return key_ab, conf
+
+    def _slice(
+        self, grid: torch.Tensor, x: np.ndarray, y: np.ndarray, gray: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`slice_grid` at most at half the flow's size (the grid's cells are `GRID_CELL` flow
+        pixels; the tracked colour keeps the chroma plane's detail), brought to `gray`'s
+        size."""
+        h, w = gray.shape
+        sh, sw = min(h, self.store[0]), min(w, self.store[1])
+        if (sh, sw) == (h, w):
+            return slice_grid(grid, x, y, gray)
+        near, count = slice_grid(
+            grid, *(cv2.resize(a, (sw, sh), interpolation=cv2.INTER_AREA) for a in (x, y, gray))
+        )
+        return tuple(cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR) for a in (near, count))
 
     def apply(self, batch: list, ab: torch.Tensor) -> torch.Tensor:
         """ab (N, 2, h, w) at the chroma size of `batch` (`PreparedFrame`s, gray at that size),
