@@ -214,7 +214,7 @@ def _colorize_one(src: Path, dst: Path, config, progress_for, share=None) -> Bat
         if not isinstance(e, BttfError):
             log.debug("%s failed", src, exc_info=True)
         if share is not None:
-            from bttf.pipeline.shared import report_failure, was_noted
+            from bttf.pipeline.ranks import report_failure, was_noted
 
             if not was_noted(e):
                 report_failure(dst, share, reason)

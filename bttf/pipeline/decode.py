@@ -27,6 +27,7 @@ BadInputErrors.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import logging
 from collections.abc import Iterator
@@ -548,12 +549,26 @@ def read_frames(
         yield from timeline.finish()
 
 
+@dataclass(frozen=True)
+class FrameIndex:
+    """`pts`: every frame's timestamp in order; `keys`: those of the keyframes, in order."""
+
+    pts: list[int]
+    keys: list[int]
+
+    def key_before(self, pts: int) -> int:
+        """The timestamp of the last keyframe at or before `pts` (a seek to `pts` lands there)."""
+        i = bisect.bisect_right(self.keys, pts)
+        return self.keys[i - 1] if i else (self.keys[0] if self.keys else pts)
+
+
 def frame_times(
     info: VideoInfo, start: float | None = None, duration: float | None = None
-) -> list[int] | None:
-    """The pts of every frame `read_frames(info, start, duration)` gives, in order, read from
-    the packets alone (no decoding: seconds for a feature film); None when the packets cannot
-    say (one without a timestamp, or two with the same one): then only decoding can.
+) -> FrameIndex | None:
+    """The pts of every frame `read_frames(info, start, duration)` gives, in order, and of the
+    keyframes, read from the packets alone (no decoding: seconds for a feature film); None when
+    the packets cannot say (one without a timestamp, or two with the same one): then only
+    decoding can.
 
     A film whose frames are all decodable gives exactly these (a damaged frame shown again under
     "repeat" keeps its packet's timestamp; under "skip" it is left out, so callers must not use
@@ -563,6 +578,7 @@ def frame_times(
     t_end = None if duration is None else t_start + to_fraction(duration)
     tb = info.time_base
     pts: list[int] = []
+    keys: list[int] = []
     with open_input(info.path) as container:
         stream = _video_stream(container, info.path)
         for packet in _packets(container, stream, info.path):
@@ -571,7 +587,10 @@ def frame_times(
             if packet.pts is None:
                 return None
             pts.append(packet.pts)
+            if packet.is_keyframe:
+                keys.append(packet.pts)
     pts.sort()
     if len(set(pts)) != len(pts):
         return None
-    return [p for p in pts if p * tb >= t_start and (t_end is None or p * tb < t_end)]
+    inside = [p for p in pts if p * tb >= t_start and (t_end is None or p * tb < t_end)]
+    return FrameIndex(inside, sorted(keys))

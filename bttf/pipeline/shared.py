@@ -36,13 +36,11 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shutil
 import time
-import uuid
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,7 +48,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bttf.errors import BadInputError, BttfError
-from bttf.pipeline.decode import SourceFrame, frame_times, read_frames, to_fraction
+from bttf.pipeline.decode import (
+    FrameIndex,
+    SourceFrame,
+    frame_times,
+    read_frames,
+    to_fraction,
+)
+from bttf.pipeline.ranks import RankFolder, Share, noted, write_json
 from bttf.pipeline.resume import SegmentWriter
 from bttf.pipeline.segments import (
     Segment,
@@ -58,7 +63,6 @@ from bttf.pipeline.segments import (
     keeps_time_base,
     segment_job,
     settings_hash,
-    work_dir_for,
 )
 
 if TYPE_CHECKING:
@@ -66,260 +70,14 @@ if TYPE_CHECKING:
 
     from bttf.pipeline.resume import Target
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
-
 log = logging.getLogger(__name__)
 
+__all__ = ["SETTINGS", "Share", "SharedSink"]
+
 SETTINGS = "shared.json"
-#: Seconds a rank waits for another that has not come (BTTF_SHARE_TIMEOUT changes it).
-DEFAULT_WAIT_S = 600.0
 
 
-@dataclass(frozen=True)
-class Share:
-    """This process's place in a torchrun job: `rank` of `world`, GPU `local_rank`, `run_id`;
-    `offset`: the place of the film's segment 0 in the run's order (see the module notes);
-    `wait_s`: how long to wait for a rank that has not come."""
-
-    rank: int
-    world: int
-    local_rank: int
-    run_id: str
-    offset: int = 0
-    wait_s: float = DEFAULT_WAIT_S
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Share | None:
-        """From torchrun's variables; None for a single process (WORLD_SIZE unset or 1)."""
-        from bttf.pipeline.batch import dist_env
-
-        env = os.environ if env is None else env
-        rank, world, local = dist_env(env)
-        if world == 1:
-            return None
-        raw = "-".join(
-            env.get(k, "") for k in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT")
-        )
-        run_id = re.sub(r"[^A-Za-z0-9_.-]", "_", raw.strip("-")) or "local"
-        wait = env.get("BTTF_SHARE_TIMEOUT", str(DEFAULT_WAIT_S))
-        try:
-            wait_s = float(wait)
-        except ValueError:
-            wait_s = -1.0
-        if not wait_s > 0:
-            raise BadInputError(f"BTTF_SHARE_TIMEOUT={wait} must be a number of seconds above 0")
-        return cls(rank, world, local, run_id, wait_s=wait_s)
-
-    def owner(self, k: int) -> int:
-        """The rank that colorizes segment `k` of the film."""
-        return (k + self.offset) % self.world
-
-    def device(self, name: str) -> str:
-        """`name`, with `auto` made the GPU LOCAL_RANK when there is one."""
-        if name.strip().lower() != "auto":
-            return name
-        import torch
-
-        if not torch.cuda.is_available():
-            return name
-        return f"cuda:{self.local_rank % torch.cuda.device_count()}"
-
-
-def _flock(path: Path, mode: int) -> int | None:
-    """An fd of `path` holding flock `mode` (non-blocking), or None when someone else holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    if fcntl is None:  # pragma: no cover
-        return fd
-    try:
-        fcntl.flock(fd, mode | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    _write_text(path, json.dumps(data, indent=1))
-
-
-class _Folder:
-    """The ranks' meeting in one work folder: the locks, the generation, the check-ins and the
-    failure notes (see the module notes)."""
-
-    def __init__(self, dst: Path, share: Share, poll_s: float) -> None:
-        self.dst = dst
-        self.path = work_dir_for(dst)
-        self.share = share
-        self.poll_s = poll_s
-        self.generation = ""  # this run's id in the folder (a uuid rank 0 draws)
-        self._fds: list[int] = []
-
-    def _lock(self) -> None:
-        """Share `lock` with the ranks of this run, refuse another run, learn the generation
-        (ranks > 0 wait here until rank 0 has opened the folder, at most `wait_s`)."""
-        busy = f"another bttf run is writing {self.dst} (it holds {self.path})"
-        fd = _flock(self.path / "lock", fcntl.LOCK_SH if fcntl else 0)
-        if fd is None:
-            raise BadInputError(f"{busy}; wait for it to end or stop it first")
-        self._fds.append(fd)
-        since, logged = time.monotonic(), False
-        while True:
-            setup = os.open(self.path / "setup.lock", os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                if fcntl is not None:
-                    fcntl.flock(setup, fcntl.LOCK_EX)  # one rank at a time, for a moment
-                if self._join_run(busy):
-                    break
-            finally:
-                os.close(setup)
-            waited = time.monotonic() - since
-            if not logged:
-                log.info("rank %d: waiting for rank 0 to open %s", self.share.rank, self.path)
-                logged = True
-            if waited > self.share.wait_s:
-                raise BttfError(
-                    f"rank {self.share.rank} waited {waited:.0f} s for rank 0 of run "
-                    f"{self.share.run_id} to open {self.path}; start every rank of the run "
-                    "(the same MASTER_ADDR/MASTER_PORT), then run the same command with --resume"
-                )
-            time.sleep(self.poll_s)
-
-    def _join_run(self, busy: str) -> bool:
-        """Drop other runs' locks nobody holds (runs that are gone), refuse a live other run;
-        rank 0 starts this run's generation and holds its run lock to the end; a rank > 0 joins
-        once rank 0 holds it (False: not yet). Under `setup.lock`."""
-        me = self.path / f"run-{self.share.run_id}.lock"
-        for other in self.path.glob("run-*.lock"):
-            if other == me:
-                continue
-            fd = _flock(other, fcntl.LOCK_EX if fcntl else 0)
-            if fd is None:
-                raise BadInputError(f"{busy}, run {other.name[4:-5]}; wait for it or stop it")
-            with contextlib.suppress(OSError):
-                other.unlink()
-            os.close(fd)
-        gen = self.path / "generation"
-        fd = _flock(me, fcntl.LOCK_EX if fcntl else 0)
-        if self.share.rank == 0:
-            if fd is None:
-                raise BadInputError(
-                    f"{busy}: processes of an earlier run with the same torchrun id "
-                    f"({self.share.run_id}) are still alive; stop them first"
-                )
-            for old in self.path.glob("failed-*.txt"):  # earlier runs' (the generation is new)
-                with contextlib.suppress(OSError):
-                    old.unlink()
-            _write_text(gen, uuid.uuid4().hex)
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_SH)
-        else:
-            if fd is not None:  # nobody holds it: rank 0 has not come yet
-                os.close(fd)
-                return False
-            fd = _flock(me, fcntl.LOCK_SH if fcntl else 0)
-            if fd is None:  # pragma: no cover - its holders share it
-                return False
-        self._fds.append(fd)
-        self.generation = gen.read_text().strip()
-        return True
-
-    def _check_in(self) -> None:
-        """Hold this rank's lock: the last step of opening (rank 0 joins only once every rank
-        has it, so none comes to a folder already joined and removed)."""
-        name = f"rank-{self.generation}-{self.share.rank}.lock"
-        fd = _flock(self.path / name, fcntl.LOCK_EX if fcntl else 0)
-        if fd is None:
-            raise BadInputError(f"rank {self.share.rank} of this run is already running")
-        self._fds.append(fd)
-
-    def _unlock(self) -> None:
-        for fd in self._fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._fds.clear()
-
-    def _absent(self) -> list[int]:
-        """The ranks that have neither checked in nor left a failure note yet."""
-        gen = self.generation
-        return [
-            r
-            for r in range(self.share.world)
-            if not (self.path / f"rank-{gen}-{r}.lock").exists()
-            and not (self.path / f"failed-{gen}-{r}.txt").exists()
-        ]
-
-    def _gone(self, rank: int) -> bool:
-        """Rank `rank` of this run started and no longer holds its lock."""
-        p = self.path / f"rank-{self.generation}-{rank}.lock"
-        if not p.exists():
-            return False  # not started yet
-        fd = _flock(p, fcntl.LOCK_EX if fcntl else 0)
-        if fd is None:
-            return False
-        os.close(fd)
-        return True
-
-    def _fail(self, reason: str) -> None:
-        """Leave this rank's failure note (for rank 0 and the ranks still at work)."""
-        if self.generation:
-            with contextlib.suppress(OSError):
-                name = f"failed-{self.generation}-{self.share.rank}.txt"
-                _write_text(self.path / name, " ".join(reason.split()))
-
-    def failure(self) -> str | None:
-        """'rank r failed: reason' when a rank of this run left a failure note."""
-        for p in sorted(self.path.glob(f"failed-{self.generation}-*.txt")):
-            with contextlib.suppress(OSError, ValueError):
-                return f"rank {int(p.stem.rsplit('-', 1)[1])} failed: {p.read_text().strip()}"
-        return None
-
-    def _await_ranks(self, what: str) -> None:
-        """Until every rank has checked in; BttfError after `wait_s` (rank 0 only)."""
-        since = time.monotonic()
-        while absent := self._absent():
-            if time.monotonic() - since > self.share.wait_s:
-                raise self._timeout(absent[0], what)
-            time.sleep(self.poll_s)
-
-    def _timeout(self, rank: int, what: str) -> BttfError:
-        return BttfError(
-            f"rank 0 waited {self.share.wait_s:g} s for rank {rank} of run {self.share.run_id} "
-            f"to start on {self.dst} ({what}); start every rank of the run, then run the same "
-            "command with --resume"
-        )
-
-
-def report_failure(dst: Path, share: Share, reason: str, poll_s: float = 0.2) -> None:
-    """Rank `share.rank` failed on the film `dst` before it opened its work folder: check in
-    with a failure note, so rank 0 gives the film up instead of waiting for this rank (and rank
-    0 waits for the others to come, so none waits for it). Best effort: errors are logged."""
-    folder = _Folder(dst, share, poll_s)
-    try:
-        folder.path.mkdir(exist_ok=True)
-        folder._lock()
-        folder._fail(reason)
-        folder._check_in()
-        if share.rank == 0:
-            folder._await_ranks("to hear that rank 0 failed")
-    except (OSError, BttfError) as e:
-        log.warning("rank %d: could not note the failure on %s (%s)", share.rank, dst, e)
-    finally:
-        folder._unlock()
-
-
-class SharedSink(_Folder):
+class SharedSink(RankFolder):
     """This rank's segments (`share.owner(k) == rank`) of a film in the shared work folder;
     rank 0 joins.
 
@@ -397,7 +155,7 @@ class SharedSink(_Folder):
         try:
             old = json.loads(p.read_text())
         except FileNotFoundError:
-            _write_json(p, {"hash": self.hash, "settings": self.job})
+            write_json(p, {"hash": self.hash, "settings": self.job})
             return
         except (OSError, ValueError) as e:
             raise BadInputError(f"{p} is unreadable ({e}); delete {self.path} to start over") from e
@@ -470,13 +228,13 @@ class SharedSink(_Folder):
         decoded from a seek before each run of them when the packets give every frame's
         timestamp, else from the film's start."""
         t = self.target
-        times = None
+        index = None
         if t.on_decode_error == "repeat":
-            times = frame_times(t.info, t.start, t.duration)
-        if times is None:
+            index = frame_times(t.info, t.start, t.duration)
+        if index is None:
             yield from self._whole_source()
-        elif times:
-            yield from self._seek_source(times)
+        elif index.pts:
+            yield from self._seek_source(index)
         log.info(
             "rank %d: decoded %d frames (the film has %s)",
             self.share.rank,
@@ -503,9 +261,10 @@ class SharedSink(_Folder):
                     yield "warm", f
         self.film_frames = i + 1
 
-    def _seek_source(self, times: list[int]) -> Iterator[tuple[str, SourceFrame]]:
-        """Each run of consecutive segments of this rank from a seek before its warm-up."""
-        n = self.segment_frames
+    def _seek_source(self, index: FrameIndex) -> Iterator[tuple[str, SourceFrame]]:
+        """Each run of consecutive segments of this rank after its warm-up: from a seek, or on
+        from where the decoder is when the seek would land no later (a long GOP)."""
+        times, n = index.pts, self.segment_frames
         self.film_frames, self.first_pts = len(times), times[0]
         runs: list[list[int]] = []
         for k in range(-(-len(times) // n)):
@@ -514,42 +273,57 @@ class SharedSink(_Folder):
                     runs[-1].append(k)
                 else:
                     runs.append([k])
-        for run in runs:
-            lo = max(0, run[0] * n - self.warmup)
-            yield from self._span(times, lo, run[0] * n, min(len(times), (run[-1] + 1) * n))
+        frames, at = None, None  # the open decoder, the pts of the last frame it gave
+        try:
+            for run in runs:
+                lo = max(0, run[0] * n - self.warmup)
+                if frames is not None and index.key_before(times[lo]) > at:
+                    frames.close()
+                    frames = None
+                frames = yield from self._span(
+                    times, lo, run[0] * n, min(len(times), (run[-1] + 1) * n), frames
+                )
+                at = times[min(len(times), (run[-1] + 1) * n) - 1]
+        finally:
+            if frames is not None:
+                frames.close()
 
-    def _span(self, times: list[int], lo: int, first: int, hi: int):
-        """Frames `lo`..`first` - 1 as warm-up and `first`..`hi` - 1 as this rank's, decoded from
-        the keyframe before frame `lo` (further back when the seek lands after it)."""
+    def _span(self, times: list[int], lo: int, first: int, hi: int, frames):
+        """Frames `lo`..`first` - 1 as warm-up and `first`..`hi` - 1 as this rank's, from
+        `frames` (an open decoder before frame `lo`), else from the keyframe before frame `lo`
+        (further back when the seek lands after it). Returns the decoder, still open."""
         t, info, n = self.target, self.target.info, self.segment_frames
         back = Fraction(0)
         while True:
             seek = times[lo] * info.time_base - back
             from_start = lo == 0 or seek <= info.start + (to_fraction(t.start) or 0)
-            frames = read_frames(
-                info,
-                t.start,
-                t.duration,
-                on_error=t.on_decode_error,
-                seek=None if from_start else seek,
-            )
+            go_on = frames is not None
+            if not go_on:
+                frames = read_frames(
+                    info,
+                    t.start,
+                    t.duration,
+                    on_error=t.on_decode_error,
+                    seek=None if from_start else seek,
+                )
             i = lo
-            with contextlib.closing(frames):
-                for f in frames:
-                    self.decoded += 1
-                    if f.pts < times[lo] and i == lo:
-                        continue
-                    if f.pts != times[i]:
-                        break
-                    if i >= first and (i - first) % n == 0:
-                        self._stop_if_failed()
-                        self._order.append(i // n)
-                    yield ("warm" if i < first else "frame"), f
-                    i += 1
-                    if i == hi:
-                        return
-            if i > lo or from_start:
-                at = float(times[i] * info.time_base - info.start) if i < hi else -1
+            for f in frames:
+                self.decoded += 1
+                if f.pts < times[lo] and i == lo:
+                    continue
+                if f.pts != times[i]:
+                    break
+                if i >= first and (i - first) % n == 0:
+                    self._stop_if_failed()
+                    self._order.append(i // n)
+                yield ("warm" if i < first else "frame"), f
+                i += 1
+                if i == hi:
+                    return frames
+            frames.close()
+            frames = None
+            if i > lo or from_start or go_on:
+                at = float(times[min(i, hi - 1)] * info.time_base - info.start)
                 raise BttfError(
                     f"{info.path}: the frame at {at:.3f} s is not where its packet said; run it "
                     "in one process (without torchrun)"
@@ -590,7 +364,7 @@ class SharedSink(_Folder):
             s.repeated,
             s.dropped,
         )
-        _write_json(
+        write_json(
             self.path / f"seg-{k:05d}.json", asdict(seg) | {"index": k, "run": self.generation}
         )
         self.done[k] = seg
@@ -685,22 +459,3 @@ class SharedSink(_Folder):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-
-
-def noted(exc: BaseException) -> None:
-    """Mark `exc` as left in a work folder's failure note (see `was_noted`)."""
-    with contextlib.suppress(AttributeError, TypeError):
-        exc.bttf_share_noted = True  # type: ignore[attr-defined]
-
-
-def was_noted(exc: BaseException) -> bool:
-    """Whether a `SharedSink` left `exc` as this rank's failure note (else the caller should
-    `report_failure`)."""
-    seen: BaseException | None = exc
-    for _ in range(8):  # the error, or what it was raised from
-        if seen is None:
-            return False
-        if getattr(seen, "bttf_share_noted", False):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
