@@ -105,6 +105,7 @@ class CnnAutoencoder(nn.Module):
 @register_model(
     "cnn-ae",
     output="ab",
+    cpu_s_360p=0.11,  # benchmarks/model_speed.py --pipeline (README "Models")
     stride=32,
     render_size=256,
     description="plain 5-down/5-up conv autoencoder, MSE on ab; variant=plain|dropout|"

@@ -323,6 +323,7 @@ def ddcolor(**kw) -> DDColor:
 @register_model(
     "ddcolor-paper",
     output="ab",
+    cpu_s_360p=7.3,  # benchmarks/model_speed.py --pipeline (README "Models")
     stride=32,
     render_size=512,
     description=_DESCRIPTION.format("paper", "L", 228, "ddcolor_paper.pth"),
@@ -335,6 +336,7 @@ def ddcolor_paper(**kw) -> DDColor:
 @register_model(
     "ddcolor-artistic",
     output="ab",
+    cpu_s_360p=7.3,  # benchmarks/model_speed.py --pipeline (README "Models")
     stride=32,
     render_size=512,
     description=_DESCRIPTION.format("artistic", "L", 228, "ddcolor_artistic.pth"),

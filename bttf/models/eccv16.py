@@ -138,6 +138,7 @@ class Eccv16(nn.Module):
 @register_model(
     "eccv16",
     output="bins",
+    cpu_s_360p=0.3,  # benchmarks/model_speed.py --pipeline (README "Models")
     stride=4,
     render_size=256,
     description="Zhang et al. ECCV 2016 (VGG-style, 32 M params; official weights)",

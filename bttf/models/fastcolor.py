@@ -252,6 +252,7 @@ UNSURE = None
 @register_model(
     "fastcolor",
     output="bins",
+    cpu_s_360p=0.11,  # benchmarks/model_speed.py --pipeline (README "Models")
     stride=16,
     render_size=256,
     shipped="fastcolor.safetensors",
@@ -267,6 +268,7 @@ def fastcolor(**kw) -> FastColor:
 @register_model(
     "fastcolor-l2",
     output="ab",
+    cpu_s_360p=0.09,  # benchmarks/model_speed.py --pipeline (README "Models")
     stride=16,
     render_size=256,
     description="fastcolor's network regressing ab directly (trained with L2)",

@@ -78,6 +78,7 @@ class MeanChroma(nn.Module):
 @register_model(
     "mean-chroma",
     output="ab",
+    cpu_s_360p=0.05,  # benchmarks/model_speed.py --pipeline (README "Models")
     stride=STRIDE,
     render_size=128,
     description="global tint: 7 convs + FC regress the mean (a, b) (~0.27 M params)",

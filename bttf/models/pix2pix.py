@@ -173,6 +173,7 @@ class PatchGAN70(nn.Module):
 @register_model(
     "pix2pix",
     output="ab",
+    cpu_s_360p=0.11,  # benchmarks/model_speed.py --pipeline (README "Models")
     stride=64,
     render_size=256,
     description="pix2pix U-Net generator, trained with a 70x70 PatchGAN + 100 L1 (~7.3 M params)",

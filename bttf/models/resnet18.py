@@ -301,6 +301,7 @@ def load_imagenet_trunk(
 @register_model(
     "resnet18",
     output="ab",
+    cpu_s_360p=0.14,  # benchmarks/model_speed.py --pipeline (README "Models")
     stride=32,
     render_size=256,
     description="ResNet-18 trunk (ImageNet-loadable) + U-Net head, ab (~13.5 M params)",
@@ -315,6 +316,7 @@ def resnet18(**kw) -> ResNetColorizer:
 @register_model(
     "resnet18-bins",
     output="bins",
+    cpu_s_360p=0.16,  # benchmarks/model_speed.py --pipeline (README "Models")
     stride=32,
     render_size=256,
     description="ResNet-18 trunk + U-Net head, 313-bin logits (~13.5 M params)",

@@ -17,6 +17,7 @@ from bttf.models.resnet18 import ResNetColorizer
 @register_model(
     "resnet50",
     output="ab",
+    cpu_s_360p=0.26,  # benchmarks/model_speed.py --pipeline (README "Models")
     stride=32,
     render_size=256,
     description="ResNet-50 trunk (ImageNet-loadable) + U-Net head, ab (~32 M params)",

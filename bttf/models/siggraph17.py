@@ -116,6 +116,7 @@ class Siggraph17(nn.Module):
 @register_model(
     "siggraph17",
     output="ab",
+    cpu_s_360p=0.61,  # benchmarks/model_speed.py --pipeline (README "Models")
     stride=8,
     render_size=256,
     description="Zhang et al. SIGGRAPH 2017 (U-Net, 34 M params; official weights)",

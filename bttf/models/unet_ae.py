@@ -86,6 +86,7 @@ class UNetAutoencoder(nn.Module):
 @register_model(
     "unet-ae",
     output="ab",
+    cpu_s_360p=0.13,  # benchmarks/model_speed.py --pipeline (README "Models")
     stride=16,
     render_size=256,
     description="U-Net autoencoder with skips, tanh x 110 ab output (~2.0 M params)",
