@@ -24,6 +24,20 @@ PRESETS = {
 }
 
 
+#: OpenCV's DIS fails on small or elongated pictures with motion (an assertion in its pyramid,
+#: or a segmentation fault: 16x100, 24x512, 8x500, 16x1000 …); pictures with a side under
+#: `_DIS_MIN_SIDE` or more than `_DIS_MAX_ASPECT` times longer than wide are edge-padded to a
+#: shape it takes (checked for every preset, moving noise, sides 1 to 4000), flow cropped back.
+_DIS_MIN_SIDE, _DIS_MAX_ASPECT = 32, 16
+
+
+def _dis_shape(h: int, w: int) -> tuple[int, int]:
+    return (
+        max(h, _DIS_MIN_SIDE, -(-w // _DIS_MAX_ASPECT)),
+        max(w, _DIS_MIN_SIDE, -(-h // _DIS_MAX_ASPECT)),
+    )
+
+
 class FlowEstimator:
     """OpenCV DIS optical flow on uint8 gray frames.
 
@@ -48,7 +62,15 @@ class FlowEstimator:
             )
         # DIS starts from the flow it is given (at its coarsest scale) when there is one
         guess = None if init is None else np.array(init, np.float32, copy=True)
-        return self._dis.calc(_u8(src), _u8(dst), guess)
+        h, w = src.shape
+        shape = _dis_shape(h, w)
+        if shape == (h, w):
+            return self._dis.calc(_u8(src), _u8(dst), guess)
+        pad = ((0, shape[0] - h), (0, shape[1] - w))
+        src, dst = np.pad(_u8(src), pad, mode="edge"), np.pad(_u8(dst), pad, mode="edge")
+        if guess is not None:
+            guess = np.pad(guess, (*pad, (0, 0)), mode="edge")
+        return np.ascontiguousarray(self._dis.calc(src, dst, guess)[:h, :w])
 
 
 def _u8(img: np.ndarray) -> np.ndarray:
