@@ -47,7 +47,8 @@ def models_cmd(as_json: bool) -> None:
         name = r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else "")
         output = "313 bins" if r["output"] == "bins" else "ab"
         size = f"{r['file_size'] / 1e6:.1f} MB" if r["file_size"] else "-"
-        speed = r["speed"] if r["cpu_s_360p"] is None else f"{r['cpu_s_360p']:g} {r['speed']}"
+        cpu = r["cpu_s_360p"]
+        speed = r["speed"] if cpu is None else f"{cpu:.{1 if cpu >= 1 else 2}f} {r['speed']}"
         table.add_row(
             name, output, f"{r['params']:,}", size, str(r["render_size"]), speed, _source(r)
         )
