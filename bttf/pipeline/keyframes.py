@@ -71,6 +71,7 @@ SEEK_GAP = 48  # frames: a frame further past what was decoded is sought
 DECAY = 0.999  # confidence kept per frame away from the keyframe
 DRIFT_TOLERANCE = 20.0  # gray levels: keyframe luma at the tracked point vs the frame's
 GRID_SCALE = 1  # the flow works at the render size / this
+FLOW_PRESET = "medium"  # DIS preset of the tracks
 GRID_CELL = 24  # flow pixels: cell of the keyframe's bilateral colour grid
 GRID_BINS = 16  # gray levels of the grid
 MIN_COUNT = 1.0  # keyframe pixels of the grid behind full confidence
@@ -318,8 +319,6 @@ def colour_grid(gray: np.ndarray, ab: np.ndarray) -> torch.Tensor:
     """A bilateral grid of the keyframe's colour: sums of a, b and a count over cells of
     `GRID_CELL` pixels and `GRID_BINS` gray levels, smoothed, (1, 3, bins, gy, gx) float32.
     `gray` uint8 (h, w) and `ab` (h, w, 2) at one size."""
-    import torch.nn.functional as F
-
     h, w = gray.shape
     yy, xx = np.mgrid[0:h, 0:w]
     cell = (
@@ -330,15 +329,11 @@ def colour_grid(gray: np.ndarray, ab: np.ndarray) -> torch.Tensor:
     sums = np.zeros((3, GRID_BINS, h // GRID_CELL + 2, w // GRID_CELL + 2), np.float32)
     for c, v in enumerate((ab[..., 0], ab[..., 1], np.ones((h, w), np.float32))):
         np.add.at(sums[c], cell, v)
-    t = torch.from_numpy(sums)[None]
-    k = torch.tensor([0.25, 0.5, 0.25])
-    for dim in (2, 3, 4):  # a [1, 2, 1] blur along each axis, edges repeated
-        shape = [1, 1, 1, 1, 1]
-        shape[dim] = 3
-        pad = [0] * 6
-        pad[2 * (4 - dim)] = pad[2 * (4 - dim) + 1] = 1
-        t = F.conv3d(F.pad(t, pad, mode="replicate"), k.view(shape).repeat(3, 1, 1, 1, 1), groups=3)
-    return t
+    for axis in (1, 2, 3):  # a [1, 2, 1] blur along each axis, edges repeated
+        p = np.pad(sums, [(1, 1) if d == axis else (0, 0) for d in range(4)], mode="edge")
+        lo, mid, hi = (np.take(p, range(o, o + sums.shape[axis]), axis=axis) for o in (0, 1, 2))
+        sums = 0.25 * lo + 0.5 * mid + 0.25 * hi
+    return torch.from_numpy(sums.astype(np.float32))[None]
 
 
 def slice_grid(
@@ -446,7 +441,7 @@ class KeyframeGuide:
         self.info = info
         self.grid = grid
         self.span = span
-        self.flow = FlowEstimator("medium")  # (the guide's thread only)
+        self.flow = FlowEstimator(FLOW_PRESET)  # (the guide's thread only)
         self.store = (max(4, grid[0] // 2), max(4, grid[1] // 2))
         self.active: dict[int, _Guide] = {}
         self.order = sorted(keyframes.files)
