@@ -76,12 +76,12 @@ def read_rgb(path: Path) -> np.ndarray:
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])])
 
 
-def run(film: Path, out: Path, keys: Path | None, args) -> tuple[np.ndarray, float]:
+LOSSLESS = {"codec": "ffv1", "crf": None, "preset": None, "pix_fmt": "yuv444p"}
+
+
+def colorize(film: Path, out: Path, keys: Path | None, args, lossless: bool = True) -> None:
     config = ColorizeConfig(
-        codec="ffv1",
-        crf=None,
-        preset=None,
-        pix_fmt="yuv444p",
+        **(LOSSLESS if lossless else {}),
         device="cpu",
         render_size=args.render_size,
         threads=args.threads,
@@ -89,8 +89,13 @@ def run(film: Path, out: Path, keys: Path | None, args) -> tuple[np.ndarray, flo
         overwrite=True,
         audio=False,
     )
-    stats = bttf.colorize_video(film, out, config)
-    return read_rgb(out), stats.fps
+    bttf.colorize_video(film, out, config)
+
+
+def run(film: Path, out: Path, keys: Path | None, args) -> np.ndarray:
+    """The RGB frames of `film` colorized losslessly (with the keyframes in `keys`)."""
+    colorize(film, out, keys, args)
+    return read_rgb(out)
 
 
 def key_folder(work: Path, name: str, index: int, rgb: np.ndarray) -> Path:
@@ -122,9 +127,9 @@ def measure_clip(folder: Path, work: Path, args) -> dict:
         truth = truth[: args.max_frames]
     film = write_gray(work / "film.mkv", truth)
     mid = len(truth) // 2
-    auto, _ = run(film, work / "auto.mkv", None, args)
-    first, _ = run(film, work / "first.mkv", key_folder(work, "k0", 0, truth[0]), args)
-    middle, _ = run(film, work / "mid.mkv", key_folder(work, "km", mid, truth[mid]), args)
+    auto = run(film, work / "auto.mkv", None, args)
+    first = run(film, work / "first.mkv", key_folder(work, "k0", 0, truth[0]), args)
+    middle = run(film, work / "mid.mkv", key_folder(work, "km", mid, truth[mid]), args)
     before = slice(0, mid)
     return {
         "frames": len(truth),
@@ -141,15 +146,17 @@ def measure_speed(folders: list[Path], work: Path, args) -> dict:
     wall time, and by the process's CPU time (all threads), which a machine shared with other
     jobs disturbs far less."""
     times: dict[str, list[tuple[int, float, float]]] = {"auto": [], "key0": []}
+    lossless = args.speed_output == "lossless"
+    suffix = ".mkv" if lossless else ".mp4"
     for folder in folders:
         truth = load_clip(folder, SIZE_360P)
         film = write_gray(work / "speed.mkv", truth)
         keys = key_folder(work, f"speed_{folder.name}", 0, truth[0])
-        run(film, work / "warm.mkv", None, args)
+        colorize(film, work / f"warm{suffix}", None, args, lossless)
         for _ in range(args.repeats):  # alternating, so a busy moment hits both
             for kind, k in (("auto", None), ("key0", keys)):
                 t0, c0 = time.perf_counter(), time.process_time()
-                run(film, work / f"{kind}.mkv", k, args)
+                colorize(film, work / f"{kind}{suffix}", k, args, lossless)
                 wall, cpu = time.perf_counter() - t0, time.process_time() - c0
                 times[kind].append((len(truth), wall, cpu))
     out = {}
@@ -183,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed-clips", type=int, default=2, help="clips timed at 360p (0: none)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--speed-only", action="store_true", help="only the speed at 360p")
+    ap.add_argument(
+        "--speed-output",
+        choices=("default", "lossless"),
+        default="default",
+        help="speed runs write bttf's default output (x264 yuv420p) or FFV1 yuv444p",
+    )
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
