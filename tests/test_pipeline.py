@@ -247,8 +247,8 @@ def test_ten_bit_source(tmp_path: Path) -> None:
     )
     s = read_film(src)
     out8, out10 = tmp_path / "eight.mkv", tmp_path / "ten_out.mkv"
-    bttf.colorize_video(src, out8, ColorizeConfig(**FAST, codec="ffv1"))
-    bttf.colorize_video(src, out10, ColorizeConfig(**FAST, codec="ffv1", pix_fmt="yuv420p10le"))
+    bttf.colorize_video(src, out8, ColorizeConfig(**FAST, codec="ffv1", pix_fmt="yuv420p"))
+    bttf.colorize_video(src, out10, ColorizeConfig(**FAST, codec="ffv1"))  # the source's depth
     d8, d10 = read_film(out8), read_film(out10)
     assert np.array_equal(d8.planes[2][0], convert_depth(s.planes[2][0], 10, 8))
     assert np.array_equal(d10.planes[2][0], s.planes[2][0])
