@@ -279,6 +279,16 @@ def _first_frame(
     raise BadInputError(f"{path} has a video stream without any frame")
 
 
+def _video_span(container: av.container.InputContainer, video_start: float) -> float:
+    """Seconds from the video's first frame to the container's end, for a stream that names no
+    duration of its own. The container's duration spans all its streams (audio may start before
+    the video); Matroska's counts from time 0, the others' from the earliest stream's start."""
+    origin = 0.0
+    if "matroska" not in container.format.name and container.start_time is not None:
+        origin = container.start_time / av.time_base
+    return max(0.0, origin + container.duration / av.time_base - video_start)
+
+
 def probe_video(path: str | Path) -> VideoInfo:
     """Open `path`, check it has a decodable video stream, and describe it."""
     p = Path(path)
@@ -291,10 +301,13 @@ def probe_video(path: str | Path) -> VideoInfo:
         check_size(first.width, first.height, p)
         tb = stream.time_base or Fraction(1, 90000)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        start_pts = first.pts if first.pts is not None else (stream.start_time or 0)
+        if earliest is not None and first.pts is not None:
+            start_pts = min(start_pts, earliest)
         if stream.duration is not None:
             duration = float(stream.duration * tb)
         elif container.duration is not None:
-            duration = container.duration / av.time_base
+            duration = _video_span(container, float(start_pts * tb))
         else:
             duration = None
         frames = stream.frames or None
@@ -304,9 +317,6 @@ def probe_video(path: str | Path) -> VideoInfo:
         if frames is None and duration and rate:
             frames = max(1, round(duration * rate))
         _, bits, full = luma_plane(first)
-        start_pts = first.pts if first.pts is not None else (stream.start_time or 0)
-        if earliest is not None and first.pts is not None:
-            start_pts = min(start_pts, earliest)
         colorspace = first.colorspace if first.colorspace != SPACE_UNSPECIFIED else cc.colorspace
         matrix = _display_matrix(first)
         return VideoInfo(
@@ -413,25 +423,34 @@ def _seek(container, stream, target: Fraction, info: VideoInfo) -> None:
 
 
 def _report_damaged(
-    info: VideoInfo, pts: int, on_error: str, error: Exception | None, log_it: bool
+    info: VideoInfo,
+    pts: int,
+    on_error: str,
+    error: Exception | None,
+    log_it: bool,
+    first: bool = False,
 ) -> None:
-    """A frame that cannot be decoded: BadInputError under "fail", else a warning (if `log_it`)."""
+    """A frame that cannot be decoded: BadInputError under "fail", else a warning (if `log_it`).
+    `first`: no frame has decoded yet (a film that starts without a keyframe: frames before
+    its first keyframe refer to pictures it does not hold)."""
     when = float(pts * info.time_base - info.start)
     reason = str(error) if error is not None else "the decoder dropped it"
+    if first:
+        reason += "; it comes before the first frame that decodes: the film starts without a "
+        reason += "keyframe, as a cut without re-encoding leaves it"
     if on_error == "fail":
         raise BadInputError(
             f"{info.path}: the frame at {when:.3f} s cannot be decoded ({reason}); pass "
             "--on-decode-error repeat or skip to go past damaged frames"
         )
     if log_it:
+        if on_error == "repeat":
+            then = "the first frame that decodes is shown" if first else "the previous frame is"
+            then += " in its place" if first else " shown again"
+        else:
+            then = "it is left out" if first else "the previous frame lasts over it"
         log.warning(
-            "%s: the frame at %.3f s cannot be decoded (%s); %s",
-            info.path,
-            when,
-            reason,
-            "the previous frame is shown again"
-            if on_error == "repeat"
-            else "the previous frame lasts over it",
+            "%s: the frame at %.3f s cannot be decoded (%s); %s", info.path, when, reason, then
         )
 
 
@@ -499,7 +518,8 @@ def read_frames(
             if not timeline.inside(q) or (last_pts is not None and q <= last_pts):
                 return []
             damaged += 1
-            _report_damaged(info, q, on_error, error, log_it=damaged <= _LOG_DAMAGED)
+            first = last_y is None
+            _report_damaged(info, q, on_error, error, damaged <= _LOG_DAMAGED, first)
             if on_error == "skip":
                 timeline.drop()
                 return []
