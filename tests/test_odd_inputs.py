@@ -132,3 +132,17 @@ def test_one_frame_audio_only_and_frameless_films(tmp_path: Path, capsys) -> Non
         err = capsys.readouterr().err.strip()
         assert exc.value.code == 2 and len(err.splitlines()) == 1 and said in err
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_a_variable_rate_film_with_a_pause_is_not_called_truncated(tmp_path: Path) -> None:
+    """6 frames around a 10 s pause (MKV: no frame count, so duration x rate = 243 frames were
+    expected): it "may be truncated", though every frame was read up to its end."""
+    src = make_video(tmp_path / "gap.mkv", frames=6, pts=[0, 1, 2, 240, 241, 242], audio=None)
+    stats = bttf.colorize_video(src, tmp_path / "out.mkv", ColorizeConfig(**FAST))
+    assert stats.frames == 6 and not stats.notices
+    # a film cut short in the middle of its data still is
+    whole = make_video(tmp_path / "whole.mkv", frames=96, audio=None)
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    stats = bttf.colorize_video(cut, tmp_path / "cut-out.mkv", ColorizeConfig(**FAST))
+    assert [n for n in stats.notices if "may be truncated" in n]

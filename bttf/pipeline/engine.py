@@ -126,6 +126,16 @@ def _expected_frames(info: VideoInfo, start: float | None, duration: float | Non
     return max(0, round(span * float(info.rate)))
 
 
+def _reached_end(info: VideoInfo, reached: float | None) -> bool:
+    """Whether the frames read (the last ends at source second `reached`) reach the film's
+    declared end: a variable-rate film with a pause has fewer frames than its duration times
+    its rate, and is not truncated for it."""
+    if reached is None or info.duration is None:
+        return False
+    slack = 2 / float(info.rate) if info.rate else 0.1
+    return reached >= float(info.start) + info.duration - slack
+
+
 def _input_notices(
     info: VideoInfo,
     config: ColorizeConfig,
@@ -133,6 +143,7 @@ def _input_notices(
     done: int,
     repeated: int,
     dropped: int,
+    reached: float | None = None,
 ) -> list[str]:
     """What the user should hear about the input after a run (also logged as warnings)."""
     out = []
@@ -146,7 +157,8 @@ def _input_notices(
             f"{dropped} damaged frame{'s' if dropped != 1 else ''} of {info.path} "
             "left out (the previous frame lasts over each)"
         )
-    if config.duration is None and total and done + dropped < total - max(2, total // 100):
+    short = total and done + dropped < total - max(2, total // 100)
+    if config.duration is None and short and not _reached_end(info, reached):
         out.append(
             f"{info.path} declares about {total} frames but only {done + dropped} could "
             "be read: it may be truncated"
@@ -187,11 +199,13 @@ def _job_settings(
     return job
 
 
-def _all_notices(sink, info: VideoInfo, config: ColorizeConfig, total, done: int) -> list[str]:
+def _all_notices(
+    sink, info: VideoInfo, config: ColorizeConfig, total, done: int, reached: float | None = None
+) -> list[str]:
     """The sink's notices and `_input_notices` (logged as warnings); `total` None under torchrun,
     where a rank reads only its share."""
     notices = list(sink.notices)
-    for n in _input_notices(info, config, total, done, sink.repeated, sink.dropped):
+    for n in _input_notices(info, config, total, done, sink.repeated, sink.dropped, reached):
         log.warning("%s", n)
         notices.append(n)
     return notices
@@ -262,13 +276,17 @@ class _Timing:
     model_s: float = 0.0
     decode_s: float = 0.0
     encode_s: float = 0.0
+    reached: float | None = None  # source second where the last frame read ends
 
 
-def _prepared(sink: Sink, prepare: Preparer) -> Iterator[tuple[str, PreparedFrame]]:
+def _prepared(
+    sink: Sink, prepare: Preparer, timing: _Timing
+) -> Iterator[tuple[str, PreparedFrame]]:
     """The sink's source ("warm" and "frame" items), each frame prepared for the model."""
     source = sink.source()
     with contextlib.closing(source):
         for kind, f in source:
+            timing.reached = float((f.pts + f.duration) * f.time_base)
             yield kind, prepare(f)
 
 
@@ -305,7 +323,7 @@ def _stream(
             encoder.put(item)
 
     chroma_busy = [0.0]
-    producer = Producer(_prepared(sink, s.prepare), maxsize=depth, name="decode")
+    producer = Producer(_prepared(sink, s.prepare, timing), maxsize=depth, name="decode")
     encoder = Consumer(partial(_encode, sink), on_finish=sink.end, maxsize=depth, name="encode")
     chroma = Consumer(colour_to_chroma, maxsize=1, name="chroma") if s.overlap else None
     to_chroma = chroma.put if chroma is not None else colour_to_chroma
@@ -557,7 +575,7 @@ def colorize_video(
         t0 = time.perf_counter()
         sink.complete()
         timing.encode_s += time.perf_counter() - t0
-    notices = _all_notices(sink, info, config, None if share else total, done)
+    notices = _all_notices(sink, info, config, None if share else total, done, timing.reached)
     stats = ColorizeStats(
         output=dst,
         frames=done,
