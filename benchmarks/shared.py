@@ -68,6 +68,8 @@ def run(
             procs.append(subprocess.Popen(cmd, env=rank_env, stderr=log))
     codes = [p.wait() for p in procs]
     wall = time.perf_counter() - t0
+    what = f"{src.name}: {ranks} x {threads} {' '.join(extra[-2:])}"
+    print(f"  {what}: {wall:.1f} s", file=sys.stderr, flush=True)
     if any(codes):
         sys.exit(f"bttf colorize failed ({codes}): {logs[0].read_text()[-2000:]}")
     decoded = [
@@ -147,6 +149,7 @@ def main() -> None:
     ap.add_argument("--segment-frames", type=int, default=100)
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--folder", type=Path, default=None, help="a second film, for the folder")
+    ap.add_argument("--no-film", action="store_true", help="only the folder (with --folder)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     for f in (a.film, a.folder):
@@ -157,7 +160,9 @@ def main() -> None:
     n = a.ranks
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        rows, frames, same = film_rows(a.film, extra, n, d)
+        rows, frames, same = {}, None, None
+        if not a.no_film:
+            rows, frames, same = film_rows(a.film, extra, n, d)
         folder = folder_rows([a.film, a.folder], extra, n, d) if a.folder else None
     result = {
         "film": a.film.name,
@@ -171,10 +176,10 @@ def main() -> None:
     if a.json:
         print(json.dumps(result, indent=1))
         return
-    show(
-        f"{a.film.name}: {frames} frames, segments of {a.segment_frames}; {result['machine']}", rows
-    )
-    print(f"{n} ranks' films (seek and whole decode) frame for frame the 1 x 1 film: {same}")
+    if rows:
+        what = f"{a.film.name}: {frames} frames, segments of {a.segment_frames}"
+        show(f"{what}; {result['machine']}", rows)
+        print(f"{n} ranks' films (seek and whole decode) frame for frame the 1 x 1 film: {same}")
     if folder:
         films = ", ".join(f"{k} {v} frames" for k, v in folder["films"].items())
         show(f"folder: {films}", folder["runs"])
