@@ -9,6 +9,8 @@ they do for `bttf colorize`); the page cache is warm (the file was just written 
           weights; speed does not depend on their values), read three ways:
             pickle   `torch.load(weights_only=True)` alone (the restricted unpickler where that
                      refuses the file: DeOldify's wrapper)
+            before   what `create_model(name, weights=FILE)` did before the converted copy and
+                     the meta build: random init, unpickling, copying the tensors in
             first    `create_model(name, weights=FILE)` with an empty weights cache: SHA-256 of
                      the source, unpickling, the converted copy written and hashed, meta build
             again    the same call once the copy exists: source stat, SHA-256 of the copy,
@@ -44,8 +46,8 @@ def step(kind: str, name: str, path: str) -> dict:
     """One measurement in this process: (wall s, CPU s, peak MiB)."""
     import torch
 
-    from bttf.models import create_model, get_spec
-    from bttf.models.safe_pickle import restricted_load
+    from bttf.models import create_model, get_spec, load_state_into
+    from bttf.models.safe_pickle import restricted_load, state_dict_of
 
     spec = get_spec(name)
     t0, c0 = time.perf_counter(), cpu_s()
@@ -54,11 +56,15 @@ def step(kind: str, name: str, path: str) -> dict:
     elif kind == "meta":
         with torch.device("meta"):
             spec.factory()
-    elif kind == "pickle":  # as bttf reads a .pth: weights_only, else the restricted unpickler
+    elif kind in ("pickle", "before"):  # weights_only, else the restricted unpickler
         try:
-            torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
-            restricted_load(path)
+            obj = restricted_load(path)
+        if kind == "before":
+            load_state_into(spec.factory(), state_dict_of(obj, path, tuple(WRAPPERS.values())))
+    elif kind == "write":  # not timed: the file, made in a process of its own (peak memory)
+        print(write_release_like(name, Path(path)))
     else:  # first, again
         create_model(name, weights=path)
     return {
@@ -116,10 +122,13 @@ def main() -> None:
             report(rows[-1], args.json)
     for name in args.read:
         with tempfile.TemporaryDirectory(prefix="bttf-load-speed-") as tmp:
-            path = write_release_like(name, Path(tmp))
+            cmd = [sys.executable, __file__, "--step", "write", name, tmp]
+            made = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            path = Path(made.stdout.strip().splitlines()[-2])
             size = {"file_mb": round(path.stat().st_size / 1e6, 1)}
-            rows.append({"model": name, "step": "pickle", **size, **spawn("pickle", name, path)})
-            report(rows[-1], args.json)
+            for kind in ("pickle", "before"):
+                rows.append({"model": name, "step": kind, **size, **spawn(kind, name, path)})
+                report(rows[-1], args.json)
             for i in range(args.repeat):
                 cache = Path(tmp) / f"cache{i}"
                 for kind in ("first", "again"):
