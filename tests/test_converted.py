@@ -109,6 +109,15 @@ def test_unwritable_cache_costs_only_a_warning(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-folder", "w.pth"]
 
 
+def test_a_file_with_more_than_tensors_is_not_converted(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"conv.weight": torch.zeros(2), "epoch": 5}, path)
+    _, meta = read_weights(path)
+    assert meta["converted"] is None
+    with pytest.raises(WeightsError, match="'epoch' is a int, not a tensor"):
+        load_model(path, name="fastcolor")
+
+
 def test_shared_and_viewed_tensors_convert(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     base = torch.arange(12.0)
     state = {"a": base, "tied": base, "view": base[2:8].view(2, 3), "t": base.view(3, 4).t()}

@@ -354,8 +354,9 @@ def _read_pickle(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     state = _read_torch(path)
     copy = None
     after = path.stat()
-    if (after.st_size, after.st_mtime_ns) == (stat.st_size, stat.st_mtime_ns):
-        copy = store_converted(path, state, sha256, stat)
+    plain = all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+    if plain and (after.st_size, after.st_mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+        copy = store_converted(path, state, sha256, stat)  # else: loading will say what is wrong
     return state, {"format": "torch", "sha256": sha256, "converted": str(copy) if copy else None}
 
 
