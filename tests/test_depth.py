@@ -69,14 +69,36 @@ def test_a_10_bit_film_keeps_its_own_10_bit_luma(tmp_path: Path, source: str) ->
 
 @pytest.mark.parametrize(("source", "suffix"), [("yuv420p10le", ".mp4"), ("yuv422p10le", ".mov")])
 def test_a_10_bit_film_through_x264_is_10_bit(tmp_path: Path, source: str, suffix: str) -> None:
-    """The default encoder too: 10 bits in the source's subsampling (ProRes 4:2:2 -> 4:2:2)."""
+    """The default encoder too: 10 bits in the source's subsampling (ProRes 4:2:2 -> 4:2:2);
+    at --crf 0 the luma is the source's exactly (x264's CRF 0 moved it by up to 2 levels at
+    10 bits: QP 0 is its lossless mode there)."""
     src = tmp_path / "in.mkv"
     ys = ten_bit_clip(src, source)
-    stats = bttf.colorize_video(src, tmp_path / f"out{suffix}", ColorizeConfig(**FAST))
+    stats = bttf.colorize_video(src, tmp_path / f"out{suffix}", ColorizeConfig(**FAST, crf=0))
     fmt, out_ys, tags = luma_of(stats.output)
     assert fmt == source and tags == (BT2020, PQ, 9)
-    # lossy (x264 at 10 bits is lossless only at qp 0, which bttf does not expose)
-    assert max(np.abs(a.astype(int) - b).max() for a, b in zip(ys, out_ys, strict=True)) < 64
+    assert all(np.array_equal(a, b) for a, b in zip(ys, out_ys, strict=True))
+
+
+@pytest.mark.parametrize("source", ["yuv420p", "yuv420p10le"])
+def test_x265_at_crf_0_keeps_the_luma_exactly(tmp_path: Path, source: str) -> None:
+    """x265 at CRF 0 moved Y by up to 2 (8-bit) or 8 (10-bit) levels: it is lossless only
+    with lossless=1."""
+    src = tmp_path / "in.mkv"
+    if source == "yuv420p":
+        make_video(src, frames=3, codec="ffv1", audio=None)
+        with av.open(str(src)) as c:
+            ys = [np.array(f.to_ndarray(format="gray")) for f in c.decode(video=0)]
+    else:
+        ys = ten_bit_clip(src, source, frames=3)
+    config = ColorizeConfig(**FAST, codec="libx265", crf=0)
+    stats = bttf.colorize_video(src, tmp_path / "out.mkv", config)
+    with av.open(str(stats.output)) as c:
+        if source == "yuv420p":
+            out_ys = [f.to_ndarray(format="gray") for f in c.decode(video=0)]
+        else:
+            out_ys = luma_of(stats.output)[1]
+    assert all(np.array_equal(a, b) for a, b in zip(ys, out_ys, strict=True))
 
 
 def test_an_8_bit_film_is_unchanged_and_prores_gets_a_format_it_takes(tmp_path: Path) -> None:

@@ -146,7 +146,11 @@ class EncodeSettings:
     def options(self) -> dict[str, str]:
         """The encoder's options. libx264 on an AVX-512 CPU is held to AVX2 code: its AVX-512
         code reads uninitialised memory (two identical runs gave frames up to 15 levels apart;
-        MALLOC_PERTURB_ changes its output), which costs x264 about 10 % of its speed."""
+        MALLOC_PERTURB_ changes its output), which costs x264 about 10 % of its speed.
+
+        CRF 0 is lossless (Y bit-exact): x264 is lossless at CRF 0 only at 8 bits (at 10 bits
+        its Y moved by up to 2 levels), so above 8 bits it gets QP 0; x265 is lossless only
+        when told so (at CRF 0 its Y moved by up to 2 levels at 8 bits, 8 at 10 bits)."""
         opts = {}
         if self.crf is not None:
             opts["crf"] = str(self.crf)
@@ -154,12 +158,17 @@ class EncodeSettings:
             return {**opts, **self._vpx_options()}
         if self.preset:
             opts["preset"] = self.preset
+        deep = OUTPUT_PIX_FMTS.get(self.pix_fmt, (0, 0, 8))[2] > 8
+        if self.codec == "libx264" and self.crf == 0 and deep:
+            del opts["crf"]
+            opts["qp"] = "0"
         if self.codec == "libx264" and cpu_has_avx512():
             opts["x264-params"] = "asm=avx2"
         if self.codec == "libx265":
             # x265 prints to stderr itself. info=0: no SEI naming its build, CPU flags and log
             # level, so the file does not depend on them (nor on -v)
-            opts["x265-params"] = f"info=0:log-level={'info' if _verbose() else 'error'}"
+            params = f"info=0:log-level={'info' if _verbose() else 'error'}"
+            opts["x265-params"] = params + (":lossless=1" if self.crf == 0 else "")
         return opts
 
     def _vpx_options(self) -> dict[str, str]:
