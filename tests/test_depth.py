@@ -120,3 +120,35 @@ def test_output_pix_fmt_by_source_and_encoder() -> None:
     assert output_pix_fmt("prores_ks", 10, "yuv420p10le") == "yuv422p10le"
     assert output_pix_fmt("libvpx-vp9", 10, "yuv420p10le") == "yuv420p"  # this libvpx: 8-bit only
     assert output_pix_fmt("libsvtav1", 12, "yuv444p12le") == "yuv420p10le"
+
+
+MASTERING = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1)"
+
+
+@pytest.mark.parametrize("codec", ["libx264", "libx265"])
+def test_hdr10_static_metadata_is_kept(tmp_path: Path, codec: str) -> None:
+    """A 10-bit HEVC HDR10 film: its mastering display and content light level (which TVs
+    and players tone-map by) were dropped; primaries, transfer and matrix were kept."""
+    from bttf.pipeline.decode import probe_video
+
+    params = f"log-level=error:master-display={MASTERING}:max-cll=1000,400"
+    src = tmp_path / "hdr.mp4"
+    with av.open(str(src), "w") as out:
+        vs = out.add_stream("libx265", rate=24, options={"x265-params": params})
+        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p10le"
+        cc = vs.codec_context
+        cc.color_primaries, cc.color_trc, cc.colorspace = BT2020, PQ, 9
+        for i in range(3):
+            f = av.VideoFrame(64, 48, "yuv420p10le")
+            for k, p in enumerate(f.planes):
+                np.frombuffer(p, "<u2")[:] = 300 + 50 * i if k == 0 else 512
+            f.pts, f.time_base = i, Fraction(1, 24)
+            f.color_primaries, f.color_trc, f.colorspace = BT2020, PQ, 9
+            out.mux(vs.encode(f))
+        out.mux(vs.encode(None))
+    source = probe_video(src)
+    assert (source.mastering_display, source.content_light) == (MASTERING, "1000,400")
+    stats = bttf.colorize_video(src, tmp_path / "out.mp4", ColorizeConfig(**FAST, codec=codec))
+    out = probe_video(stats.output)
+    assert (out.mastering_display, out.content_light) == (MASTERING, "1000,400")
+    assert (out.bits, out.color_primaries, out.color_trc) == (10, BT2020, PQ)

@@ -147,6 +147,10 @@ class VideoInfo:
     format_name: str
     other_streams: tuple[str, ...] = ()  # types of the streams that are neither video nor audio
     field_order: int = 0  # AVFieldOrder: 0 unknown, 1 progressive, 2 tt, 3 bb, 4 tb, 5 bt
+    # HDR10 static metadata of the first frame, in x264's and x265's notation: the mastering
+    # display "G(x,y)B(x,y)R(x,y)WP(x,y)L(max,min)" and the content light level "MaxCLL,MaxFALL"
+    mastering_display: str | None = None
+    content_light: str | None = None
 
 
 @dataclass
@@ -201,6 +205,31 @@ def luma_plane(frame: av.VideoFrame) -> tuple[np.ndarray, int, bool]:
     converted.color_range = frame.color_range
     y, b, _ = luma_plane(converted)
     return y, b, frame_full_range(frame)
+
+
+def _units(num: int, den: int, unit: int) -> int:
+    return round(int(num) * unit / int(den)) if den else 0
+
+
+def hdr_metadata(frame: av.VideoFrame) -> tuple[str | None, str | None]:
+    """A frame's HDR10 static metadata in x264's and x265's notation (see `VideoInfo`):
+    chromaticities in 1/50000, luminance in 1/10000 cd/m2; None where the frame has none."""
+    display = light = None
+    for sd in frame.side_data:
+        if sd.type == av.sidedata.sidedata.Type.MASTERING_DISPLAY_METADATA:
+            v = np.frombuffer(bytes(sd), dtype="<i4")
+            if len(v) < 22 or not (v[20] and v[21]):  # has_primaries, has_luminance
+                continue
+            (rx, ry, gx, gy, bx, by, wx, wy), lum = (
+                [_units(v[2 * k], v[2 * k + 1], 50000) for k in range(8)],
+                [_units(v[2 * k], v[2 * k + 1], 10000) for k in (9, 8)],  # max, min
+            )
+            display = f"G({gx},{gy})B({bx},{by})R({rx},{ry})WP({wx},{wy})L({lum[0]},{lum[1]})"
+        elif sd.type == av.sidedata.sidedata.Type.CONTENT_LIGHT_LEVEL:
+            v = np.frombuffer(bytes(sd), dtype="<u4")
+            if len(v) >= 2:
+                light = f"{v[0]},{v[1]}"
+    return display, light
 
 
 def _display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
@@ -319,6 +348,7 @@ def probe_video(path: str | Path) -> VideoInfo:
         _, bits, full = luma_plane(first)
         colorspace = first.colorspace if first.colorspace != SPACE_UNSPECIFIED else cc.colorspace
         matrix = _display_matrix(first)
+        hdr = hdr_metadata(first)
         return VideoInfo(
             path=p,
             width=first.width,
@@ -345,6 +375,8 @@ def probe_video(path: str | Path) -> VideoInfo:
                 s.type for s in container.streams if s.type not in ("video", "audio")
             ),
             field_order=cc.field_order if cc.field_order in range(6) else 0,
+            mastering_display=hdr[0],
+            content_light=hdr[1],
         )
 
 

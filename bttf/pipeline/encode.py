@@ -200,6 +200,22 @@ def interlaced_options(codec: str, options: dict[str, str], field_order: int) ->
     return opts
 
 
+def hdr_options(codec: str, options: dict[str, str], info: VideoInfo) -> dict[str, str]:
+    """`options` carrying the source's HDR10 static metadata (mastering display, content light
+    level) into the stream, for the encoders that write it (x264, x265); else unchanged."""
+    key = {"libx264": "x264-params", "libx265": "x265-params"}.get(codec)
+    names = {"libx264": ("mastering-display", "cll"), "libx265": ("master-display", "max-cll")}
+    if key is None or not (info.mastering_display or info.content_light):
+        return options
+    extra = [
+        f"{name}={value}"
+        for name, value in zip(names[codec], (info.mastering_display, info.content_light))
+        if value
+    ]
+    params = options.get(key)
+    return {**options, key: ":".join([params, *extra] if params else extra)}
+
+
 def _verbose() -> bool:
     """-v (INFO logging): encoder libraries may then talk below an error."""
     return log.isEnabledFor(logging.INFO)
@@ -338,6 +354,7 @@ class VideoWriter:
             )
         hush_encoder(st.codec)
         options = interlaced_options(st.codec, st.options(), info.field_order)
+        options = hdr_options(st.codec, options, info)
         vs = self.out.add_stream(st.codec, rate=info.rate or 24, options=options)
         vs.width, vs.height, vs.pix_fmt = self.width, self.height, st.pix_fmt
         vs.time_base = info.time_base
