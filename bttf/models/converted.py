@@ -75,17 +75,15 @@ def load_converted(source: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     record = _read_record(record_path)
     if record is None or not copy.is_file() or record.get("source") != str(source.resolve()):
         return None
-    stat = source.stat()
-    if (stat.st_size, stat.st_mtime_ns) != (record["source_size"], record["source_mtime_ns"]):
-        if stat.st_size != record["source_size"] or file_sha256(source) != record["source_sha256"]:
+    try:
+        if not _source_unchanged(source, record, record_path):
             log.info("%s changed since it was converted: converting it again", source)
             return None
-        record["source_mtime_ns"] = stat.st_mtime_ns  # the same bytes, touched or copied
-        _write_atomic(record_path, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
-    if file_sha256(copy) != record["copy_sha256"]:
-        log.warning("%s does not match its record (damaged?): converting %s again", copy, source)
-        return None
-    try:
+        if file_sha256(copy) != record["copy_sha256"]:
+            log.warning(
+                "%s does not match its record (damaged?): converting %s again", copy, source
+            )
+            return None
         with safe_open(str(copy), framework="pt", device="cpu") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - no mapping
     except (SafetensorError, OSError, ValueError) as e:
@@ -93,6 +91,22 @@ def load_converted(source: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
         return None
     log.info("%s: read from its converted copy %s", source, copy)
     return state, {**record, "copy": str(copy)}
+
+
+def _source_unchanged(source: Path, record: dict[str, Any], record_path: Path) -> bool:
+    """Whether `source` is the file the record was made from: the same size and mtime, or the
+    same size and SHA-256 (a touched or copied file; the record then takes the new mtime)."""
+    stat = source.stat()
+    if (stat.st_size, stat.st_mtime_ns) == (record["source_size"], record["source_mtime_ns"]):
+        return True
+    if stat.st_size != record["source_size"] or file_sha256(source) != record["source_sha256"]:
+        return False
+    record["source_mtime_ns"] = stat.st_mtime_ns
+    try:
+        _write_atomic(record_path, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
+    except OSError as e:  # a read-only cache: the copy is still good, only the check costs more
+        log.info("cannot update %s (%s)", record_path, e.strerror or type(e).__name__)
+    return True
 
 
 def store_converted(
