@@ -8,6 +8,7 @@ one-process run's with the same --segment-frames.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -22,6 +23,7 @@ from conftest import make_video
 
 from bttf.cli import main
 from bttf.models import create_model, save_weights
+from bttf.pipeline.decode import FrameIndex, frame_times, probe_video, read_frames
 from bttf.pipeline.segments import work_dir_for
 from bttf.pipeline.shared import Share
 
@@ -300,3 +302,37 @@ def test_a_rank_waits_for_rank_0_at_most_the_timeout(setup, tmp_path: Path) -> N
     err = r0.stderr.read()
     assert "waited 2 s for rank 1" in err and "--resume" in err, err
     assert not out.exists()
+
+
+def test_frame_times_are_the_decoders(setup) -> None:
+    film, *_ = setup
+    info = probe_video(film)
+    for start, duration in ((None, None), (0.3, 0.5)):
+        index = frame_times(info, start, duration)
+        assert index is not None and index.pts == [
+            f.pts for f in read_frames(info, start, duration)
+        ]
+    index = FrameIndex(list(range(0, 100, 10)), [0, 40, 80])
+    assert [index.key_before(p) for p in (0, 39, 40, 79, 95)] == [0, 0, 40, 40, 80]
+
+
+def test_each_rank_decodes_only_its_segments(setup, tmp_path: Path) -> None:
+    """A keyframe every 8 frames, segments of 24 (16 warm-up frames): rank 0 decodes frames
+    0-23 and 32-71, rank 1 8-47 and 56-95 (seeking), not 96 each; the film is the one
+    process's."""
+    _, weights, _ = setup
+    film = make_video(tmp_path / "gop8.mp4", frames=96, options={"g": "8", "bf": "0"})
+    ref, out = tmp_path / "ref.mkv", tmp_path / "out.mkv"
+    extra = ("--segment-frames", "24")
+    with pytest.raises(SystemExit) as exc:
+        main(["colorize", str(film), "-o", str(ref), *args(weights, *extra)])
+        raise SystemExit(0)
+    assert exc.value.code in (0, None)
+    cmd = ["-v", "colorize", str(film), "-o", str(out), *args(weights, *extra)]
+    procs = [rank(r, cmd, port="29519") for r in (0, 1)]
+    results = [(p.wait(120), p.stderr.read()) for p in procs]
+    assert [code for code, _ in results] == [0, 0], results
+    for r, expect in ((0, 64), (1, 80)):  # (a frame or two more where a seek lands early)
+        said = re.search(rf"rank {r}: decoded (\d+) frames \(the film has 96\)", results[r][1])
+        assert said and expect <= int(said[1]) <= expect + 2, results[r][1]
+    assert same_film(out, ref, 96)
