@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -44,14 +45,14 @@ def frame_digests(path: Path) -> list[str]:
 
 def run(
     src: Path, out: Path, extra: list[str], ranks: int, threads: int, port: int
-) -> tuple[float, list[int]]:
-    """Wall seconds of `ranks` processes (1: no torchrun variables) colorizing `src` (a film or
+) -> tuple[float, float, list[int]]:
+    """Wall and CPU seconds of `ranks` processes (1: no torchrun variables) colorizing `src` (a film or
     a folder), and the frames each rank says it decoded (summed over a folder's films)."""
     cmd = [sys.executable, "-m", "bttf", "-v", "colorize", str(src), "-o", str(out), "-q"]
     cmd += [*extra, "--threads", str(threads)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     logs = [out.with_name(f"{out.name}.rank{r}.log") for r in range(ranks)]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _children_cpu()
     procs = []
     for r in range(ranks):
         rank_env = env
@@ -67,15 +68,22 @@ def run(
         with open(logs[r], "w") as log:
             procs.append(subprocess.Popen(cmd, env=rank_env, stderr=log))
     codes = [p.wait() for p in procs]
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
     what = f"{src.name}: {ranks} x {threads} {' '.join(extra[-2:])}"
-    print(f"  {what}: {wall:.1f} s", file=sys.stderr, flush=True)
+    print(f"  {what}: {wall:.1f} s, CPU {cpu:.1f} s", file=sys.stderr, flush=True)
     if any(codes):
         sys.exit(f"bttf colorize failed ({codes}): {logs[0].read_text()[-2000:]}")
     decoded = [
         sum(int(n) for n in re.findall(r"decoded (\d+) frames", p.read_text())) for p in logs
     ]
-    return wall, decoded
+    return wall, cpu, decoded
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of the finished child processes so far (contention on a shared
+    host stretches wall time much more than CPU time)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def count(path: Path) -> int:
@@ -93,8 +101,8 @@ def film_rows(film: Path, extra: list[str], n: int, d: Path) -> tuple[dict, int,
     ):
         out = d / f"{ranks}x{threads}{'w' if more else ''}.mkv"
         load = round(os.getloadavg()[0], 2)  # the host is shared: how busy it was
-        wall, decoded = run(film, out, [*extra, *more], ranks, threads, 29533 + len(rows))
-        rows[name] = {"wall_s": round(wall, 2), "load": load}
+        wall, cpu, decoded = run(film, out, [*extra, *more], ranks, threads, 29533 + len(rows))
+        rows[name] = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 1), "load": load}
         if ranks > 1:
             rows[name]["decoded_per_rank"] = decoded
     frames = count(d / "1x1.mkv")
@@ -116,8 +124,8 @@ def folder_rows(films: list[Path], extra: list[str], n: int, d: Path) -> dict:
     for name, ranks in (("1 process x 1 thread", 1), (f"{n} ranks x 1 thread", n)):
         out = d / f"folder{ranks}"
         load = round(os.getloadavg()[0], 2)
-        wall, decoded = run(lib, out, extra, ranks, 1, 29543 + ranks)
-        rows[name] = {"wall_s": round(wall, 2), "load": load}
+        wall, cpu, decoded = run(lib, out, extra, ranks, 1, 29543 + ranks)
+        rows[name] = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 1), "load": load}
         if ranks > 1:
             rows[name]["decoded_per_rank"] = decoded
     outs = [f"{f.stem}.mp4" for f in films]
@@ -134,11 +142,11 @@ def folder_rows(films: list[Path], extra: list[str], n: int, d: Path) -> dict:
 
 def show(title: str, rows: dict) -> None:
     print(title)
-    print(f"{'':36} {'wall s':>8} {'fps':>7} {'speed-up':>9} {'load':>6}  decoded per rank")
+    print(f"{'':36} {'wall s':>8} {'CPU s':>7} {'fps':>7} {'speed-up':>9} {'load':>6}  decoded")
     for name, r in rows.items():
         dec = r.get("decoded_per_rank", "")
         print(
-            f"{name:36} {r['wall_s']:8.1f} {r['fps']:7.2f} {r['speed-up']:8.2f}x "
+            f"{name:36} {r['wall_s']:8.1f} {r['cpu_s']:7.1f} {r['fps']:7.2f} {r['speed-up']:8.2f}x "
             f"{r['load']:6.2f}  {dec}"
         )
 
