@@ -96,6 +96,9 @@ def test_a_film_that_starts_without_a_keyframe(
         stats = bttf.colorize_video(src, tmp_path / "out.mp4", ColorizeConfig(**FAST))
     assert stats.frames == 43 and 0 < stats.repeated < 43
     assert not [n for n in stats.notices if "truncated" in n]  # (Matroska's duration: from 0)
+    # the notice says so too (it said "N damaged frames … replaced by the last good one")
+    assert [n for n in stats.notices if n.startswith(f"the first {stats.repeated} frames")]
+    assert not [n for n in stats.notices if "damaged frame" in n]
     assert "starts without a keyframe" in caplog.text
     assert "the first frame that decodes is shown in its place" in caplog.text
     assert "the previous frame is shown again" not in caplog.text

@@ -469,7 +469,7 @@ def _report_damaged(
     reason = str(error) if error is not None else "the decoder dropped it"
     if first:
         reason += "; it comes before the first frame that decodes: the film starts without a "
-        reason += "keyframe, as a cut without re-encoding leaves it"
+        reason += "keyframe, as a cut without re-encoding leaves it, or its first one is damaged"
     if on_error == "fail":
         raise BadInputError(
             f"{info.path}: the frame at {when:.3f} s cannot be decoded ({reason}); pass "

@@ -64,6 +64,7 @@ from bttf.pipeline.stages import (
     Preparer,
     model_input,
     render_dims,
+    square_render,
 )
 from bttf.runtime import resolve_device, share_heap, torch_threads
 
@@ -143,10 +144,19 @@ def _input_notices(
     done: int,
     repeated: int,
     dropped: int,
-    reached: float | None = None,
+    read: _Timing | None = None,
 ) -> list[str]:
     """What the user should hear about the input after a run (also logged as warnings)."""
     out = []
+    reached, leading = (read.reached, read.leading) if read else (None, 0)
+    if leading:  # (counted among the sink's repeated frames)
+        s = "s" if leading != 1 else ""
+        out.append(
+            f"the first {leading} frame{s} of {info.path} cannot be decoded: the film starts "
+            "without a keyframe (as a cut without re-encoding leaves it) or its first one is "
+            "damaged; the first frame that decodes is shown in their place"
+        )
+        repeated -= leading
     if repeated:
         out.append(
             f"{repeated} damaged frame{'s' if repeated != 1 else ''} of {info.path} "
@@ -192,6 +202,8 @@ def _job_settings(
         "pix_fmt": c.pix_fmt,
         "size": list(size),
     }
+    if square_render(colorizer, c.render_square):  # (absent otherwise, as keyframes below)
+        job["render_square"] = True
     if c.keyframes is not None:  # (absent otherwise: earlier runs' work folders stay valid)
         from bttf.pipeline.keyframes import folder_digest
 
@@ -200,12 +212,12 @@ def _job_settings(
 
 
 def _all_notices(
-    sink, info: VideoInfo, config: ColorizeConfig, total, done: int, reached: float | None = None
+    sink, info: VideoInfo, config: ColorizeConfig, total, done: int, read: _Timing | None = None
 ) -> list[str]:
     """The sink's notices and `_input_notices` (logged as warnings); `total` None under torchrun,
     where a rank reads only its share."""
     notices = list(sink.notices)
-    for n in _input_notices(info, config, total, done, sink.repeated, sink.dropped, reached):
+    for n in _input_notices(info, config, total, done, sink.repeated, sink.dropped, read):
         log.warning("%s", n)
         notices.append(n)
     return notices
@@ -277,6 +289,8 @@ class _Timing:
     decode_s: float = 0.0
     encode_s: float = 0.0
     reached: float | None = None  # source second where the last frame read ends
+    leading: int = 0  # frames shown as the first that decodes, which came after them
+    good: bool = False  # a frame that decoded has been read
 
 
 def _prepared(
@@ -287,6 +301,9 @@ def _prepared(
     with contextlib.closing(source):
         for kind, f in source:
             timing.reached = float((f.pts + f.duration) * f.time_base)
+            if not timing.good:
+                timing.leading += f.repeated
+                timing.good = not f.repeated
             yield kind, prepare(f)
 
 
@@ -428,7 +445,8 @@ def _build_stages(
     """The run's stages, and the (h, w) the model sees (upright)."""
     short = config.render_size or colorizer.render_size
     rotate_k = (info.rotation // 90) % 4 if info.rotation % 90 == 0 else 0
-    rh, rw = render_dims(info.height, info.width, short, colorizer.stride)
+    square = square_render(colorizer, config.render_square)
+    rh, rw = render_dims(info.height, info.width, short, colorizer.stride, square)
     model_hw = (rw, rh) if rotate_k % 2 else (rh, rw)
     sx, sy, bits_out = OUTPUT_PIX_FMTS[settings.pix_fmt]
     chroma_hw = (-(-size[1] // (1 << sy)), -(-size[0] // (1 << sx)))
@@ -437,7 +455,9 @@ def _build_stages(
     if config.keyframes is not None:
         from bttf.pipeline.keyframes import keyframe_guide
 
-        guide = keyframe_guide(config.keyframes, info, (rh, rw), config.on_decode_error)
+        # the keyframes' grid keeps the frame's aspect, whatever shape the model sees
+        grid_hw = render_dims(info.height, info.width, short, colorizer.stride)
+        guide = keyframe_guide(config.keyframes, info, grid_hw, config.on_decode_error)
     stages = _Stages(
         prepare=Preparer(info, (rh, rw), rotate_k, chroma_hw),
         model=model,
@@ -575,7 +595,7 @@ def colorize_video(
         t0 = time.perf_counter()
         sink.complete()
         timing.encode_s += time.perf_counter() - t0
-    notices = _all_notices(sink, info, config, None if share else total, done, timing.reached)
+    notices = _all_notices(sink, info, config, None if share else total, done, timing)
     stats = ColorizeStats(
         output=dst,
         frames=done,
