@@ -153,6 +153,14 @@ UNSURE_OPTION = click.option(
     "model's own setting (none of the shipped models has one; 0.3,0.6 is a good start); off: one "
     "temperature everywhere.",
 )
+RENDER_SQUARE_OPTION = click.option(
+    "--render-square/--render-aspect",
+    "render_square",
+    default=None,
+    help="Feed the model a square of side --render-size (the frame squashed or stretched, as "
+    "DeOldify's own pipeline does; its colour is stretched back onto the frame) or keep the "
+    "frame's aspect. [default: the model's own, aspect kept for every model]",
+)
 
 
 @contextlib.contextmanager

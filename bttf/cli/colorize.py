@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from bttf.cli.app import (
+    RENDER_SQUARE_OPTION,
     TEMPERATURE_OPTION,
     UNSURE_OPTION,
     DeviceParam,
@@ -47,6 +48,7 @@ COLORIZER_OPTIONS = [
         "--preset veryfast: 360p in real time on 2 CPU cores). [default: the "
         "model's, 256]",
     ),
+    RENDER_SQUARE_OPTION,
     click.option(
         "--batch-size",
         type=click.IntRange(min=1),

@@ -9,7 +9,15 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from bttf.cli.app import TEMPERATURE_OPTION, UNSURE_OPTION, DeviceParam, cli, console, timecode
+from bttf.cli.app import (
+    RENDER_SQUARE_OPTION,
+    TEMPERATURE_OPTION,
+    UNSURE_OPTION,
+    DeviceParam,
+    cli,
+    console,
+    timecode,
+)
 
 
 @cli.command("models")
@@ -285,6 +293,7 @@ def _colour_rows(c, truth) -> list[tuple[str, str, float | None]]:
     default=None,
     help="Short side the models work at. [default: each model's own]",
 )
+@RENDER_SQUARE_OPTION
 @click.option(
     "--device",
     type=DeviceParam(),
@@ -303,6 +312,7 @@ def compare_cmd(
     frames: int,
     tile_height: int,
     render_size: int | None,
+    render_square: bool | None,
     device: str,
     temperature: float,
     unsure,
@@ -335,6 +345,7 @@ def compare_cmd(
         temperature=temperature,
         unsure=unsure,
         render_size=render_size,
+        render_square=render_square,
         overwrite=overwrite,
     )
     with console.status("comparing") as status:

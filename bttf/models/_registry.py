@@ -42,6 +42,10 @@ class ModelSpec:
     # (benchmarks/model_speed.py --pipeline; the machine is named in the README); None: not
     # measured. `bttf models` buckets it with `speed_class`.
     cpu_s_360p: float | None = None
+    # True: the model is fed a square of side render_size (the frame squashed or stretched, as
+    # DeOldify's own pipeline does); False: aspect kept at short side render_size. A run's
+    # `render_square` option overrides it.
+    render_square: bool = False
 
 
 # Upper bounds (CPU s per 360p frame) of each speed class, the last one open.
@@ -71,6 +75,7 @@ def register_model(
     aliases: tuple[str, ...] = (),
     description: str = "",
     cpu_s_360p: float | None = None,
+    render_square: bool = False,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a model factory under `name` (and `aliases`); duplicates are refused."""
 
@@ -90,6 +95,7 @@ def register_model(
             aliases=tuple(aliases),
             description=doc if isinstance(doc, str) else "".join(doc),
             cpu_s_360p=cpu_s_360p,
+            render_square=render_square,
         )
         _REGISTRY[name] = spec
         for alias in aliases:

@@ -119,6 +119,11 @@ class Colorizer(nn.Module):
         """The model's default working size (short side, pixels)."""
         return self.spec.render_size
 
+    @property
+    def render_square(self) -> bool:
+        """Whether the model is fed a square by default (`ModelSpec.render_square`)."""
+        return self.spec.render_square
+
     def predict(self, L: torch.Tensor) -> torch.Tensor:
         """L (N, 1, H, W) in [0, 100], H and W multiples of `stride` -> the model's raw output:
         logits (N, 313, h, w) or ab (N, 2, h, w), (h, w) possibly smaller than (H, W)."""

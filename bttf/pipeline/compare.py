@@ -81,6 +81,8 @@ class CompareConfig:
         device: "auto", "cpu", "cuda", "cuda:N" or "mps".
         temperature: annealed-mean temperature for bin models.
         render_size: override every model's render size (short side), or None for each model's.
+        render_square: feed every model a square (True) or the input's aspect (False); None:
+            each model's own (`ModelSpec.render_square`).
         overwrite: replace an existing output.
     """
 
@@ -94,6 +96,7 @@ class CompareConfig:
     temperature: float = 0.38
     unsure: tuple[float, float] | str | None = "auto"  # `Colorizer`'s: the model's default
     render_size: int | None = None
+    render_square: bool | None = None
     overwrite: bool = False
 
 
@@ -351,7 +354,8 @@ def compare(cfg: CompareConfig, progress: ProgressFn | None = None) -> CompareRe
             L_full = lab[0].numpy()
             for _, colorizer in colorizers:
                 L_in = torch.from_numpy(L_full)[None, None]
-                ab = colorize_l(colorizer, L_in, device, cfg.render_size, (th, tw))
+                size = (th, tw)
+                ab = colorize_l(colorizer, L_in, device, cfg.render_size, size, cfg.render_square)
                 ab = ab[0].float().cpu()
                 abs_.append(ab)
                 tiles_rgb.append(lab_to_rgb(torch.cat([L_tile, ab])))

@@ -30,6 +30,10 @@ class ColorizeConfig:
     device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N", "mps".
     render_size: short side (pixels) the model works at, rounded to its stride; None = the
         model's own (256 for the shipped models).
+    render_square: True: the model sees a square of side render_size (the frame squashed or
+        stretched to it, as DeOldify's own pipeline does), its colour stretched back to the
+        frame; False: the frame's aspect kept; None = the model's own default
+        (`ModelSpec.render_square`, aspect kept for every registered model).
     batch_size: frames per model call (halved automatically on CUDA out-of-memory).
     temperature, top_k: decoding of 313-bin models (annealed mean; lower is more saturated).
     unsure: "auto" (the model's default), "off", or (lo, hi): where the model is unsure (its
@@ -85,6 +89,7 @@ class ColorizeConfig:
     resume: bool = False
     keyframes: Path | None = None
     fields: bool | None = None
+    render_square: bool | None = None
 
     def __post_init__(self) -> None:
         def bad(what: str) -> BadInputError:
@@ -94,6 +99,8 @@ class ColorizeConfig:
             raise bad(f"batch_size must be at least 1, got {self.batch_size}")
         if self.render_size is not None and not 16 <= self.render_size <= 4096:
             raise bad(f"render_size must be in 16..4096, got {self.render_size}")
+        if not (self.render_square is None or isinstance(self.render_square, bool)):
+            raise bad(f"render_square must be True, False or None, got {self.render_square!r}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise bad(f"temperature must be > 0, got {self.temperature}")
         if not isinstance(self.unsure, str):

@@ -25,7 +25,7 @@ from bttf.pipeline.media import (
     is_image_path,
     read_gray_image,
 )
-from bttf.pipeline.stages import colorize_gray, render_dims
+from bttf.pipeline.stages import colorize_gray, render_dims, square_render
 from bttf.runtime import resolve_device, torch_threads
 
 _IMWRITE_PARAMS = {
@@ -67,9 +67,10 @@ def colorize_image(
         colorizer = engine.build_colorizer(config, device)
     h, w = gray.shape
     short = config.render_size or colorizer.render_size
+    square = square_render(colorizer, config.render_square)
     t0 = time.perf_counter()
     with torch_threads(device, config.threads), torch.inference_mode():
-        ab = colorize_gray(colorizer, gray, device, short)
+        ab = colorize_gray(colorizer, gray, device, short, square)
         L = luma_to_l(torch.from_numpy(gray)).to(device)[None, None]
         rgb = lab_to_rgb(torch.cat([L, ab.float()], dim=1))[0].permute(1, 2, 0).cpu().numpy()
     t_model = time.perf_counter() - t0
@@ -85,7 +86,7 @@ def colorize_image(
         raise BttfError(f"OpenCV could not encode {dst.suffix} images; use .png or .jpg")
     with atomic_output(dst) as tmp:
         tmp.write_bytes(buf.tobytes())
-    rh, rw = render_dims(h, w, short, colorizer.stride)
+    rh, rw = render_dims(h, w, short, colorizer.stride, square)
     return ColorizeStats(
         output=dst,
         frames=1,

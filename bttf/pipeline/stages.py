@@ -36,12 +36,25 @@ log = logging.getLogger(__name__)
 # Sizes and gray levels
 
 
-def render_dims(height: int, width: int, short: int, stride: int) -> tuple[int, int]:
-    """(h, w) for the model: short side `short` rounded to `stride`, aspect kept (to stride)."""
+def render_dims(
+    height: int, width: int, short: int, stride: int, square: bool = False
+) -> tuple[int, int]:
+    """(h, w) for the model: short side `short` rounded to `stride`, aspect kept (to stride);
+    `square`: (s, s), the frame squashed or stretched to it (as DeOldify's own pipeline)."""
     s = max(stride, round(short / stride) * stride)
+    if square:
+        return s, s
     if height <= width:
         return s, max(stride, round(width * s / height / stride) * stride)
     return max(stride, round(height * s / width / stride) * stride), s
+
+
+def square_render(colorizer, square: bool | None) -> bool:
+    """The render shape a run uses: `square` when given, else the colorizer's own default
+    (`ModelSpec.render_square`; aspect kept for a colorizer that names none)."""
+    if square is None:
+        return bool(getattr(colorizer, "render_square", False))
+    return square
 
 
 def gray_lut(bits: int, full_range: bool) -> np.ndarray:
@@ -365,18 +378,24 @@ def _predict_decode(colorizer, L: torch.Tensor, device: torch.device, size) -> t
 
 @torch.inference_mode()
 def colorize_gray(
-    colorizer, gray: np.ndarray, device: torch.device, render_size: int | None = None
+    colorizer,
+    gray: np.ndarray,
+    device: torch.device,
+    render_size: int | None = None,
+    square: bool | None = None,
 ) -> torch.Tensor:
     """Run `colorizer` on one gray image the way the engine does and return ab (1, 2, H, W).
 
     `gray` (H, W) float32 or uint8 on the 0..255 scale; it is resized to the render size (short
-    side `render_size`, else the colorizer's own, rounded to its stride) before the model, under
+    side `render_size`, else the colorizer's own, rounded to its stride; a square of that side
+    when `square`, None: the colorizer's default, `square_render`) before the model, under
     the device's autocast, and the decoded ab is resized back to (H, W) bilinearly.
     """
     from bttf.color import luma_to_l
 
     h, w = gray.shape
-    rh, rw = render_dims(h, w, render_size or colorizer.render_size, colorizer.stride)
+    short = render_size or colorizer.render_size
+    rh, rw = render_dims(h, w, short, colorizer.stride, square_render(colorizer, square))
     small = luma_to_l(torch.from_numpy(resize_plane(gray, (rh, rw))).float())
     return _predict_decode(colorizer, small[None, None], device, (h, w))
 
@@ -388,13 +407,16 @@ def colorize_l(
     device: torch.device,
     render_size: int | None = None,
     size: tuple[int, int] | None = None,
+    square: bool | None = None,
 ) -> torch.Tensor:
     """Run `colorizer` on lightness L (N, 1, H, W) in [0, 100] the way the engine does: each
-    image resized to the render size (`resize_plane`), the model under the device's autocast,
-    ab decoded and resized to `size` (default (H, W)). Returns ab (N, 2, *size) on `device`.
+    image resized to the render size (`resize_plane`; a square when `square`, None: the
+    colorizer's default), the model under the device's autocast, ab decoded and resized to
+    `size` (default (H, W)). Returns ab (N, 2, *size) on `device`.
     Used by `bttf eval` and `bttf compare`."""
     h, w = L.shape[-2:]
-    rh, rw = render_dims(h, w, render_size or colorizer.render_size, colorizer.stride)
+    short = render_size or colorizer.render_size
+    rh, rw = render_dims(h, w, short, colorizer.stride, square_render(colorizer, square))
     if (rh, rw) != (h, w):
         planes = [resize_plane(x[0].numpy(), (rh, rw)) for x in L.float().cpu()]
         L = torch.from_numpy(np.stack(planes))[:, None]
