@@ -253,3 +253,29 @@ def test_interlaced_x264_at_a_height_not_in_fours_is_padded_by_field(tmp_path: P
     for y, out_y in zip(ys, out_ys, strict=True):
         assert np.array_equal(out_y[:50], y)  # the film's own luma, every row
         assert np.array_equal(out_y[50:], y[[48, 47]])  # each padded row from its own field
+
+
+def test_dv_is_interlaced_bottom_field_first(tmp_path: Path) -> None:
+    """DV's decoder flags its frames interlaced but names no field order: such a film came out
+    progressive, coloured as whole frames. DV is bottom field first (NTSC and PAL alike)."""
+    src = tmp_path / "dv.avi"
+    with av.open(str(src), "w") as out:
+        vs = out.add_stream("dvvideo", rate=Fraction(30000, 1001))
+        vs.width, vs.height, vs.pix_fmt = 720, 480, "yuv411p"
+        for i in range(3):
+            frame = av.VideoFrame(720, 480, "yuv411p")
+            for k, p in enumerate(frame.planes):
+                np.frombuffer(p, np.uint8)[:] = 60 + 40 * i if k == 0 else 128
+            frame.pts, frame.time_base = i, Fraction(1001, 30000)
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode(None))
+    with av.open(str(src)) as c:
+        assert c.streams.video[0].codec_context.field_order == 0  # what the decoder says
+    recorder = Recorder()
+    config = ColorizeConfig(**FAST)
+    stats = bttf.colorize_video(
+        src, tmp_path / "out.mp4", config, colorizer=light_to_red(), stabilizer=recorder
+    )
+    assert stats.frames == 3 and len(recorder.seen) == 6  # by fields
+    with av.open(str(stats.output)) as c:
+        assert c.streams.video[0].codec_context.field_order == 3  # bb

@@ -207,6 +207,15 @@ def luma_plane(frame: av.VideoFrame) -> tuple[np.ndarray, int, bool]:
     return y, b, frame_full_range(frame)
 
 
+def _field_order(cc: av.codec.context.CodecContext, first: av.VideoFrame) -> int:
+    """The stream's AVFieldOrder; for interlaced frames whose decoder names no order (DV
+    does not), bottom field first for DV (its standard, NTSC and PAL alike), else top first."""
+    order = cc.field_order if cc.field_order in range(6) else 0
+    if order == 0 and first.interlaced_frame:
+        return 3 if cc.name == "dvvideo" else 2
+    return order
+
+
 def _units(num: int, den: int, unit: int) -> int:
     return round(int(num) * unit / int(den)) if den else 0
 
@@ -374,7 +383,7 @@ def probe_video(path: str | Path) -> VideoInfo:
             other_streams=tuple(
                 s.type for s in container.streams if s.type not in ("video", "audio")
             ),
-            field_order=cc.field_order if cc.field_order in range(6) else 0,
+            field_order=_field_order(cc, first),
             mastering_display=hdr[0],
             content_light=hdr[1],
         )
