@@ -308,8 +308,8 @@ def propagate(
         # composed flows drift (a small bias per step adds up): align with the keyframe itself,
         # starting from them, where that agrees with them
         direct = flow(g, key_u8, disp)
-        near = np.abs(direct - disp).max(axis=2) < REALIGN
-        disp[near] = direct[near]
+        gap = cv2.absdiff(direct, disp)
+        np.copyto(disp, direct, where=(np.maximum(gap[..., 0], gap[..., 1]) < REALIGN)[..., None])
         yield i, disp
         prev = g
         i += step
