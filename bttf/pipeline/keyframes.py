@@ -388,7 +388,8 @@ class GrayWindow:
         if self._frames is None or i > self._pos + SEEK_GAP or i <= self._pos:
             self.close()
             rate = self.info.rate or Fraction(24)
-            self._frames = read_frames(self.info, i / rate, on_error=self.on_error)
+            # half a frame early: a frame's timestamp may be rounded to just before i / rate
+            self._frames = read_frames(self.info, (i - 0.5) / rate, on_error=self.on_error)
             self._pos = i - 1
         while self._pos < i:
             f = next(self._frames, None)
@@ -523,6 +524,7 @@ class KeyframeGuide:
             self.next += 1
             if i <= self._window(k)[1]:  # (a run that starts later skips what it passed)
                 self.pending[k] = done = Future()
+                self._floor = min(self._floor, self._window(k)[0])  # (before it starts)
                 self._pool.submit(self._start, k, done)
 
     def _follow(self, g: _Guide, i: int) -> None:
