@@ -13,11 +13,12 @@ lossless (FFV1 yuv444p) and read back as RGB. Reported per clip and as the mean 
 Targets (issue #18): >= 33 dB with frame 0 as the key; frames before a middle key >= automatic
 + 5 dB; >= 0.7x automatic's speed.
 
-Measured 2026-12-06 on 2 shared CPU cores (load 7-14), default model v1 (before 57adf3d), 8 of the
-10 clips (goat and soapbox not finished in time), 854x480: key at frame 0 30.9 dB over frames
-1..N-1 (automatic 22.0); at 1/10/30/50 frames from the key 37.9/32.8/29.6/28.8; frames before a
-middle key 32.2 (automatic 21.8, so +10.4); speed at 360p (blackswan, 2 alternating runs) 0.53x
-automatic by wall time, 0.61x by CPU time. Targets met: the middle key. Not met: 33 dB, 0.7x.
+Measured 2026-12-06 (second session) on the 2-core Xeon @ 2.50 GHz, quiet, default model v2, all 10 clips at
+854x480: key at frame 0 31.63 dB over frames 1..N-1 (automatic 22.75); at 1/10/30/50 frames from the key
+38.7/33.8/30.6/29.2; SSIM 0.974 (0.960), CDC 0.0010 (0.0012); frames before a middle key 33.19 (automatic 22.61,
+so +10.6). Speed at 360p (blackswan, breakdance, 3 alternating runs, default output): 14.84 fps with the key,
+20.01 automatic: 0.74x (0.64x by CPU time); with --speed-output lossless 0.60x. Met: the middle key, the
+speed. Not met: 33 dB.
 
     python benchmarks/keyframes.py                # all clips at their own size (DAVIS: 480p)
     python benchmarks/keyframes.py --clips 3 --json kf.json
