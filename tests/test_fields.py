@@ -279,3 +279,11 @@ def test_dv_is_interlaced_bottom_field_first(tmp_path: Path) -> None:
     assert stats.frames == 3 and len(recorder.seen) == 6  # by fields
     with av.open(str(stats.output)) as c:
         assert c.streams.video[0].codec_context.field_order == 3  # bb
+
+
+def test_fields_option_must_be_a_bool_or_none() -> None:
+    from bttf.errors import BadInputError
+    from bttf.pipeline import ColorizeConfig
+
+    with pytest.raises(BadInputError, match="fields must be True, False or None"):
+        ColorizeConfig(fields="no")  # (truthy: it would have turned fields on)

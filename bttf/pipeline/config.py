@@ -99,8 +99,10 @@ class ColorizeConfig:
             raise bad(f"batch_size must be at least 1, got {self.batch_size}")
         if self.render_size is not None and not 16 <= self.render_size <= 4096:
             raise bad(f"render_size must be in 16..4096, got {self.render_size}")
-        if not (self.render_square is None or isinstance(self.render_square, bool)):
-            raise bad(f"render_square must be True, False or None, got {self.render_square!r}")
+        for name in ("render_square", "fields"):
+            value = getattr(self, name)
+            if not (value is None or isinstance(value, bool)):
+                raise bad(f"{name} must be True, False or None, got {value!r}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise bad(f"temperature must be > 0, got {self.temperature}")
         if not isinstance(self.unsure, str):

@@ -91,10 +91,8 @@ class FieldChroma:
         return self.weave(cb), self.weave(cr)
 
     def close(self) -> None:
-        """Close the wrapped stage (its keyframe guide's decoders), when it has anything to."""
-        close = getattr(self.chroma, "close", None)
-        if close is not None:
-            close()
+        """Close the wrapped stage (its keyframe guide's thread and decoder)."""
+        self.chroma.close()
 
     def weave(self, planes: np.ndarray) -> np.ndarray:
         """(2N, ch', cw) planes of fields, first field first -> (N, ch, cw) of frames."""

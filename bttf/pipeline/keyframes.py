@@ -254,7 +254,7 @@ class _Guide:
 
     index: int
     frames: dict[int, np.ndarray | None]
-    grid: torch.Tensor | None  # the keyframe's bilateral grid (`colour_grid`)
+    grid: torch.Tensor  # the keyframe's bilateral grid (`colour_grid`)
     gray: np.ndarray  # uint8 (H, W) the film's own luma at the keyframe, full size
     last: int  # the last frame it may reach (its window's end until the forward track ends)
     back: Iterator | None = None
@@ -412,6 +412,7 @@ class GrayWindow:
         for d in (self.frames, self.full):
             for i in [i for i in d if i < below]:
                 del d[i]
+        self.missing = {i for i in self.missing if i >= below}
 
     def close(self) -> None:
         if self._frames is not None:
