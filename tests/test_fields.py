@@ -85,15 +85,19 @@ def interlaced_clip(
         vs.width, vs.height, vs.pix_fmt = 64, height, "yuv420p"
         vs.time_base = vs.codec_context.time_base = Fraction(1, 25)
         for i in range(frames):
-            y = field_pictures(i, height, x264_field == TFF[0])
-            frame = av.VideoFrame(64, height, "yuv420p")
-            for k, plane in enumerate(frame.planes):
-                a = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
-                a[:, : plane.width] = y if k == 0 else 128
-            frame.pts, frame.time_base = i, Fraction(1, 25)
-            out.mux(vs.encode(frame))
+            out.mux(vs.encode(gray_frame(field_pictures(i, height, x264_field == TFF[0]), i)))
         out.mux(vs.encode(None))
     return path
+
+
+def gray_frame(y: np.ndarray, pts: int) -> av.VideoFrame:
+    """A yuv420p frame of luma `y` (uint8 (h, w)) and neutral chroma at 1/25 s a frame."""
+    frame = av.VideoFrame(y.shape[1], y.shape[0], "yuv420p")
+    for k, p in enumerate(frame.planes):
+        a = np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)
+        a[:, : p.width] = y if k == 0 else 128
+    frame.pts, frame.time_base = pts, Fraction(1, 25)
+    return frame
 
 
 def plane(p) -> np.ndarray:
@@ -238,12 +242,7 @@ def test_interlaced_x264_at_a_height_not_in_fours_is_padded_by_field(tmp_path: P
         vs.width, vs.height, vs.pix_fmt = 64, 50, "yuv420p"
         vs.codec_context.field_order = 2  # tt
         for i, y in enumerate(ys):
-            f = av.VideoFrame(64, 50, "yuv420p")
-            for k, p in enumerate(f.planes):
-                a = np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)
-                a[:, : p.width] = y if k == 0 else 128
-            f.pts, f.time_base = i, Fraction(1, 25)
-            out.mux(vs.encode(f))
+            out.mux(vs.encode(gray_frame(y, i)))
         out.mux(vs.encode(None))
     stats = bttf.colorize_video(src, tmp_path / "out.mp4", ColorizeConfig(**FAST, crf=0))
     assert stats.size == (64, 52)
