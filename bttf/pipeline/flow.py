@@ -41,15 +41,27 @@ def _dis_shape(h: int, w: int) -> tuple[int, int]:
 class FlowEstimator:
     """OpenCV DIS optical flow on uint8 gray frames.
 
-    `preset` is "ultrafast", "fast" or "medium" (slower, more accurate). One instance keeps one
-    DIS object (not thread-safe: use one estimator per thread).
+    `preset` is "ultrafast", "fast" or "medium" (slower, more accurate). `settings` override the
+    preset's, by the name of DIS's setter in snake case: `finest_scale` (the pyramid level it
+    stops at: 1, half size, in every preset; 0 is full size), `patch_stride`,
+    `variational_refinement_iterations` … Not thread-safe: use one estimator per thread.
     """
 
-    def __init__(self, preset: str = "fast") -> None:
+    def __init__(self, preset: str = "fast", **settings: int) -> None:
         if preset not in PRESETS:
             raise ValueError(f"unknown DIS preset {preset!r}; choose one of {sorted(PRESETS)}")
-        self.preset = preset
-        self._dis = cv2.DISOpticalFlow_create(PRESETS[preset])
+        self.preset, self.settings = preset, settings
+        self._dis = self._create()
+        self._dis_init = None  # (the calls with a guess: see __call__)
+
+    def _create(self) -> cv2.DISOpticalFlow:
+        dis = cv2.DISOpticalFlow_create(PRESETS[self.preset])
+        for name, value in self.settings.items():
+            setter = "set" + name.title().replace("_", "")
+            if not hasattr(dis, setter):
+                raise ValueError(f"DIS has no setting {name!r}")
+            getattr(dis, setter)(value)
+        return dis
 
     def __call__(
         self, src: np.ndarray, dst: np.ndarray, init: np.ndarray | None = None
@@ -60,17 +72,25 @@ class FlowEstimator:
             raise ValueError(
                 f"expected two gray frames of equal shape (H, W), got {src.shape} and {dst.shape}"
             )
-        # DIS starts from the flow it is given (at its coarsest scale) when there is one
-        guess = None if init is None else np.array(init, np.float32, copy=True)
+        # DIS starts from the flow it is given (at its coarsest scale) when there is one; a DIS
+        # object given one starts its next call without one from it too (OpenCV 5.1), so the
+        # calls with a guess have an object of their own
+        dis = self._dis
+        guess = None
+        if init is not None:
+            guess = np.array(init, np.float32, copy=True)
+            if self._dis_init is None:
+                self._dis_init = self._create()
+            dis = self._dis_init
         h, w = src.shape
         shape = _dis_shape(h, w)
         if shape == (h, w):
-            return self._dis.calc(_u8(src), _u8(dst), guess)
+            return dis.calc(_u8(src), _u8(dst), guess)
         pad = ((0, shape[0] - h), (0, shape[1] - w))
         src, dst = np.pad(_u8(src), pad, mode="edge"), np.pad(_u8(dst), pad, mode="edge")
         if guess is not None:
             guess = np.pad(guess, (*pad, (0, 0)), mode="edge")
-        return np.ascontiguousarray(self._dis.calc(src, dst, guess)[:h, :w])
+        return np.ascontiguousarray(dis.calc(src, dst, guess)[:h, :w])
 
 
 def _u8(img: np.ndarray) -> np.ndarray:
