@@ -14,28 +14,29 @@ segment gets the same guide as an uninterrupted run): the film is decoded a seco
 and small (`grid` = the render size), by one decoder moving forwards (`GrayWindow`: a keyframe
 every shot still decodes the film once), over at most `MAX_SPAN` frames each side of the
 keyframe; from the keyframe outwards, each frame's displacement back to the keyframe is a DIS
-optical flow (`bttf.pipeline.flow`) straight to the keyframe, at full size, that starts from the
-last frame's displacement composed with a quick flow between the two neighbours (composed
-flows alone drift; a flow to the keyframe alone loses large motion), so the keyframe's colour
-is sampled once (no blur from warping colour again and again). The cuts of
-the window (`CutDetector` fed from its first frame) stop the propagation at the shot's edges.
-The tracks run on a thread of their own beside the model: the forward one streams a few frames
-ahead of the run; the backward one (the frames before a keyframe need it) starts before the run
-reaches its window. Per frame the guide keeps the displacement, float16 at half the grid size
-(~115 KB a frame at a 256x456 render size).
+optical flow (`bttf.pipeline.flow`) straight to the keyframe (down to the grid's own size, not
+DIS's usual half) that starts from the last frame's displacement composed with a quick flow
+between the two neighbours (composed flows alone drift; a flow to the keyframe alone loses
+large motion), so the keyframe's colour is sampled once (no blur from warping colour again and
+again). The cuts of the window (`CutDetector` fed from its first frame) stop the propagation at
+the shot's edges. The tracks run on a thread of their own beside the model: the forward one
+streams a few frames ahead of the run; the backward one (the frames before a keyframe need it)
+starts before the run reaches its window. Per frame the guide keeps the displacement, float16 at
+half the grid size (~115 KB a frame at a 256x456 render size).
 
 At the chroma plane size, per pixel p of a frame with gray level l(p):
 
     key_ab = s * ab_key(p + d(p)) + (1 - s) * grid_key(p + d(p), l(p))
     ab     = c * key_ab + (1 - c) * model_ab
 
-where s = exp(-(drift / 40)^2), drift the RMS over 5x5 pixels, trusts the tracked point where the keyframe's own luma there
-matches l(p), and grid_key is a bilateral grid of the keyframe's colour (cells of 24 render
-pixels x 16 gray levels): the colour of keyframe pixels of that gray level near the tracked point,
-which stays right where the track is lost (water, spray, things turning) far longer than the
-tracked colour (on DAVIS, +1 to +3 dB 30 frames from the key). c = the grid's evidence (keyframe
-pixels behind it) x a mild decay per frame from the key. Where two keyframes reach a frame,
-each pixel takes the one with the higher c. At the keyframe itself: its ab, c = 1.
+where s = exp(-(drift / 40)^2) trusts the tracked point where the keyframe's own luma there
+matches l(p) (drift: their difference, RMS over 5x5 pixels), and grid_key is a bilateral grid
+of the keyframe's colour (cells of 24 render pixels x 16 gray levels): the colour of keyframe
+pixels of that gray level near the tracked point, which stays right where the track is lost
+(water, spray, things turning) far longer than the tracked colour (on DAVIS, +1 to +3 dB 30
+frames from the key). c = the grid's evidence (keyframe pixels behind it) x a mild decay per
+frame from the key. Where two keyframes reach a frame, each pixel takes the one with the higher
+c. At the keyframe itself: its ab, c = 1.
 Memory, flat in the film's length: the guides of the keyframes whose window holds the current
 frame, and the gray frames (grid size) from the current frame to the furthest a track has read.
 """
@@ -74,9 +75,14 @@ DRIFT_TOLERANCE = 40.0  # gray levels: keyframe luma at the tracked point vs the
 DRIFT_BOX = 5  # chroma pixels: the square that RMS is taken over
 GRID_SCALE = 1  # the flow works at the render size / this
 STEP_PRESET = "ultrafast"  # DIS preset of the flow between neighbours (a first guess only)
-# the flow to the keyframe: DIS "medium" down to full size, patches every 4 pixels there, no
-# variational refinement (on DAVIS: +0.2 dB over the preset's half size, for 1.4x its CPU)
-KEY_FLOW = {"finest_scale": 0, "patch_stride": 4, "variational_refinement_iterations": 0}
+# the flow to the keyframe: DIS "medium" down to the grid's own size, patches every 4 pixels
+# there, no variational refinement (on DAVIS: +0.2 dB over the preset's half size, 1.4x its CPU)
+KEY_FLOW = {
+    "preset": "medium",
+    "finest_scale": 0,
+    "patch_stride": 4,
+    "variational_refinement_iterations": 0,
+}
 GRID_CELL = 24  # flow pixels: cell of the keyframe's bilateral colour grid
 GRID_BINS = 16  # gray levels of the grid
 MIN_COUNT = 1.0  # keyframe pixels of the grid behind full confidence
@@ -446,7 +452,7 @@ class KeyframeGuide:
         self.span = span
         # (the guide's thread only)
         self.step_flow = FlowEstimator(STEP_PRESET)
-        self.key_flow = FlowEstimator("medium", **KEY_FLOW)
+        self.key_flow = FlowEstimator(**KEY_FLOW)
         self.store = (max(4, grid[0] // 2), max(4, grid[1] // 2))
         self.active: dict[int, _Guide] = {}
         self.order = sorted(keyframes.files)
