@@ -32,16 +32,18 @@ gray level l(p):
 
 where match_key is the keyframe's colour around the tracked point, weighted by how well the
 keyframe's luma there matches the frame's around p (`match_colour`: a track a pixel or two off at
-an edge takes the colour of the right side), s = exp(-(drift / 40)^2) trusts the tracked point
-where the keyframe's own luma there matches l(p) (drift: their difference, RMS over 5x5 pixels),
-and grid_key is a bilateral grid of the keyframe's colour (cells of 24 render pixels x 16 gray
-levels): the colour of keyframe pixels of that gray level near the tracked point, which stays right
-where the track is lost (water, spray, things turning) far longer than the tracked colour (on
-DAVIS, +1 to +3 dB 30 frames from the key). c = the grid's evidence (keyframe pixels behind it) x a
-mild decay per frame from the key. Where two keyframes reach a frame, each pixel takes the one with
-the higher c. At the keyframe itself: its ab at the chroma plane's size, c = 1. (The carried colour
-is smooth at the flow's size, as colour in film is: on DAVIS, +0.1 dB over working at the chroma
-plane's size, and cheaper.)
+an edge takes the colour of the right side), and grid_key is a bilateral grid of the keyframe's
+colour (cells of 24 render pixels x 16 gray levels): the colour of keyframe pixels of that gray
+level near the tracked point, which stays right where the track is lost (water, spray, things
+turning) far longer than the tracked colour (on DAVIS, +1 to +3 dB 30 frames from the key). Each is
+weighted by the inverse of the square error expected of it: s = e_grid / (e_track + e_grid), where
+e_track = 0.1 x the luma drift (keyframe luma at the tracked point against l(p), mean square over
+5x5 pixels) and e_grid = the spread of the keyframe colours the grid averages there + 30 (on DAVIS
++0.06 dB over trusting the track by the drift alone). c = the grid's evidence (keyframe pixels
+behind it) x a mild decay per frame from the key. Where two keyframes reach a frame, each pixel
+takes the one with the higher c. At the keyframe itself: its ab at the chroma plane's size, c = 1.
+(The carried colour is smooth at the flow's size, as colour in film is: on DAVIS, +0.1 dB over
+working at the chroma plane's size, and cheaper.)
 Memory, flat in the film's length: the guides of the keyframes whose window holds the current
 frame, and the gray frames (grid size) from the current frame to the furthest a track has read.
 """
@@ -76,8 +78,9 @@ LEAD = 24  # frames the forward tracks run ahead of the run
 CHUNK = 8  # frames a track runs before the guide's thread turns to another
 SEEK_GAP = 48  # frames: a frame further past what was decoded is sought
 DECAY = 0.999  # confidence kept per frame away from the keyframe
-DRIFT_TOLERANCE = 40.0  # gray levels: keyframe luma at the tracked point vs the frame's (RMS)
-DRIFT_BOX = 5  # flow pixels: the square that RMS is taken over
+DRIFT_BOX = 5  # flow pixels: the square the luma drift (mean square) is taken over
+DRIFT_COST = 0.1  # the tracked colour's expected square error (ab) per unit of that drift
+SPREAD_FLOOR = 30.0  # ab^2: the least square error expected of the grid's colour
 MATCH_RADIUS = 2  # flow pixels: how far around the tracked point its colour is looked for
 MATCH_PATCH = 3  # flow pixels: the square of luma that decides how well a point matches
 MATCH_TOLERANCE = 10.0  # gray levels (RMS over that square): a worse match weighs far less
@@ -331,8 +334,8 @@ def propagate(
 
 
 def colour_grid(gray: np.ndarray, ab: np.ndarray) -> torch.Tensor:
-    """A bilateral grid of the keyframe's colour: sums of a, b and a count over cells of
-    `GRID_CELL` pixels and `GRID_BINS` gray levels, smoothed, (1, 3, bins, gy, gx) float32.
+    """A bilateral grid of the keyframe's colour: sums of a, b, a count, a^2 + b^2 over cells
+    of `GRID_CELL` pixels and `GRID_BINS` gray levels, smoothed, (1, 4, bins, gy, gx) float32.
     `gray` uint8 (h, w) and `ab` (h, w, 2) at one size."""
     h, w = gray.shape
     yy, xx = np.mgrid[0:h, 0:w]
@@ -341,8 +344,9 @@ def colour_grid(gray: np.ndarray, ab: np.ndarray) -> torch.Tensor:
         np.rint(yy / GRID_CELL).astype(np.int64),
         np.rint(xx / GRID_CELL).astype(np.int64),
     )
-    sums = np.zeros((3, GRID_BINS, h // GRID_CELL + 2, w // GRID_CELL + 2), np.float32)
-    for c, v in enumerate((ab[..., 0], ab[..., 1], np.ones((h, w), np.float32))):
+    sums = np.zeros((4, GRID_BINS, h // GRID_CELL + 2, w // GRID_CELL + 2), np.float32)
+    square = ab[..., 0] ** 2 + ab[..., 1] ** 2
+    for c, v in enumerate((ab[..., 0], ab[..., 1], np.ones((h, w), np.float32), square)):
         np.add.at(sums[c], cell, v)
     for axis in (1, 2, 3):  # a [1, 2, 1] blur along each axis, edges repeated
         p = np.pad(sums, [(1, 1) if d == axis else (0, 0) for d in range(4)], mode="edge")
@@ -353,9 +357,10 @@ def colour_grid(gray: np.ndarray, ab: np.ndarray) -> torch.Tensor:
 
 def slice_grid(
     grid: torch.Tensor, x: np.ndarray, y: np.ndarray, gray: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The grid's mean ab (H, W, 2) at positions `x`, `y` (in the grid's source pixels) for
-    the gray levels `gray` (H, W), and how many keyframe pixels it averages (H, W)."""
+    the gray levels `gray` (H, W), how many keyframe pixels it averages (H, W), and their
+    spread about that mean (mean square distance in ab, (H, W))."""
     import torch.nn.functional as F
 
     gy, gx = grid.shape[-2:]
@@ -376,7 +381,9 @@ def slice_grid(
         align_corners=True,
     )[0, :, 0].numpy()
     count = out[2]
-    return np.stack([out[0], out[1]], axis=-1) / np.maximum(count, 1e-3)[..., None], count
+    mean = np.stack([out[0], out[1]], axis=-1) / np.maximum(count, 1e-3)[..., None]
+    spread = out[3] / np.maximum(count, 1e-3) - (mean**2).sum(axis=-1)
+    return mean, count, np.maximum(spread, 0.0)
 
 
 def match_colour(key_gray: np.ndarray, gray: np.ndarray, ab: np.ndarray) -> np.ndarray:
@@ -611,32 +618,34 @@ class KeyframeGuide:
         d = cv2.resize(disp.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
         d[..., 0] *= w / gw
         d[..., 1] *= h / gh
-        # where the keyframe's luma at the tracked point matches, its colour there (from the
-        # best-matching points around it); elsewhere the colour of keyframe pixels of this
-        # gray level near that point
+        # the keyframe's colour at the tracked point (from the best-matching points around
+        # it), and the colour of keyframe pixels of this gray level near that point, each
+        # weighted by the inverse of the square error expected of it: the tracked colour's
+        # grows with the luma drift there, the grid's is the spread of the colours it averages
         key_gray = warp(g.gray, d)
-        drift = key_gray - gray
-        drift2 = cv2.boxFilter(drift * drift, -1, (DRIFT_BOX, DRIFT_BOX))
-        sharp = np.exp(drift2 * (-1.0 / DRIFT_TOLERANCE**2))[..., None]
         tracked = match_colour(key_gray, gray, warp(g.ab, d))
         x = np.arange(w, dtype=np.float32)[None, :] + d[..., 0]
         y = np.arange(h, dtype=np.float32)[:, None] + d[..., 1]
-        near, count = self._slice(g.grid, x, y, gray)
+        near, count, spread = self._slice(g.grid, x, y, gray)
+        drift = key_gray - gray
+        tracked_err = DRIFT_COST * cv2.boxFilter(drift * drift, -1, (DRIFT_BOX, DRIFT_BOX))
+        near_err = spread + SPREAD_FLOOR
+        sharp = (near_err / (tracked_err + near_err))[..., None]
         key_ab = sharp * tracked + (1.0 - sharp) * near
         conf = np.clip(count * (1.0 / MIN_COUNT), 0.0, 1.0) * DECAY ** abs(i - g.index)
         return key_ab, conf
 
     def _slice(
         self, grid: torch.Tensor, x: np.ndarray, y: np.ndarray, gray: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`slice_grid` at half the flow's size (its cells are `GRID_CELL` flow pixels wide),
         brought to the flow's size."""
         h, w = gray.shape
         sh, sw = self.store
-        near, count = slice_grid(
+        parts = slice_grid(
             grid, *(cv2.resize(a, (sw, sh), interpolation=cv2.INTER_AREA) for a in (x, y, gray))
         )
-        return tuple(cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR) for a in (near, count))
+        return tuple(cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR) for a in parts)
 
     def apply(self, batch: list, ab: torch.Tensor) -> torch.Tensor:
         """ab (N, 2, h, w) at the chroma size of `batch` (`PreparedFrame`s, gray at that size),
