@@ -277,8 +277,7 @@ class _Guide:
     index: int
     frames: dict[int, np.ndarray | None]
     grid: torch.Tensor  # the keyframe's bilateral grid (`colour_grid`)
-    gray: np.ndarray  # float32 (h, w) the film's own luma at the keyframe, at the flow's size
-    ab: np.ndarray  # float32 (h, w, 2) the keyframe's ab at the flow's size
+    key: np.ndarray  # float32 (h, w, 3) the film's luma and the keyframe's ab at the flow's size
     last: int  # the last frame it may reach (its window's end until the forward track ends)
     back: Iterator | None = None
     ahead: Iterator | None = None
@@ -388,28 +387,31 @@ def slice_grid(
 
 def match_colour(key_gray: np.ndarray, gray: np.ndarray, ab: np.ndarray) -> np.ndarray:
     """The keyframe's colour at the tracked points, from the points around each that match it
-    best: `ab` (h, w, 2) averaged over the offsets o within `MATCH_RADIUS`, each weighted by
-    exp(-(RMS of key_gray - gray over a `MATCH_PATCH` square at p + o)^2 / MATCH_TOLERANCE^2
-    - |o|^2 / MATCH_SPREAD^2). `key_gray` and `ab`: the keyframe's luma and colour warped onto
-    the frame, `gray` the frame's luma (float32 (h, w)). A track a pixel or two off at an edge
-    so takes its colour from the right side of it (on DAVIS: +0.2 dB)."""
+    best: `ab` (h, w, 2) averaged over the offsets o at most `MATCH_RADIUS` steps away
+    (|o_x| + |o_y|), each weighted by exp(-(RMS of key_gray - gray over a `MATCH_PATCH` square
+    at p + o)^2 / MATCH_TOLERANCE^2 - |o|^2 / MATCH_SPREAD^2). `key_gray` and `ab`: the
+    keyframe's luma and colour warped onto the frame, `gray` the frame's luma (float32
+    (h, w)). A track a pixel or two off at an edge so takes its colour from the right side of
+    it (on DAVIS: +0.2 dB)."""
     r = MATCH_RADIUS
     h, w = gray.shape
+    key_u8, gray_u8 = (np.clip(x + 0.5, 0, 255).astype(np.uint8) for x in (key_gray, gray))
     pad = [
-        cv2.copyMakeBorder(c, r, r, r, r, cv2.BORDER_REPLICATE) for c in (key_gray, *cv2.split(ab))
+        cv2.copyMakeBorder(c, r, r, r, r, cv2.BORDER_REPLICATE) for c in (key_u8, *cv2.split(ab))
     ]
+    # -(difference / tolerance)^2 by difference, floored (exp of far less: slow denormals)
+    square = np.maximum(-((np.arange(256, dtype=np.float32) / MATCH_TOLERANCE) ** 2), -30.0)
+    box = np.full((MATCH_PATCH, MATCH_PATCH), 1.0 / MATCH_PATCH**2, np.float32)
     sums = [np.zeros((h, w), np.float32) for _ in range(3)]  # a, b, weight
+    diff = np.empty((h, w), np.uint8)
     err = np.empty((h, w), np.float32)
     weight = np.empty((h, w), np.float32)
     for dy in range(-r, r + 1):
-        for dx in range(-r, r + 1):
+        for dx in range(abs(dy) - r, r - abs(dy) + 1):
             at = (slice(r + dy, r + dy + h), slice(r + dx, r + dx + w))
-            cv2.subtract(pad[0][at], gray, err)
-            cv2.multiply(err, err, err)
-            cv2.boxFilter(err, -1, (MATCH_PATCH, MATCH_PATCH), err)
-            cv2.multiply(err, -1.0 / MATCH_TOLERANCE**2, err)
-            cv2.add(err, -(dx * dx + dy * dy) / MATCH_SPREAD**2, err)
-            cv2.max(err, -30.0, err)  # (no denormals: they are slow)
+            cv2.absdiff(pad[0][at], gray_u8, diff)
+            near = -(dx * dx + dy * dy) / MATCH_SPREAD**2
+            cv2.filter2D(cv2.LUT(diff, square), -1, box, err, delta=near)
             cv2.exp(err, weight)
             cv2.accumulateProduct(weight, pad[1][at], sums[0])
             cv2.accumulateProduct(weight, pad[2][at], sums[1])
@@ -527,8 +529,8 @@ class KeyframeGuide:
                     f"keyframe {self.keys.files[k]}: frame {k} of {self.info.path} cannot be found"
                 )
             ab = image_ab(self.keys.files[k], self.grid)
-            grid = colour_grid(gray, ab)
-            g = _Guide(k, {k: None}, grid, gray.astype(np.float32), ab, last=hi, reach=k)
+            key = np.dstack([gray.astype(np.float32), ab])
+            g = _Guide(k, {k: None}, colour_grid(gray, ab), key, last=hi, reach=k)
             g.back = propagate(gray_at, k, -1, self.step_flow, self.key_flow, cuts)
             g.ahead = propagate(gray_at, k, 1, self.step_flow, self.key_flow, cuts)
             self._back(g, done)
@@ -622,10 +624,13 @@ class KeyframeGuide:
         # it), and the colour of keyframe pixels of this gray level near that point, each
         # weighted by the inverse of the square error expected of it: the tracked colour's
         # grows with the luma drift there, the grid's is the spread of the colours it averages
-        key_gray = warp(g.gray, d)
-        tracked = match_colour(key_gray, gray, warp(g.ab, d))
         x = np.arange(w, dtype=np.float32)[None, :] + d[..., 0]
         y = np.arange(h, dtype=np.float32)[:, None] + d[..., 1]
+        key = cv2.remap(
+            g.key, x, y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
+        key_gray = np.ascontiguousarray(key[..., 0])
+        tracked = match_colour(key_gray, gray, key[..., 1:])
         near, count, spread = self._slice(g.grid, x, y, gray)
         drift = key_gray - gray
         tracked_err = DRIFT_COST * cv2.boxFilter(drift * drift, -1, (DRIFT_BOX, DRIFT_BOX))
