@@ -405,7 +405,7 @@ def test_a_track_a_pixel_off_at_an_edge_takes_the_colour_of_the_right_side() -> 
     key_gray[:, 0] = 50.0
     tracked = np.where((key_gray > 100)[..., None], [-20.0, -60.0], [60.0, 40.0]).astype(np.float32)
     assert tracked[0, edge, 1] == 40.0  # (the tracked colour there is the red)
-    out = match_colour(key_gray, gray, tracked)
+    out = np.dstack(match_colour(key_gray, gray, *cv2.split(tracked)))
     assert np.allclose(out[:, edge], [-20.0, -60.0], atol=0.5)
     assert np.allclose(out[:, : edge - 3], [60.0, 40.0], atol=1e-3)
     assert np.allclose(out[:, edge + 3 :], [-20.0, -60.0], atol=1e-3)
