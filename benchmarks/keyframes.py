@@ -13,12 +13,14 @@ lossless (FFV1 yuv444p) and read back as RGB. Reported per clip and as the mean 
 Targets (issue #18): >= 33 dB with frame 0 as the key; frames before a middle key >= automatic
 + 5 dB; >= 0.7x automatic's speed.
 
-Measured 2026-12-06 (third session) on the 2-core Xeon @ 2.50 GHz, default model v3, all 10 clips at 854x480: key
-at frame 0 32.66 dB over frames 1..N-1 (automatic 23.75); at 1/10/30/50 frames from the key
-39.9/34.6/31.6/30.7; SSIM 0.978 (0.964), CDC 0.0011 (0.0012); frames before a middle key 33.97 (automatic
-23.68, so +10.3). Speed at 360p (blackswan, breakdance, 3 alternating runs, default output, quiet): 15.20 fps with
-the key, 20.12 automatic: 0.76x (0.66x by CPU time). Met: the middle key, the speed. Not met: 33 dB.
-(Second session, v2, before the flow to the key started from the composed flow: 31.63 dB, 0.74x.)
+Measured 2026-12-06 (fourth session) on the 2-core Xeon @ 2.50 GHz, default model v3, all 10 clips at 854x480: key
+at frame 0 33.05 dB over frames 1..N-1 (automatic 23.75); at 1/10/30/50 frames from the key
+40.6/35.0/32.0/30.8; SSIM 0.982 (0.964), CDC 0.0011 (0.0012); frames before a middle key 34.35 (automatic
+23.68, so +10.7). Speed at 360p (blackswan, breakdance, 3 runs each, alternated with automatic, default output):
+14.3-15.1 fps with the key against 20.6-21.7 automatic, 0.687-0.703x over seven rounds, mean 0.694x (0.61x
+by CPU time); the third session's code in the same hour 0.73-0.76x. Met: 33 dB, the middle key. Not met: the
+speed, by 1%.
+(Third session: 32.66 dB, 0.76x; second, v2 model: 31.63 dB, 0.74x.)
 
     python benchmarks/keyframes.py                # all clips at their own size (DAVIS: 480p)
     python benchmarks/keyframes.py --clips 3 --json kf.json
