@@ -24,8 +24,9 @@ streams a few frames ahead of the run; the backward one (the frames before a key
 starts before the run reaches its window. Per frame the guide keeps the displacement, float16 at
 half the grid size (~115 KB a frame at a 256x456 render size).
 
-At the flow's size (brought up to the chroma plane's size after), per pixel p of a frame with
-gray level l(p):
+At the flow's size (or the chroma plane's, where that is smaller: 4:2:0 output at low
+resolutions), brought to the chroma plane's size after, per pixel p of a frame with gray level
+l(p):
 
     key_ab = s * match_key(p + d(p)) + (1 - s) * grid_key(p + d(p), l(p))
     ab     = c * key_ab + (1 - c) * model_ab
@@ -286,7 +287,8 @@ class _Guide:
     reach: int = 0  # the forward track has reached this frame
     open: bool = True  # ... and may go further
     more: Future | None = None  # the forward track's next stretch, being run
-    xy: tuple[np.ndarray, np.ndarray] | None = None  # pixel coordinates at the flow's size
+    xy: tuple[np.ndarray, np.ndarray] | None = None  # pixel coordinates at the working size
+    key_at: np.ndarray | None = None  # `key` at the working size, where that is not the flow's
 
 
 class ShotCuts:
@@ -615,17 +617,21 @@ class KeyframeGuide:
         self.window.close()
 
     def _sample(self, g: _Guide, i: int, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The keyframe's ab (h, w, 2) brought onto frame `i` (gray float32 (h, w) at the flow's
-        size), and the confidence in it (h, w)."""
+        """The keyframe's ab (h, w, 2) brought onto frame `i` (gray float32 (h, w) at the
+        working size: the flow's, or the chroma plane's where that is smaller), and the
+        confidence in it (h, w)."""
         disp = g.frames[i]
         h, w = gray.shape
         gh, gw = disp.shape[:2]
         if g.xy is None or g.xy[0].shape != gray.shape:
             g.xy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+            g.key_at = g.key if (h, w) == g.key.shape[:2] else resize_plane(g.key, (h, w))
         dx, dy = cv2.split(cv2.resize(disp.astype(np.float32), (w, h)))
         x, y = cv2.scaleAdd(dx, w / gw, g.xy[0]), cv2.scaleAdd(dy, h / gh, g.xy[1])
         key_gray, key_a, key_b = cv2.split(
-            cv2.remap(g.key, x, y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            cv2.remap(
+                g.key_at, x, y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+            )
         )
         # the keyframe's colour at the tracked point (from the best-matching points around
         # it), and the colour of keyframe pixels of this gray level near that point, each
@@ -644,20 +650,20 @@ class KeyframeGuide:
     def _slice(
         self, grid: torch.Tensor, x: np.ndarray, y: np.ndarray, gray: np.ndarray
     ) -> list[np.ndarray]:
-        """`slice_grid` at half the flow's size (its cells are `GRID_CELL` flow pixels wide),
-        brought to the flow's size: the planes of its mean a and b, count and spread."""
+        """`slice_grid` at most at half the flow's size (its cells are `GRID_CELL` flow pixels
+        wide) for positions `x`, `y` at `gray`'s size, brought to that size: the planes of its
+        mean a and b, count and spread."""
         h, w = gray.shape
-        sh, sw = self.store
-        mean, count, spread = slice_grid(
-            grid, *(cv2.resize(a, (sw, sh), interpolation=cv2.INTER_AREA) for a in (x, y, gray))
-        )
+        sh, sw = min(h, self.store[0]), min(w, self.store[1])
+        x, y, gray = (cv2.resize(a, (sw, sh), interpolation=cv2.INTER_AREA) for a in (x, y, gray))
+        mean, count, spread = slice_grid(grid, x * (self.grid[1] / w), y * (self.grid[0] / h), gray)
         return cv2.split(cv2.resize(np.dstack([mean, count, spread]), (w, h)))
 
     def apply(self, batch: list, ab: torch.Tensor) -> torch.Tensor:
         """ab (N, 2, h, w) at the chroma size of `batch` (`PreparedFrame`s, gray at that size),
         with the keyframes' colour blended in: at a keyframe, its ab; elsewhere the guides'
-        colour and confidence at the flow's size (each pixel from the most confident guide),
-        brought up to the chroma size."""
+        colour and confidence at the flow's size, or the chroma plane's where that is smaller
+        (each pixel from the most confident guide), brought to the chroma size."""
         for j, p in enumerate(batch):
             i = film_index(self.info, p.frame.pts)
             guides = self._guides_at(i)
@@ -669,7 +675,8 @@ class KeyframeGuide:
                 key = image_ab(self.keys.files[at_key[0].index], size).transpose(2, 0, 1)
                 ab[j] = torch.from_numpy(np.ascontiguousarray(key)).to(ab)
                 continue
-            gray = resize_plane(p.chroma, self.grid).astype(np.float32)
+            work = size if size[0] <= self.grid[0] and size[1] <= self.grid[1] else self.grid
+            gray = resize_plane(p.chroma, work).astype(np.float32)
             key_ab, conf = self._sample(guides[0], i, gray)
             for g in guides[1:]:
                 other_ab, other = self._sample(g, i, gray)
