@@ -17,9 +17,8 @@ Measured 2026-12-06 (fourth session) on the 2-core Xeon @ 2.50 GHz, default mode
 at frame 0 33.05 dB over frames 1..N-1 (automatic 23.75); at 1/10/30/50 frames from the key
 40.6/35.0/32.0/30.8; SSIM 0.982 (0.964), CDC 0.0011 (0.0012); frames before a middle key 34.35 (automatic
 23.68, so +10.7). Speed at 360p (blackswan, breakdance, 3 runs each, alternated with automatic, default output):
-14.3-15.1 fps with the key against 20.6-21.7 automatic, 0.687-0.703x over seven rounds, mean 0.694x (0.61x
-by CPU time); the third session's code in the same hour 0.73-0.76x. Met: 33 dB, the middle key. Not met: the
-speed, by 1%.
+14.9-15.2 fps with the key against 20.6-21.2 automatic, 0.716-0.728x over three rounds (0.64x by CPU time); the
+third session's code in the same hour 0.73-0.74x. Met: 33 dB, the middle key, the speed.
 (Third session: 32.66 dB, 0.76x; second, v2 model: 31.63 dB, 0.74x.)
 
     python benchmarks/keyframes.py                # all clips at their own size (DAVIS: 480p)
