@@ -287,8 +287,7 @@ class _Guide:
     reach: int = 0  # the forward track has reached this frame
     open: bool = True  # ... and may go further
     more: Future | None = None  # the forward track's next stretch, being run
-    xy: tuple[np.ndarray, np.ndarray] | None = None  # pixel coordinates at the working size
-    key_at: np.ndarray | None = None  # `key` at the working size, where that is not the flow's
+    key_at: np.ndarray | None = None  # `key` at the working size (`key` itself at the flow's)
 
 
 class ShotCuts:
@@ -508,6 +507,7 @@ class KeyframeGuide:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="bttf-keyframes")
         self.pending: dict[int, Future[_Guide]] = {}
         self._floor = 0  # frames below this one no track needs
+        self._xy: list[np.ndarray] | None = None  # pixel coordinates at the working size
 
     def _window(self, k: int) -> tuple[int, int]:
         hi = k + self.span
@@ -623,11 +623,12 @@ class KeyframeGuide:
         disp = g.frames[i]
         h, w = gray.shape
         gh, gw = disp.shape[:2]
-        if g.xy is None or g.xy[0].shape != gray.shape:
-            g.xy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-            g.key_at = g.key if (h, w) == g.key.shape[:2] else resize_plane(g.key, (h, w))
+        if self._xy is None or self._xy[0].shape != gray.shape:
+            self._xy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        if g.key_at is None or g.key_at.shape[:2] != gray.shape:
+            g.key_at = resize_plane(g.key, (h, w))
         dx, dy = cv2.split(cv2.resize(disp.astype(np.float32), (w, h)))
-        x, y = cv2.scaleAdd(dx, w / gw, g.xy[0]), cv2.scaleAdd(dy, h / gh, g.xy[1])
+        x, y = cv2.scaleAdd(dx, w / gw, self._xy[0]), cv2.scaleAdd(dy, h / gh, self._xy[1])
         key_gray, key_a, key_b = cv2.split(
             cv2.remap(
                 g.key_at, x, y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
