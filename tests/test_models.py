@@ -325,3 +325,26 @@ def test_cli_models_table_and_json() -> None:
         assert row["file_size"] == row["size"] > 0
     assert speed_class(0.1) == "fast" and speed_class(30.0) == "very slow"
     assert speed_class(None) == "not measured"
+
+
+def test_fastcolor2_is_fastcolor_with_a_stage_at_stride_32(tmp_path: Path) -> None:
+    from bttf.models.weights import grow_model
+
+    plain = create_model("fastcolor", pretrained=False)
+    assert "deep" not in plain.bttf_config  # v1-v3 files keep their config
+    deep = create_model("fastcolor2", pretrained=False)
+    assert deep.bttf_config["deep"] == [256, 6] and get_spec("fastcolor2").grows_from == "fastcolor"
+    assert sum(p.numel() for p in deep.parameters()) < 4_500_000
+    L = torch.rand(1, 1, 80, 112) * 100  # multiples of 16, not of 32
+    with torch.no_grad():
+        assert deep(L).shape == plain(L).shape == (1, 313, 20, 28)
+    path = save_weights(tmp_path / "d.safetensors", deep, "fastcolor2", deep.bttf_config)
+    again, spec, _ = load_model(path)
+    assert spec.name == "fastcolor2" and again.deep is not None
+    assert grow_model("fastcolor2", path) is None  # its own file: a plain load
+    with pytest.raises(WeightsError, match="fastcolor2"):
+        create_model("fastcolor", weights=path)
+    # the smaller network's options come from its file
+    odd = create_model("fastcolor", pretrained=False, decoder=[32, 32])
+    odd_path = save_weights(tmp_path / "odd.safetensors", odd, "fastcolor", odd.bttf_config)
+    assert grow_model("fastcolor2", odd_path).bttf_config["decoder"] == [32, 32]

@@ -542,3 +542,24 @@ def test_eval_by_folder_scores_each_folder_alone(tmp_path: Path, capsys) -> None
     main(["eval", str(both), "--size", "32", "--by-folder"])
     out = capsys.readouterr().out
     assert "a: 2 images" in out and "b: 3 images" in out
+
+
+def test_fastcolor2_grows_from_a_fastcolor_run(cache: Path, tmp_path: Path) -> None:
+    """--init with a fastcolor file starts fastcolor2 as that network's function, then trains on."""
+    from bttf.models import load_model
+    from bttf.models.weights import grow_model
+
+    train(cfg_for(cache, tmp_path / "small", steps=2, val_every=1000))
+    small_file = tmp_path / "small" / "last.safetensors"
+    small, _, _ = load_model(small_file)
+    grown = grow_model("fastcolor2", small_file)
+    assert grown is not None and grown.deep is not None
+    L = torch.rand(2, 1, 64, 96) * 100
+    with torch.no_grad():
+        assert torch.equal(grown(L), small(L))  # the extra stage starts at zero
+    assert grow_model("fastcolor", small_file) is None  # not a larger model: a plain --init
+
+    train(cfg_for(cache, tmp_path / "big", model="fastcolor2", steps=2, init=str(small_file)))
+    big, spec, meta = load_model(tmp_path / "big" / "last.safetensors")
+    assert spec.name == "fastcolor2" and meta["bttf_config"]["deep"] == [256, 6]
+    assert not torch.equal(big.deep[-1].bn.weight, grown.deep[-1].bn.weight)  # it trained

@@ -3,6 +3,7 @@
 Importing this package registers every architecture, one module each (`list_models()`),
 among them:
   - "fastcolor" (alias "default"): bttf's small real-time CPU model, 313-bin head.
+  - "fastcolor2": fastcolor with a deeper stage at stride 32; grows from fastcolor's weights.
   - "eccv16": Zhang et al. 2016, official PyTorch key layout, 313-bin head.
   - "siggraph17": Zhang et al. 2017, official PyTorch key layout, ab regression head.
   - "deoldify-artistic", "deoldify-stable", "deoldify-video": DeOldify's released generators.

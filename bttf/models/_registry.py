@@ -46,6 +46,9 @@ class ModelSpec:
     # DeOldify's own pipeline does); False: aspect kept at short side render_size. A run's
     # `render_square` option overrides it.
     render_square: bool = False
+    # A model whose weights files this one's training may start from (`bttf train --init`):
+    # every tensor of such a file is this model's under the same name; the rest keep their init.
+    grows_from: str | None = None
 
 
 # Upper bounds (CPU s per 360p frame) of each speed class, the last one open.
@@ -76,6 +79,7 @@ def register_model(
     description: str = "",
     cpu_s_360p: float | None = None,
     render_square: bool = False,
+    grows_from: str | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a model factory under `name` (and `aliases`); duplicates are refused."""
 
@@ -96,6 +100,7 @@ def register_model(
             description=doc if isinstance(doc, str) else "".join(doc),
             cpu_s_360p=cpu_s_360p,
             render_square=render_square,
+            grows_from=grows_from,
         )
         _REGISTRY[name] = spec
         for alias in aliases:

@@ -118,6 +118,29 @@ def create_model(
     return model.eval()
 
 
+def grow_model(name: str, weights: str | Path, **kw: Any) -> nn.Module | None:
+    """Model `name` started from a weights file of the model it grows from (`ModelSpec.grows_from`),
+    or None where `weights` is not such a file.
+
+    The file's architecture options (its `bttf_config`, then `kw`) build the model; every tensor
+    of the file is copied in under its own name (shapes must agree), and the tensors only the
+    larger model has keep their initialisation (`fastcolor2`'s extra stage starts at zero, so it
+    starts as the smaller model's function).
+    """
+    spec = get_spec(name)
+    if spec.grows_from is None:
+        return None
+    state, meta = read_weights(weights)
+    if meta.get("format") != FORMAT or get_spec(meta["bttf_model"]).name != spec.grows_from:
+        return None
+    model = spec.factory(**{**meta["bttf_config"], **kw})
+    try:
+        load_state_into(model, {**model.state_dict(), **state})
+    except WeightsError as e:
+        raise WeightsError(f"{weights} does not fit {spec.name!r}: {e}") from None
+    return model.eval()
+
+
 def build_loaded(spec: ModelSpec, config: Mapping[str, Any], state: Mapping[str, Any]) -> nn.Module:
     """`spec`'s model with `config`, holding `state` (strictly, as `load_state_into`).
 

@@ -289,7 +289,13 @@ def build_model(cfg: TrainConfig, spec) -> nn.Module:
         raise BadInputError(
             f"--init {path} does not exist; give a weights file, 'pretrained' or 'imagenet'"
         )
-    if path.suffix != ".safetensors":
+    if path.suffix == ".safetensors":
+        from bttf.models.weights import grow_model
+
+        grown = grow_model(spec.name, path, **kw)  # a smaller model's run: this one grows from it
+        if grown is not None:
+            return grown
+    else:
         from bttf.models.resnet18 import is_imagenet_trunk, load_imagenet_trunk
         from bttf.models.weights import read_weights
 
