@@ -563,3 +563,16 @@ def test_fastcolor2_grows_from_a_fastcolor_run(cache: Path, tmp_path: Path) -> N
     big, spec, meta = load_model(tmp_path / "big" / "last.safetensors")
     assert spec.name == "fastcolor2" and meta["bttf_config"]["deep"] == [256, 6]
     assert not torch.equal(big.deep[-1].bn.weight, grown.deep[-1].bn.weight)  # it trained
+
+    # --init pretrained: fastcolor2 ships no weights, so it grows from the shipped fastcolor
+    from bttf.models import official_weights
+
+    if official_weights("fastcolor") is None:
+        pytest.skip("fastcolor's weights are not installed")
+    shipped, _, _ = load_model(official_weights("fastcolor"))
+    cfg = cfg_for(cache, tmp_path / "p", model="fastcolor2", steps=1, init="pretrained")
+    from bttf.models import get_spec
+    from bttf.training.loop import build_model
+
+    with torch.no_grad():
+        assert torch.equal(build_model(cfg, get_spec("fastcolor2"))(L), shipped.float()(L))
