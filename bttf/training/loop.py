@@ -272,12 +272,12 @@ def build_model(cfg: TrainConfig, spec) -> nn.Module:
     if cfg.init.lower() in OFFICIAL_INIT:
         from bttf.models import official_weights
 
-        smaller = official_weights(spec.grows_from) if spec.grows_from else None
-        if official_weights(spec.name) is None and smaller is not None:
-            from bttf.models.weights import grow_model  # e.g. fastcolor2 from the shipped fastcolor
-
-            return grow_model(spec.name, smaller, **kw)
         if official_weights(spec.name) is None:  # a released file not downloaded: says which
+            smaller = official_weights(spec.grows_from) if spec.grows_from else None
+            if smaller is not None:  # e.g. fastcolor2 from the shipped fastcolor
+                from bttf.models.weights import grow_model
+
+                return grow_model(spec.name, smaller, **kw)
             raise BadInputError(
                 f"{spec.name} has no installed weights to start from; give "
                 "--init FILE (a .safetensors checkpoint or an official .pth)"
