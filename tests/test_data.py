@@ -234,3 +234,19 @@ def test_film_degrade_effects() -> None:
     j = D.jpeg_blocks(ramp, torch.tensor([0.5, 2.0]))
     assert float((j - ramp).abs().mean()) < 3
     assert torch.allclose(D.gaussian_blur(L[:2], torch.tensor([0.5, 1.5])), L[:2], atol=1e-4)
+
+
+def test_a_failed_prepare_leaves_no_folders_behind(tmp_path: Path) -> None:
+    import cv2
+
+    (tmp_path / "gray").mkdir()
+    gray = np.repeat(np.linspace(0, 255, 48 * 48).reshape(48, 48, 1), 3, 2).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "gray" / "g.png"), gray)
+    with pytest.raises(BadInputError, match="no usable colour images"):
+        D.prepare(D.PrepareConfig(inputs=(tmp_path / "gray",), out=tmp_path / "run" / "cache"))
+    assert not (tmp_path / "run").exists()  # the folders it made are gone
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(BadInputError):
+        D.prepare(D.PrepareConfig(inputs=(tmp_path / "gray",), out=tmp_path / "mine" / "c"))
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]

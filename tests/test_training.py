@@ -576,3 +576,13 @@ def test_fastcolor2_grows_from_a_fastcolor_run(cache: Path, tmp_path: Path) -> N
 
     with torch.no_grad():
         assert torch.equal(build_model(cfg, get_spec("fastcolor2"))(L), shipped.float()(L))
+
+
+def test_training_on_no_usable_data_leaves_no_run_folder(tmp_path: Path) -> None:
+    import cv2
+
+    (tmp_path / "gray").mkdir()
+    cv2.imwrite(str(tmp_path / "gray" / "g.png"), np.full((40, 40, 3), 128, np.uint8))
+    with pytest.raises(BadInputError, match="no usable colour images"):
+        train(cfg_for(tmp_path / "gray", tmp_path / "run", data=(tmp_path / "gray",)))
+    assert not (tmp_path / "run").exists()

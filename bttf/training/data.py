@@ -276,6 +276,7 @@ def prepare(cfg: PrepareConfig, progress: ProgressFn | None = None) -> PrepareSu
             f"no images or videos found in {', '.join(map(str, cfg.inputs))}; "
             f"supported: {', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))}"
         )
+    made = [d for d in (out, *out.parents) if not d.exists()]  # deepest first; removed on failure
     out.mkdir(parents=True, exist_ok=True)
     s = cfg.size
     summary = PrepareSummary(cache=out, size=s)
@@ -358,6 +359,9 @@ def prepare(cfg: PrepareConfig, progress: ProgressFn | None = None) -> PrepareSu
     except BaseException:
         wl.abort()
         wab.abort()
+        for d in made:  # the folders this call made, where nothing else was put in them
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
         raise
     summary.val = sum(it["split"] == "val" for it in items)
     summary.train = len(items) - summary.val

@@ -627,13 +627,19 @@ def _train(cfg: TrainConfig, spec, dd: Dist, progress: ProgressFn | None) -> Tra
     out = Path(cfg.out)
     emit = progress if (progress and dd.main) else (lambda e: None)
     dd.set_threads(cfg.threads)
+    made = not out.exists()
     if dd.main:
         out.mkdir(parents=True, exist_ok=True)
         if cfg.overwrite and not cfg.resume:
             ckpt.clear_run_folder(out)
     dd.barrier()
 
-    cache = _open_data(cfg, dd, emit)
+    try:
+        cache = _open_data(cfg, dd, emit)
+    except BadInputError:  # no usable data: leave no empty run folder behind
+        if dd.main and made and not any(out.iterdir()):
+            out.rmdir()
+        raise
     train_rows = cache.indices("train")
     val_rows = cache.indices("val")[: cfg.val_images]
     if len(train_rows) == 0:
