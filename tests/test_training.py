@@ -320,6 +320,35 @@ def test_losses() -> None:
     assert {"g_adv", "l1"} <= set(parts)
 
 
+def test_label_smoothing_and_soft_encoding_width() -> None:
+    from bttf.models.bins import rebalance_weights, soft_encode
+
+    torch.manual_seed(1)
+    prior = torch.rand(313) ** 4
+    prior /= prior.sum()
+    logits, ab = torch.randn(2, 313, 4, 4), torch.randn(2, 2, 4, 4) * 30
+    logp = torch.log_softmax(logits, 1)
+    w = rebalance_weights(prior, lam=0.9)
+    for sigma, eps in ((5.0, 0.0), (10.0, 0.0), (5.0, 0.1), (10.0, 0.25)):
+        # the dense formula: target (1 - eps) * soft encoding + eps * prior, weighted by the
+        # truth's nearest bin
+        target = (1 - eps) * soft_encode(ab, sigma=sigma) + eps * prior.view(1, -1, 1, 1)
+        nearest = soft_encode(ab, k=1).argmax(1)
+        want = (w[nearest] * -(target * logp).sum(1)).mean()
+        got = build_loss("rebalanced", "bins", prior, 0.9, sigma=sigma, smoothing=eps)(logits, ab)
+        assert float(got) == pytest.approx(float(want), rel=1e-5)
+    # a wider encoding spreads the target; smoothing moves the best answer toward the prior
+    assert float(soft_encode(ab, sigma=10).amax(1).mean()) < float(soft_encode(ab).amax(1).mean())
+    ce = build_loss("ce", "bins", prior, smoothing=0.2)
+    t = soft_encode(ab)
+    mixed = (0.8 * t + 0.2 * prior.view(1, -1, 1, 1)).log()
+    assert float(ce(mixed, ab)) < float(ce((t + 1e-6).log(), ab))
+    with pytest.raises(BadInputError, match="bin models"):
+        build_loss("l2", "ab", smoothing=0.1)
+    with pytest.raises(BadInputError, match="prior"):
+        build_loss("ce", "bins", None, smoothing=0.1)
+
+
 def test_bad_configs_are_clear_errors(cache: Path, tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="multiple of 16"):
         train(cfg_for(cache, tmp_path / "r", image_size=40))
@@ -341,6 +370,9 @@ def test_train_and_eval_options_are_checked_by_their_configs(cache: Path, tmp_pa
         ({"unfreeze_at": 1}, "--freeze-encoder"),
         ({"resume": True, "overwrite": True}, "exclude each other"),
         ({"best_metric": "fid"}, "--best-metric"),
+        ({"label_smoothing": 1.0}, "--label-smoothing"),
+        ({"soft_sigma": 0.0}, "--soft-sigma"),
+        ({"model": "fastcolor-l2", "label_smoothing": 0.1}, "bin models"),
     ):
         with pytest.raises(BadInputError, match=words):
             cfg_for(cache, tmp_path / "r", **kw)
@@ -412,9 +444,17 @@ def test_cli_train_and_eval(cache: Path, tmp_path: Path, capsys: pytest.CaptureF
             "0",
             "--val-every",
             "1ep",
+            "--label-smoothing",
+            "0.1",
+            "--soft-sigma",
+            "8",
         ]
     )
     assert (tmp_path / "run" / "best.safetensors").is_file()
+    from bttf.models.weights import read_weights
+
+    config = read_weights(tmp_path / "run" / "best.safetensors")[1]["train_config"]
+    assert (config["label_smoothing"], config["soft_sigma"]) == (0.1, 8.0)
     capsys.readouterr()
     main(["eval", str(cache), "--weights", str(tmp_path / "run" / "best.safetensors"), "--json"])
     report = json.loads(capsys.readouterr().out)

@@ -320,6 +320,21 @@ def prepare_cmd(
     "lower: more saturated colours.",
 )
 @click.option(
+    "--label-smoothing",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Bin models: give this share of each pixel's target to the data's colour prior, so an "
+    "unsure model falls back on common colours, e.g. 0.1.",
+)
+@click.option(
+    "--soft-sigma",
+    type=click.FloatRange(0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Bin models: width (ab units) of the soft-encoded target over its 5 nearest bins.",
+)
+@click.option(
     "--augment",
     "augment_kind",
     type=click.Choice(["standard", "film"]),
@@ -375,6 +390,8 @@ def train_cmd(
     no_augment: bool,
     augment_kind: str,
     rebalance_lambda: float,
+    label_smoothing: float,
+    soft_sigma: float,
     no_amp: bool,
     cache_size: int,
     val_fraction: float,
@@ -424,6 +441,8 @@ def train_cmd(
         grad_clip=grad_clip,
         ema=ema,
         rebalance_lambda=rebalance_lambda,
+        label_smoothing=label_smoothing,
+        soft_sigma=soft_sigma,
         augment=False if no_augment else (True if augment_kind == "standard" else augment_kind),
         cache_size=cache_size,
         val_fraction=val_fraction,

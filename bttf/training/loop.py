@@ -101,6 +101,8 @@ class TrainConfig:
     ema: float = 0.0  # decay of a moving average of the weights, validated and saved (0: off)
     loss: str = "auto"  # see bttf.training.losses
     rebalance_lambda: float = 0.5
+    soft_sigma: float = 5.0  # bin models: width of the soft-encoded target, ab units
+    label_smoothing: float = 0.0  # bin models: share of the target given to the data's prior
     temperature: float = 0.38  # annealed mean when validating a bin model
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA
@@ -145,6 +147,16 @@ class TrainConfig:
             )
         if not self.lr > 0:
             raise BadInputError(f"--lr {self.lr} must be positive")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise BadInputError(
+                f"--label-smoothing {self.label_smoothing}: give a share in [0, 1), e.g. 0.1"
+            )
+        if not self.soft_sigma > 0:
+            raise BadInputError(f"--soft-sigma {self.soft_sigma} must be positive")
+        if spec.output != "bins" and (self.label_smoothing or self.soft_sigma != 5.0):
+            raise BadInputError(
+                f"--label-smoothing and --soft-sigma apply to bin models; {spec.name} predicts ab"
+            )
         if not 0.0 <= self.ema < 1.0:
             raise BadInputError(f"--ema {self.ema}: give a decay in [0, 1), e.g. 0.998 (0: off)")
         if self.workers < 0:
@@ -426,7 +438,12 @@ class _Trainer:
             else:
                 self.prior = estimate_data_prior(self.cache, train_rows)
         self.criterion = build_loss(
-            self.loss_kind, spec.output, self.prior, cfg.rebalance_lambda
+            self.loss_kind,
+            spec.output,
+            self.prior,
+            cfg.rebalance_lambda,
+            sigma=cfg.soft_sigma,
+            smoothing=cfg.label_smoothing,
         ).to(self.dd.device)
         self.bin_weights = None  # of the validation AuC: the training data's prior
         if self.prior is not None:

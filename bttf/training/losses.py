@@ -1,8 +1,11 @@
 """Training objectives, chosen by the model's output kind (`ModelSpec.output`).
 
 Bin models (`output="bins"`, logits (N, 313, h, w)): cross-entropy against soft-encoded targets
-(`bins.soft_encode`, 5 nearest bins, Gaussian sigma 5), computed at the logits' resolution (the
-true ab is area-averaged down to (h, w) first, which is cheap and what the model can resolve):
+(`bins.soft_encode`, 5 nearest bins, Gaussian sigma 5 — `sigma` widens it), computed at the logits'
+resolution (the true ab is area-averaged down to (h, w) first, which is cheap and what the model
+can resolve). With `smoothing` eps the target is (1 - eps) * soft encoding + eps * the training
+data's bin prior (label smoothing toward the prior: a model unsure of a pixel learns to fall back on
+the data's colours rather than on a vivid guess):
 
 - ``ce``          unweighted.
 - ``rebalanced``  Zhang et al. 2016: each pixel weighted by w[nearest bin of its true ab] with
@@ -60,19 +63,33 @@ class BinCrossEntropy(nn.Module):
     forward(logits (N, 313, h, w), ab_true (N, 2, H, W) in Lab units) -> scalar.
     """
 
-    def __init__(self, weights: torch.Tensor | None = None, weighted_mean: bool = False):
+    def __init__(
+        self,
+        weights: torch.Tensor | None = None,
+        weighted_mean: bool = False,
+        *,
+        sigma: float = 5.0,
+        smoothing: float = 0.0,
+        prior: torch.Tensor | None = None,
+    ):
         super().__init__()
+        if smoothing and prior is None:
+            raise BadInputError("label smoothing needs the bin prior of the training data")
         self.register_buffer("weights", None if weights is None else weights.float().clone())
-        self.weighted_mean = weighted_mean
+        self.register_buffer("prior", prior.float().clone() if smoothing else None)
+        self.weighted_mean, self.sigma, self.smoothing = weighted_mean, sigma, smoothing
 
     def forward(self, logits: torch.Tensor, ab_true: torch.Tensor) -> torch.Tensor:
         from bttf.models.bins import soft_encode_topk
 
         ab = resize_ab(ab_true.float(), tuple(logits.shape[-2:]))
-        with torch.no_grad():
-            idx, wk = soft_encode_topk(ab)  # sparse target: the 5 nearest bins and their weights
+        with torch.no_grad():  # sparse target: the 5 nearest bins and their weights
+            idx, wk = soft_encode_topk(ab, sigma=self.sigma)
         logp = F.log_softmax(logits.float(), dim=1)
         ce = -(wk * logp.gather(1, idx)).sum(1)  # (N, h, w)
+        if self.smoothing:
+            ce_prior = -torch.einsum("q,nqhw->nhw", self.prior, logp)
+            ce = (1 - self.smoothing) * ce + self.smoothing * ce_prior
         if self.weights is None:
             return ce.mean()
         nearest = idx.gather(1, wk.argmax(1, keepdim=True)).squeeze(1)
@@ -100,11 +117,18 @@ class AbRegression(nn.Module):
 
 
 def build_loss(
-    kind: str, output: str, prior: torch.Tensor | None = None, lam: float = 0.5
+    kind: str,
+    output: str,
+    prior: torch.Tensor | None = None,
+    lam: float = 0.5,
+    *,
+    sigma: float = 5.0,
+    smoothing: float = 0.0,
 ) -> nn.Module:
     """The criterion `kind` for a model whose `output` is "bins" or "ab".
 
-    Rebalanced losses need the training data's bin `prior` (313,). For "gan" this returns the L1
+    Rebalanced losses and label smoothing (`smoothing` > 0) need the training data's bin `prior`
+    (313,); `sigma` is the soft encoding's width (bin losses only). For "gan" this returns the L1
     part; the adversarial part lives in `GanObjective`.
     """
     if output not in LOSSES:
@@ -117,15 +141,18 @@ def build_loss(
             f"choose one of: {', '.join(LOSSES[output])}"
         )
     if output == "bins":
+        target = {"sigma": sigma, "smoothing": smoothing, "prior": prior}
         if kind == "ce":
-            return BinCrossEntropy()
+            return BinCrossEntropy(**target)
         if prior is None:
             raise BadInputError(f"loss {kind!r} needs the bin prior of the training data")
         if kind == "rebalanced":
             from bttf.models.bins import rebalance_weights
 
-            return BinCrossEntropy(rebalance_weights(prior, lam=lam))
-        return BinCrossEntropy(normalized_weights(prior), weighted_mean=True)
+            return BinCrossEntropy(rebalance_weights(prior, lam=lam), **target)
+        return BinCrossEntropy(normalized_weights(prior), weighted_mean=True, **target)
+    if smoothing or sigma != 5.0:
+        raise BadInputError("label smoothing and the soft-encoding width apply to bin models only")
     if kind == "gan":
         return AbRegression("l1")
     return AbRegression(kind)
