@@ -16,11 +16,12 @@ from torch import nn
 
 import bttf
 from bttf.errors import BadInputError, BttfError, OutputExistsError
+from bttf.files import atomic_output
 from bttf.models import Colorizer, ModelSpec
 from bttf.pipeline import ColorizeConfig, engine
 from bttf.pipeline.decode import SPACE_BT709, SPACE_SMPTE170M, probe_video
 from bttf.pipeline.encode import convert_depth
-from bttf.pipeline.media import Consumer, Producer, atomic_output
+from bttf.pipeline.media import Consumer, Producer
 from bttf.pipeline.stages import chroma_planes, gray_lut, render_dims
 
 FAST = {"render_size": 32, "batch_size": 4, "preset": "ultrafast", "device": "cpu", "threads": 1}

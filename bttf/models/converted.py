@@ -22,14 +22,15 @@ import hashlib
 import json
 import logging
 import os
-import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from bttf.files import atomic_output, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def _source_unchanged(source: Path, record: dict[str, Any], record_path: Path) -
         return False
     record["source_mtime_ns"] = stat.st_mtime_ns
     try:
-        _write_atomic(record_path, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
+        write_atomic(record_path, json.dumps(record, indent=1))
     except OSError as e:  # a read-only cache: the copy is still good, only the check costs more
         log.info("cannot update %s (%s)", record_path, e.strerror or type(e).__name__)
     return True
@@ -120,7 +121,8 @@ def store_converted(
         copy.parent.mkdir(parents=True, exist_ok=True)
         tensors = _unshared(state)
         metadata = {"format": FORMAT, "source": source.name, "source_sha256": source_sha256}
-        _write_atomic(copy, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        with atomic_output(copy) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
         record = {
             "format": FORMAT,
             "source": str(source.resolve()),
@@ -129,7 +131,7 @@ def store_converted(
             "source_sha256": source_sha256,
             "copy_sha256": file_sha256(copy),
         }
-        _write_atomic(record_path, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
+        write_atomic(record_path, json.dumps(record, indent=1))
     except (OSError, SafetensorError, ValueError, RuntimeError) as e:
         reason = getattr(e, "strerror", None) or str(e).splitlines()[0][:120]
         log.warning("no converted copy of %s kept in %s (%s)", source, copy.parent, reason)
@@ -147,17 +149,6 @@ def _read_record(path: Path) -> dict[str, Any] | None:
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         return None
     return record if all(k in record for k in keys) else None
-
-
-def _write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    """`write(tmp)` to a hidden temporary name beside `path`, then rename it to `path`; the
-    temporary file is removed whatever happens."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _unshared(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

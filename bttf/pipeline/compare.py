@@ -46,8 +46,8 @@ import numpy as np
 import torch
 
 from bttf.errors import BadInputError, BttfError
+from bttf.files import atomic_output
 from bttf.pipeline.media import (
-    atomic_output,
     check_input,
     check_output,
     is_image_path,

@@ -30,8 +30,9 @@ import imageio_ffmpeg
 import numpy as np
 
 from bttf.errors import BadInputError, BttfError
+from bttf.files import atomic_output
 from bttf.pipeline.decode import probe_video
-from bttf.pipeline.media import atomic_output, check_input, check_output, is_image_path
+from bttf.pipeline.media import check_input, check_output, is_image_path
 
 if TYPE_CHECKING:
     from bttf.pipeline.engine import ColorizeConfig, ColorizeStats

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from bttf.errors import BadInputError, BttfError
+from bttf.files import atomic_output
 from bttf.pipeline import engine
 from bttf.pipeline.engine import ColorizeConfig, ColorizeStats, model_name
 from bttf.pipeline.media import (
-    atomic_output,
     check_input,
     check_output,
     is_image_path,

@@ -9,7 +9,6 @@ import errno
 import logging
 import os
 import queue
-import secrets
 import tempfile
 import threading
 import time
@@ -252,23 +251,6 @@ def _refused(dst: Path, e: av.FFmpegError) -> BadInputError:
         f"cannot write {dst}: the muxer refused data from the input ({e}); "
         "the input is probably damaged (try --no-audio)"
     )
-
-
-@contextlib.contextmanager
-def atomic_output(dst: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `dst` (same suffix, so muxers pick the same format).
-
-    On success the file is renamed over `dst` in one step; on any error or interrupt it is
-    removed and `dst` is left as it was.
-    """
-    d = Path(dst)
-    tmp = d.with_name(f".{d.stem}.partial-{secrets.token_hex(4)}{d.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, d)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 # ---------------------------------------------------------------------------------------------

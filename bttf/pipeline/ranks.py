@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bttf.errors import BadInputError, BttfError
+from bttf.files import write_atomic
 from bttf.pipeline.segments import work_dir_for
 
 try:
@@ -95,17 +96,8 @@ def flock(path: Path, mode: int) -> int | None:
     return fd
 
 
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    write_text(path, json.dumps(data, indent=1))
+    write_atomic(path, json.dumps(data, indent=1), durable=True)
 
 
 class RankFolder:
@@ -175,7 +167,7 @@ class RankFolder:
             for old in self.path.glob("failed-*.txt"):  # earlier runs' (the generation is new)
                 with contextlib.suppress(OSError):
                     old.unlink()
-            write_text(gen, uuid.uuid4().hex)
+            write_atomic(gen, uuid.uuid4().hex, durable=True)
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_SH)
         else:
@@ -230,7 +222,7 @@ class RankFolder:
         if self.generation:
             with contextlib.suppress(OSError):
                 name = f"failed-{self.generation}-{self.share.rank}.txt"
-                write_text(self.path / name, " ".join(reason.split()))
+                write_atomic(self.path / name, " ".join(reason.split()), durable=True)
 
     def failure(self) -> str | None:
         """'rank r failed: reason' when a rank of this run left a failure note."""

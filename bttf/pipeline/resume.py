@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bttf.errors import BttfError
+from bttf.files import atomic_output
 from bttf.pipeline import segments as work_folder
 from bttf.pipeline.decode import SourceFrame, VideoInfo, read_frames, to_fraction
 from bttf.pipeline.encode import EncodeSettings, VideoWriter
-from bttf.pipeline.media import atomic_output
 from bttf.pipeline.segments import WorkDir, segment_job
 
 if TYPE_CHECKING:

@@ -42,6 +42,7 @@ from typing import Any
 import av
 
 from bttf.errors import BadInputError, BttfError
+from bttf.files import fsync_dir, write_atomic
 from bttf.pipeline.decode import VideoInfo
 
 log = logging.getLogger(__name__)
@@ -138,15 +139,6 @@ class Segment:
     size: int
     repeated: int = 0  # damaged frames shown as the previous good one
     dropped: int = 0  # damaged frames left out
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _fsync_file(path: Path) -> None:
@@ -321,7 +313,7 @@ class WorkDir:
         partial, final = self.segment_path(k, partial=True), self.segment_path(k)
         _fsync_file(partial)
         os.replace(partial, final)
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         seg = Segment(
             final.name, frames, first_pts, end_pts, final.stat().st_size, repeated, dropped
         )
@@ -346,13 +338,7 @@ class WorkDir:
             "finished": self.finished,
             "segments": [asdict(s) for s in self.segments],
         }
-        tmp = self.path / f"{MANIFEST}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path / MANIFEST)
-        _fsync_dir(self.path)
+        write_atomic(self.path / MANIFEST, json.dumps(data, indent=1), durable=True)
 
     # --- closing ------------------------------------------------------------------------------
 

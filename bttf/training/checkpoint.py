@@ -8,7 +8,6 @@ written beside its destination and renamed, so a kill never leaves half a checkp
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from bttf.errors import BadInputError, OutputExistsError
+from bttf.files import atomic_output
 
 #: What a run writes at the top of its folder (samples/ aside).
 RUN_FILES = ("state.pt", "last.safetensors", "best.safetensors", "metrics.csv", "loss.png")
@@ -87,10 +87,8 @@ def set_rng_state(s: dict) -> None:
 
 def save_state(state: dict, out: Path) -> None:
     """Write `state` to out/state.pt atomically."""
-    path = out / "state.pt"
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_output(out / "state.pt") as tmp:
+        torch.save(state, tmp)
 
 
 def save_checkpoints(
@@ -106,9 +104,8 @@ def save_checkpoints(
 
     names = ("last", "best") if is_best else ("last",)
     for name in names:
-        tmp = out / f"{name}.tmp.safetensors"
-        save_weights(tmp, model, model_name, model_config, extra=extra)
-        os.replace(tmp, out / f"{name}.safetensors")
+        with atomic_output(out / f"{name}.safetensors") as tmp:
+            save_weights(tmp, model, model_name, model_config, extra=extra)
 
 
 def ensure_best(out: Path) -> None:

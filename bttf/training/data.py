@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from bttf.errors import BadInputError, OutputExistsError
+from bttf.files import atomic_output, write_atomic
 from bttf.pipeline.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, decode_image, is_video_path
 
 log = logging.getLogger(__name__)
@@ -220,11 +221,9 @@ class _NpyWriter:
     def finish(self) -> None:
         self.f.close()
         header = {"descr": "|u1", "fortran_order": False, "shape": (self.n, *self.row_shape)}
-        tmp = self.path.with_suffix(".npy.tmp")
-        with open(tmp, "wb") as out, open(self.raw, "rb") as src:
+        with atomic_output(self.path) as tmp, open(tmp, "wb") as out, open(self.raw, "rb") as src:
             np.lib.format.write_array_header_1_0(out, header)
             shutil.copyfileobj(src, out, 16 << 20)
-        os.replace(tmp, self.path)
         self.raw.unlink()
 
     def abort(self) -> None:
@@ -256,9 +255,7 @@ def _write_index(out: Path, cfg: PrepareConfig, items: list[dict], summary: Prep
         "items": items,
         "summary": summary.to_dict(),
     }
-    tmp = out / "index.json.tmp"
-    tmp.write_text(json.dumps(index, indent=1))
-    os.replace(tmp, out / "index.json")
+    write_atomic(out / "index.json", json.dumps(index, indent=1))
 
 
 def prepare(cfg: PrepareConfig, progress: ProgressFn | None = None) -> PrepareSummary:

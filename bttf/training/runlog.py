@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
+
+from bttf.files import atomic_output
 
 METRIC_COLUMNS = ("loss", "psnr", "ssim", "colorfulness", "auc", "auc_rebal")
 CSV_COLUMNS = ("step", "epoch", "loss", "lr", "images_per_s", *(f"val_{m}" for m in METRIC_COLUMNS))
@@ -56,10 +57,8 @@ class RunLog:
         if not rows:
             return
         keep = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) <= step]
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_output(self.path) as tmp, open(tmp, "w", newline="") as f:
             csv.writer(f).writerows(keep)
-        os.replace(tmp, self.path)
 
 
 class Speed:
@@ -139,10 +138,9 @@ def plot_losses(csv_path: Path, png_path: Path) -> None:
     ax[0].legend()
     ax[1].set_xlabel("step")
     fig.tight_layout()
-    tmp = png_path.with_name(png_path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    with atomic_output(png_path) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
-    os.replace(tmp, png_path)
 
 
 def sample_name(step: int, steps_per_epoch: int) -> str:
