@@ -152,6 +152,26 @@ class VideoInfo:
     mastering_display: str | None = None
     content_light: str | None = None
 
+    @property
+    def interlaced(self) -> bool:
+        """Whether the source says it is interlaced (a field order other than progressive)."""
+        return interlaced(self.field_order)
+
+    @property
+    def top_field_first(self) -> bool:
+        """Whether the top field is shown first (a source that names no field order: top first,
+        as HD and most PAL material)."""
+        return FIELD_ORDERS.get(self.field_order, True)
+
+
+#: Interlaced field orders (AVFieldOrder) -> whether the top field is displayed first.
+FIELD_ORDERS = {2: True, 3: False, 4: False, 5: True}  # tt, bb, tb, bt
+
+
+def interlaced(field_order: int) -> bool:
+    """Whether AVFieldOrder `field_order` is an interlaced one."""
+    return field_order in FIELD_ORDERS
+
 
 @dataclass
 class SourceFrame:

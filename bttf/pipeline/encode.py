@@ -26,7 +26,7 @@ import av
 import numpy as np
 
 from bttf.errors import BadInputError
-from bttf.pipeline.decode import RANGE_PC, RANGE_TV, VideoInfo
+from bttf.pipeline.decode import FIELD_ORDERS, RANGE_PC, RANGE_TV, VideoInfo, interlaced
 from bttf.pipeline.media import open_input
 from bttf.pipeline.streams import StreamRemux, copy_metadata
 
@@ -183,14 +183,10 @@ class EncodeSettings:
         return opts
 
 
-#: Interlaced field orders (AVFieldOrder) -> whether the top field is displayed first.
-FIELD_ORDERS = {2: True, 3: False, 4: False, 5: True}  # tt, bb, tb, bt
-
-
 def interlaced_options(codec: str, options: dict[str, str], field_order: int) -> dict[str, str]:
     """`options` for an interlaced encode in `field_order` (progressive/unknown: unchanged):
     interlaced DCT and motion estimation, and for x264 the field that is shown first."""
-    if field_order not in FIELD_ORDERS:
+    if not interlaced(field_order):
         return options
     opts = {**options, "flags": "+ildct+ilme"}
     if codec == "libx264":
@@ -280,20 +276,20 @@ def plan_encode(
     if reason is None:
         return width, height
     sx, sy, _ = OUTPUT_PIX_FMTS[settings.pix_fmt]
-    sy += field_order in FIELD_ORDERS  # interlaced: whole chroma rows in each field
+    sy += interlaced(field_order)  # interlaced: whole chroma rows in each field
     pw, ph = -(-width // (1 << sx)) << sx, -(-height // (1 << sy)) << sy
     if (pw, ph) != (width, height) and _try_open(settings, pw, ph, time_base, field_order) is None:
         log.warning(
             "%s cannot encode %s%s at %dx%d; padding to %dx%d (the extra rows/columns repeat "
             "the edge; use --pix-fmt yuv444p%s to keep the size)",
             settings.codec,
-            "interlaced " if field_order in FIELD_ORDERS else "",
+            "interlaced " if interlaced(field_order) else "",
             settings.pix_fmt,
             width,
             height,
             pw,
             ph,
-            " or --codec ffv1" if field_order in FIELD_ORDERS else "",
+            " or --codec ffv1" if interlaced(field_order) else "",
         )
         return pw, ph
     raise BadInputError(
@@ -362,7 +358,7 @@ class VideoWriter:
         cc.time_base = info.time_base
         if info.rate:
             cc.framerate = info.rate
-        if info.field_order in FIELD_ORDERS:  # kept, so players deinterlace (no combing)
+        if info.interlaced:  # kept, so players deinterlace (no combing)
             cc.field_order = info.field_order
         cc.color_range = RANGE_PC if info.full_range else RANGE_TV
         cc.colorspace = info.colorspace
@@ -393,7 +389,7 @@ class VideoWriter:
         if (h, w) != (self.height, self.width):
             # interlaced: a padded row repeats the last row of its own field (reflect: row h
             # is row h - 2, row h + 1 is row h - 3)
-            mode = "reflect" if self.info.field_order in FIELD_ORDERS and h > 3 else "edge"
+            mode = "reflect" if self.info.interlaced and h > 3 else "edge"
             y = np.pad(y, ((0, self.height - h), (0, 0)), mode=mode)
             y = np.pad(y, ((0, 0), (0, self.width - w)), mode="edge")
         dtype = np.uint8 if self.bits == 8 else np.dtype("<u2")

@@ -44,7 +44,7 @@ from bttf.errors import BadInputError
 from bttf.pipeline.config import ColorizeConfig, ColorizeStats, ProgressCallback
 from bttf.pipeline.decode import VideoInfo, probe_video
 from bttf.pipeline.encode import OUTPUT_PIX_FMTS, EncodeSettings, plan_encode
-from bttf.pipeline.fields import FieldChroma, FieldPreparer, by_fields, top_field_first
+from bttf.pipeline.fields import FieldChroma, FieldPreparer, by_fields
 from bttf.pipeline.media import (
     Consumer,
     Producer,
@@ -467,7 +467,7 @@ def _build_stages(
         overlap=overlap and device.type == "cpu",
     )
     if by_fields(info, config.fields):  # interlaced: each frame's two fields coloured apart
-        top = top_field_first(info)
+        top = info.top_field_first
         log.info(
             "%s: coloured field by field, %s field first", info.path, "top" if top else "bottom"
         )

@@ -23,24 +23,12 @@ from __future__ import annotations
 import numpy as np
 
 from bttf.pipeline.decode import SourceFrame, VideoInfo
-from bttf.pipeline.encode import FIELD_ORDERS
 from bttf.pipeline.stages import ChromaStage, PreparedFrame, Preparer, resize_plane
-
-
-def is_interlaced(info: VideoInfo) -> bool:
-    """Whether the source says it is interlaced (a field order other than progressive)."""
-    return info.field_order in FIELD_ORDERS
 
 
 def by_fields(info: VideoInfo, fields: bool | None) -> bool:
     """Whether a run colours field by field: `fields` when given, else when interlaced."""
-    return is_interlaced(info) if fields is None else fields
-
-
-def top_field_first(info: VideoInfo) -> bool:
-    """Whether the top field is shown first (a source that names no field order: top first,
-    as HD and most PAL material)."""
-    return FIELD_ORDERS.get(info.field_order, True)
+    return info.interlaced if fields is None else fields
 
 
 def field_rows(height: int, top_first: bool) -> tuple[slice, slice]:
