@@ -177,9 +177,18 @@ def _input_notices(
 
 
 def _job_settings(
-    src: Path, config: ColorizeConfig, colorizer, model_hw, stabilized: bool, size
+    src: Path,
+    info: VideoInfo,
+    config: ColorizeConfig,
+    settings: EncodeSettings,
+    colorizer,
+    model_hw,
+    stabilized: bool,
+    size,
 ) -> dict:
-    """Everything a resumed run must share with the one it continues (see segments.py)."""
+    """Everything a resumed run must share with the one it continues (see segments.py); the
+    encoder's `settings` as resolved (the codec OUTPUT's suffix picked, the pixel format the
+    source did, when not given)."""
     from bttf import __version__
     from bttf.pipeline.segments import input_fingerprint, model_digest
 
@@ -196,12 +205,14 @@ def _job_settings(
         "unsure": getattr(colorizer, "unsure", None),
         "temporal": stabilized,
         "temporal_strength": c.temporal_strength,
-        "codec": c.codec,
+        "codec": settings.codec,
         "crf": c.crf,
         "preset": c.preset,
-        "pix_fmt": c.pix_fmt,
+        "pix_fmt": settings.pix_fmt,
         "size": list(size),
     }
+    if by_fields(info, c.fields):  # (absent otherwise, as below)
+        job["fields"] = True
     if square_render(colorizer, c.render_square):  # (absent otherwise, as keyframes below)
         job["render_square"] = True
     if c.keyframes is not None:  # (absent otherwise: earlier runs' work folders stay valid)
@@ -507,10 +518,9 @@ def _make_sink(
     kind = partial(SharedSink, share=share) if share else SegmentSink
     return kind(
         target,
-        job=_job_settings(src, config, colorizer, model_hw, stabilizer is not None, size)
-        # the codec OUTPUT's suffix picked, the pixel format the source did (when not given)
-        | {"codec": settings.codec, "pix_fmt": settings.pix_fmt}
-        | ({"fields": True} if by_fields(info, config.fields) else {}),
+        job=_job_settings(
+            src, info, config, settings, colorizer, model_hw, stabilizer is not None, size
+        ),
         segment_frames=config.segment_frames or DEFAULT_SEGMENT_FRAMES,
         stabilized=stabilizer is not None,
         resume=config.resume,
