@@ -469,21 +469,23 @@ def _build_stages(
         # the keyframes' grid keeps the frame's aspect, whatever shape the model sees
         grid_hw = render_dims(info.height, info.width, short, colorizer.stride)
         guide = keyframe_guide(config.keyframes, info, grid_hw, config.on_decode_error)
-    stages = _Stages(
-        prepare=Preparer(info, (rh, rw), rotate_k, chroma_hw),
-        model=model,
-        colour=ColourStage(colorizer, device, stabilizer, rotate_k),
-        chroma=ChromaStage(model, info.colorspace, info.full_range, bits_out, guide),
-        batch_size=config.batch_size,
-        overlap=overlap and device.type == "cpu",
-    )
+    prepare = Preparer(info, (rh, rw), rotate_k, chroma_hw)
+    chroma = ChromaStage(model, info.colorspace, info.full_range, bits_out, guide)
     if by_fields(info, config.fields):  # interlaced: each frame's two fields coloured apart
         top = info.top_field_first
         log.info(
             "%s: coloured field by field, %s field first", info.path, "top" if top else "bottom"
         )
-        stages.prepare = FieldPreparer(info, (rh, rw), rotate_k, chroma_hw, top)
-        stages.chroma = FieldChroma(stages.chroma, chroma_hw[0], top)
+        prepare = FieldPreparer(info, (rh, rw), rotate_k, chroma_hw, top)
+        chroma = FieldChroma(chroma, chroma_hw[0], top)
+    stages = _Stages(
+        prepare=prepare,
+        model=model,
+        colour=ColourStage(colorizer, device, stabilizer, rotate_k),
+        chroma=chroma,
+        batch_size=config.batch_size,
+        overlap=overlap and device.type == "cpu",
+    )
     return stages, model_hw
 
 
