@@ -1,5 +1,5 @@
 """`bttf colorize DIR -o OUTDIR`: every film, past failures, a summary, exit codes; and the
-sharding that lets torchrun processes share a film library."""
+plan that lets torchrun processes share a film library."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from bttf.cli import cli
 from bttf.errors import BadInputError
-from bttf.pipeline.batch import dist_env, find_videos, output_names, shard
+from bttf.pipeline.batch import dist_env, find_videos, output_names
 
 FAST = [
     "--render-size",
@@ -49,17 +49,9 @@ def library(tmp_path: Path, tiny_video: Path) -> Path:
     return d
 
 
-def test_find_shard_and_names(library: Path, tmp_path: Path) -> None:
+def test_find_and_names(library: Path, tmp_path: Path) -> None:
     films = find_videos(library)
     assert [f.name for f in films] == ["a.MOV", "b.mp4", "c.mkv"]
-    parts = [shard(films, r, 2) for r in range(2)]
-    assert [[f.name for f in p] for p in parts] == [["a.MOV", "c.mkv"], ["b.mp4"]]
-    assert shard(films, 2, 5) == [films[2]] and shard(films, 4, 5) == []
-    for world in (1, 2, 3, 7):  # disjoint and complete, whatever the number of processes
-        got = [f for r in range(world) for f in shard(films, r, world)]
-        assert sorted(got) == sorted(films) and len(got) == len(films)
-    with pytest.raises(ValueError):
-        shard(films, 2, 2)
     out = tmp_path / "o"
     names = output_names([library / "x.mov", library / "x.mkv", library / "y.mp4"], out)
     assert [p.name for p in names.values()] == ["x.mov.mp4", "x.mkv.mp4", "y.mp4"]

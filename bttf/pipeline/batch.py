@@ -15,7 +15,7 @@ film itself and plans alike (`plan_segments`): a film that cannot be probed fail
 the others go in name order, film f's segment k to rank (k + the segments of the films before f)
 % N, and rank 0 joins each film once its segments are done. A process that fails on a film leaves
 a note in its work folder, so rank 0 gives that film up (failed, with the reason) and goes on.
-With `device="auto"` each uses GPU LOCAL_RANK. (`shard`: the older rule, whole films r, r + N …)
+With `device="auto"` each uses GPU LOCAL_RANK.
 """
 
 from __future__ import annotations
@@ -81,13 +81,6 @@ def find_videos(folder: str | os.PathLike) -> list[Path]:
         (p for p in d.iterdir() if p.is_file() and not p.name.startswith(".") and is_video_path(p)),
         key=lambda p: p.name,
     )
-
-
-def shard(items: Sequence[T], rank: int, world: int) -> list[T]:
-    """Items r, r + N, r + 2N … for process `rank` of `world` (N): a disjoint, balanced share."""
-    if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"rank {rank} is not in 0..{world - 1}")
-    return list(items[rank::world])
 
 
 def dist_env(env: dict[str, str] | None = None) -> tuple[int, int, int]:
