@@ -27,14 +27,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from bttf.errors import BadInputError, BttfError
 from bttf.pipeline.media import VIDEO_SUFFIXES, is_video_path
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
