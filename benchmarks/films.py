@@ -80,7 +80,7 @@ def _labels(specs: list[str]) -> list[str]:
     return labels
 
 
-def _config(quality: str, temporal: bool, device: str):
+def _config(quality: str, temporal: bool, device: str, render_size: int | None = None):
     from bttf import ColorizeConfig
 
     enc = (
@@ -89,7 +89,13 @@ def _config(quality: str, temporal: bool, device: str):
         else {"crf": 18, "preset": "veryfast", "pix_fmt": "yuv420p"}
     )
     return ColorizeConfig(
-        device=device, temporal=temporal, audio=False, overwrite=True, segment_frames=0, **enc
+        device=device,
+        temporal=temporal,
+        audio=False,
+        overwrite=True,
+        segment_frames=0,
+        render_size=render_size,
+        **enc,
     )
 
 
@@ -109,6 +115,7 @@ def colorize_all(
     temporal: bool,
     device: str,
     unsure: str = "auto",
+    render_size: int | None = None,
 ) -> None:
     """Colorize every film with the column's model into out_dir/<label>/<film>.mp4."""
     import bttf
@@ -120,7 +127,7 @@ def colorize_all(
         colorizer = Colorizer.create(weights=spec, **decoding)
     else:
         colorizer = Colorizer.create(name=spec, **decoding)
-    config = _config(quality, temporal, device)
+    config = _config(quality, temporal, device, render_size)
     folder = out_dir / col.label
     folder.mkdir(parents=True, exist_ok=True)
     for film in films:
@@ -324,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-temporal", action="store_true", help="colorize frame by frame")
     ap.add_argument("--unsure", default="auto", help="decoding: auto, off or LO,HI (bttf colorize)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--render-size", type=int, default=None, help="short side the models work at (their own)"
+    )
     ap.add_argument("--tile-height", type=int, default=240)
     ap.add_argument("--per-shot", type=int, default=3, help="sheet rows per shot, at most")
     ap.add_argument("--rows", type=int, default=12, help="sheet rows, at most")
@@ -355,7 +365,14 @@ def main(argv: list[str] | None = None) -> int:
         for col in columns:
             if col.source == "model":
                 colorize_all(
-                    col, films, work, args.quality, not args.no_temporal, args.device, args.unsure
+                    col,
+                    films,
+                    work,
+                    args.quality,
+                    not args.no_temporal,
+                    args.device,
+                    args.unsure,
+                    args.render_size,
                 )
             else:
                 find_colorized(col, films)
