@@ -26,8 +26,7 @@ def atomic_output(dst: str | os.PathLike, *, durable: bool = False) -> Iterator[
     try:
         yield tmp
         if durable:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
+            fsync_file(tmp)
         os.replace(tmp, d)
         if durable:
             fsync_dir(d.parent)
@@ -43,6 +42,12 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, *, durable: bool = 
             tmp.write_bytes(data)
         else:
             tmp.write_text(data, encoding="utf-8")
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a written file's data to disk."""
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
 
 
 def fsync_dir(path: Path) -> None:

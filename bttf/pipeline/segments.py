@@ -42,7 +42,7 @@ from typing import Any
 import av
 
 from bttf.errors import BadInputError, BttfError
-from bttf.files import fsync_dir, write_atomic
+from bttf.files import fsync_dir, fsync_file, write_atomic
 from bttf.pipeline.decode import VideoInfo
 
 log = logging.getLogger(__name__)
@@ -139,11 +139,6 @@ class Segment:
     size: int
     repeated: int = 0  # damaged frames shown as the previous good one
     dropped: int = 0  # damaged frames left out
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 class WorkDir:
@@ -311,7 +306,7 @@ class WorkDir:
         if k != len(self.segments):
             raise BttfError(f"segment {k} closed out of order (have {len(self.segments)})")
         partial, final = self.segment_path(k, partial=True), self.segment_path(k)
-        _fsync_file(partial)
+        fsync_file(partial)
         os.replace(partial, final)
         fsync_dir(self.path)
         seg = Segment(

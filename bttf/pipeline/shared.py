@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bttf.errors import BadInputError, BttfError
+from bttf.files import fsync_file
 from bttf.pipeline.decode import (
     FrameIndex,
     SourceFrame,
@@ -352,8 +353,7 @@ class SharedSink(RankFolder):
         s, self._segment = self._segment, None
         s.writer.finish()
         k, partial, final = self._seg, self._file(self._seg, True), self._file(self._seg)
-        with open(partial, "rb+") as fh:
-            os.fsync(fh.fileno())
+        fsync_file(partial)
         os.replace(partial, final)
         seg = Segment(
             final.name,
