@@ -101,6 +101,20 @@ def test_gif_suffix_points_to_bttf_gif(tmp_path: Path, capsys: pytest.CaptureFix
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
 
 
+def test_unknown_suffix_names_the_users_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from bttf.cli import main
+
+    src = make_video(tmp_path / "in.mp4", frames=4, audio=None)
+    with pytest.raises(SystemExit) as exc:
+        main(["colorize", str(src), "-o", str(tmp_path / "out.xyz"), "-q"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert f"cannot write {tmp_path / 'out.xyz'} (" in err and "partial" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
 # --- audio by container: PCM (#21 items 2, 3) -------------------------------------------------
 
 

@@ -302,6 +302,7 @@ class VideoWriter:
     """Write frames given as planes (Y from the source, Cb/Cr from the engine) to `path`.
 
     Use from one thread: `write()` for each frame in order, then `finish()`; `close()` always.
+    `name`: what error messages call the file (the user's OUTPUT, when `path` is a temporary one).
     """
 
     def __init__(
@@ -313,6 +314,7 @@ class VideoWriter:
         *,
         audio: bool = True,
         streams: bool = True,
+        name: Path | None = None,
     ):
         self.info = info
         self.settings = settings
@@ -323,7 +325,7 @@ class VideoWriter:
             self.out = open_output(path)
         except (av.FFmpegError, ValueError) as e:
             raise BadInputError(
-                f"cannot write {path} ({e}); use a known suffix such as .mp4, .mkv or .mov"
+                f"cannot write {name or path} ({e}); use a known suffix such as .mp4, .mkv or .mov"
             ) from e
         try:
             self._setup_video()

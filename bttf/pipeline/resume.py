@@ -89,9 +89,8 @@ class FileSink:
 
     def __enter__(self) -> Self:
         tmp = self._stack.enter_context(atomic_output(self.target.dst))
-        self._writer = VideoWriter(
-            tmp, self.target.info, self.target.settings, self.target.size, audio=self.target.audio
-        )
+        t = self.target
+        self._writer = VideoWriter(tmp, t.info, t.settings, t.size, audio=t.audio, name=t.dst)
         self._stack.callback(self._close_writer)
         if self._writer.audio is not None:
             self.notices.extend(self._writer.audio.notices)
