@@ -3,7 +3,8 @@
 Every file bttf writes whole (films, images, weights, checkpoints, run logs, manifests) goes to a
 hidden temporary name beside its destination and is renamed over it (`os.replace`: one step on one
 file system) only once complete. On an error or an interrupt the temporary file is removed and the
-destination is left as it was. `durable` also flushes the file and its folder to disk before and
+destination is left as it was. The file gets the mode any file the user writes gets (0o666 less the
+umask), whatever the writer chose (safetensors makes its files 0o600). `durable` also flushes the file and its folder to disk before and
 after the rename, for records another process relies on after a crash (resume manifests, the
 ranks' shared state).
 """
@@ -25,6 +26,7 @@ def atomic_output(dst: str | os.PathLike, *, durable: bool = False) -> Iterator[
     tmp = d.with_name(f".{d.stem}.partial-{secrets.token_hex(4)}{d.suffix}")
     try:
         yield tmp
+        usual_mode(tmp)
         if durable:
             fsync_file(tmp)
         os.replace(tmp, d)
@@ -42,6 +44,24 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, *, durable: bool = 
             tmp.write_bytes(data)
         else:
             tmp.write_text(data, encoding="utf-8")
+
+
+def usual_mode(path: str | os.PathLike) -> None:
+    """Give `path` the mode a newly created file gets: 0o666 less the process's umask."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    try:  # Linux says it without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def fsync_file(path: Path) -> None:

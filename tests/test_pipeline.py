@@ -489,3 +489,24 @@ def test_atomic_output(tmp_path: Path) -> None:
         tmp.write_text("half")
         raise RuntimeError
     assert dst.read_text() == "done" and no_partials(tmp_path)
+
+
+def test_written_files_get_the_usual_mode(tmp_path: Path) -> None:
+    """safetensors makes its files 0o600; bttf's weights, checkpoints and converted copies are
+    readable as any file the user writes (0o666 less the umask)."""
+    import os
+
+    from bttf.models import create_model
+    from bttf.models.weights import save_weights
+
+    model = create_model("mean-chroma")
+    old = os.umask(0o027)
+    try:
+        save_weights(tmp_path / "w.safetensors", model, "mean-chroma", {})
+        with atomic_output(tmp_path / "c.safetensors") as tmp:
+            save_weights(tmp, model, "mean-chroma", {})
+            os.chmod(tmp, 0o600)
+    finally:
+        os.umask(old)
+    for name in ("w.safetensors", "c.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640

@@ -41,6 +41,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from bttf.errors import BadInputError, UnknownModelError, WeightsError
+from bttf.files import usual_mode
 from bttf.models._registry import ModelSpec, get_spec, list_models, speed_class
 from bttf.models.catalogue import (
     cached_file,
@@ -293,6 +294,7 @@ def save_weights(
         tensors[key] = value.contiguous().clone()
     path = Path(path)
     save_file(tensors, str(path), metadata=metadata)
+    usual_mode(path)  # safetensors writes 0o600
     return path
 
 
