@@ -330,9 +330,9 @@ def prepare_cmd(
 @click.option(
     "--soft-sigma",
     type=click.FloatRange(0, min_open=True),
-    default=5.0,
-    show_default=True,
-    help="Bin models: width (ab units) of the soft-encoded target over its 5 nearest bins.",
+    default=None,
+    help="Bin models: width (ab units) of the soft-encoded target over its 5 nearest bins "
+    "[default: 5, Zhang et al.'s].",
 )
 @click.option(
     "--augment",
@@ -391,7 +391,7 @@ def train_cmd(
     augment_kind: str,
     rebalance_lambda: float,
     label_smoothing: float,
-    soft_sigma: float,
+    soft_sigma: float | None,
     no_amp: bool,
     cache_size: int,
     val_fraction: float,
@@ -442,12 +442,12 @@ def train_cmd(
         ema=ema,
         rebalance_lambda=rebalance_lambda,
         label_smoothing=label_smoothing,
-        soft_sigma=soft_sigma,
         augment=False if no_augment else (True if augment_kind == "standard" else augment_kind),
         cache_size=cache_size,
         val_fraction=val_fraction,
         resume=resume,
         overwrite=overwrite,
+        **({} if soft_sigma is None else {"soft_sigma": soft_sigma}),
     )
     if os.environ.get("RANK", "0") != "0":
         train(cfg)

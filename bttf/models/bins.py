@@ -27,6 +27,7 @@ from bttf.errors import BadInputError
 __all__ = [
     "AB_BINS",
     "AB_BINS_NP",
+    "SOFT_SIGMA",
     "Q",
     "annealed_mean",
     "check_unsure",
@@ -42,6 +43,8 @@ __all__ = [
 ]
 
 Q = 313
+#: Width (ab units) of the Gaussian a soft-encoded target spreads over its nearest bins (the paper's).
+SOFT_SIGMA = 5.0
 
 # The bin table of richzhang/colorization resources/pts_in_hull.npy, written out rather than
 # recomputed from a gamut test so that class indices can never drift from the released models.
@@ -169,7 +172,7 @@ def _flatten_ab(ab: Tensor) -> Tensor:
 
 
 def soft_encode_topk(
-    ab: Tensor, k: int = 5, sigma: float = 5.0, *, chunk_elements: int | None = None
+    ab: Tensor, k: int = 5, sigma: float = SOFT_SIGMA, *, chunk_elements: int | None = None
 ) -> tuple[Tensor, Tensor]:
     """Sparse soft encoding: the k nearest bins of each pixel and their Gaussian weights.
 
@@ -209,7 +212,7 @@ def soft_encode_topk(
 
 
 def soft_encode(
-    ab: Tensor, k: int = 5, sigma: float = 5.0, *, chunk_elements: int | None = None
+    ab: Tensor, k: int = 5, sigma: float = SOFT_SIGMA, *, chunk_elements: int | None = None
 ) -> Tensor:
     """Soft-encode ab into a distribution over the 313 bins (the training target of Zhang et al.).
 

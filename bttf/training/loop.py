@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from bttf.errors import BadInputError
+from bttf.models.bins import SOFT_SIGMA
 from bttf.training import checkpoint as ckpt
 from bttf.training import data as D
 from bttf.training.batches import TrainBatches
@@ -101,7 +102,7 @@ class TrainConfig:
     ema: float = 0.0  # decay of a moving average of the weights, validated and saved (0: off)
     loss: str = "auto"  # see bttf.training.losses
     rebalance_lambda: float = 0.5
-    soft_sigma: float = 5.0  # bin models: width of the soft-encoded target, ab units
+    soft_sigma: float = SOFT_SIGMA  # bin models: width of the soft-encoded target, ab units
     label_smoothing: float = 0.0  # bin models: share of the target given to the data's prior
     temperature: float = 0.38  # annealed mean when validating a bin model
     device: str = "auto"
@@ -153,7 +154,7 @@ class TrainConfig:
             )
         if not self.soft_sigma > 0:
             raise BadInputError(f"--soft-sigma {self.soft_sigma} must be positive")
-        if spec.output != "bins" and (self.label_smoothing or self.soft_sigma != 5.0):
+        if spec.output != "bins" and (self.label_smoothing or self.soft_sigma != SOFT_SIGMA):
             raise BadInputError(
                 f"--label-smoothing and --soft-sigma apply to bin models; {spec.name} predicts ab"
             )

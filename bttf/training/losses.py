@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bttf.errors import BadInputError
+from bttf.models.bins import SOFT_SIGMA
 
 AB_SCALE = 110.0
 LOSSES: dict[str, tuple[str, ...]] = {
@@ -68,7 +69,7 @@ class BinCrossEntropy(nn.Module):
         weights: torch.Tensor | None = None,
         weighted_mean: bool = False,
         *,
-        sigma: float = 5.0,
+        sigma: float = SOFT_SIGMA,
         smoothing: float = 0.0,
         prior: torch.Tensor | None = None,
     ):
@@ -122,7 +123,7 @@ def build_loss(
     prior: torch.Tensor | None = None,
     lam: float = 0.5,
     *,
-    sigma: float = 5.0,
+    sigma: float = SOFT_SIGMA,
     smoothing: float = 0.0,
 ) -> nn.Module:
     """The criterion `kind` for a model whose `output` is "bins" or "ab".
@@ -151,7 +152,7 @@ def build_loss(
 
             return BinCrossEntropy(rebalance_weights(prior, lam=lam), **target)
         return BinCrossEntropy(normalized_weights(prior), weighted_mean=True, **target)
-    if smoothing or sigma != 5.0:
+    if smoothing or sigma != SOFT_SIGMA:
         raise BadInputError("label smoothing and the soft-encoding width apply to bin models only")
     if kind == "gan":
         return AbRegression("l1")
