@@ -189,6 +189,17 @@ def test_keyframe_colour_follows_the_pattern_and_stops_at_the_cut(
         assert np.array_equal(out[t], plain[t]), t
 
 
+def test_saturation_leaves_the_keyframes_colour_as_painted(
+    gray_film, truth, plain, weights, tmp_path
+) -> None:
+    keys = tmp_path / "keys"
+    write_key(keys, 0, truth[0])
+    out = colorized(gray_film, keys, weights, tmp_path / "out.mkv", saturation=2.0)
+    assert ab_error(out[0], truth[0], margin=2) < 2.0  # the restorer's colour, not doubled
+    vivid = [ab_error(out[t], plain[t]) for t in range(CUT, N)]  # the model's shot: doubled
+    assert min(vivid) > 0.5, vivid
+
+
 def test_keyframe_in_the_middle_colours_earlier_frames(
     gray_film, truth, plain, weights, tmp_path
 ) -> None:

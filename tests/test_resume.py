@@ -297,6 +297,8 @@ def test_changed_settings_are_refused(
     assert code == 2 and "temporal True -> False" in err
     code, err = run_main([*args, "--unsure", "0.2,0.9"], capsys)
     assert code == 2 and err.count("\n") == 1 and "unsure" in err
+    code, err = run_main([*args, "--saturation", "1.2"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "saturation" in err
     assert (
         len(json.loads((work_dir_for(interrupted) / "manifest.json").read_text())["segments"]) == 2
     )

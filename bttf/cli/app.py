@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -58,6 +59,23 @@ class UnsureParam(click.ParamType):
         if not 0 <= lo < hi <= 1:
             self.fail(f"{value!r}; LO,HI need 0 <= LO < HI <= 1", param, ctx)
         return (lo, hi)
+
+
+class SaturationParam(click.ParamType):
+    """auto, or a gain >= 0 on the model's ab."""
+
+    name = "auto|S"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) or value == "auto":
+            return value
+        try:
+            gain = float(value)
+        except ValueError:
+            self.fail(f"{value!r}; use auto or a number such as 1.3", param, ctx)
+        if not (math.isfinite(gain) and gain >= 0):
+            self.fail(f"{value!r}; the saturation is a number >= 0", param, ctx)
+        return gain
 
 
 class PixFmtParam(click.ParamType):
@@ -152,6 +170,14 @@ UNSURE_OPTION = click.option(
     "temperature to 1 so the colour comes out muted, not vivid and wrong; auto: the "
     "model's own setting (none of the shipped models has one; 0.3,0.6 is a good start); off: one "
     "temperature everywhere.",
+)
+SATURATION_OPTION = click.option(
+    "--saturation",
+    type=SaturationParam(),
+    default="auto",
+    show_default=True,
+    help="Gain on the model's colour: 1.3 paints 30% more, 0.8 less, 0 gray (keyframes keep "
+    "their own); auto: the model's own setting (1 for every model: its colours as they are).",
 )
 RENDER_SQUARE_OPTION = click.option(
     "--render-square/--render-aspect",

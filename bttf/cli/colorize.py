@@ -11,6 +11,7 @@ import click
 
 from bttf.cli.app import (
     RENDER_SQUARE_OPTION,
+    SATURATION_OPTION,
     TEMPERATURE_OPTION,
     UNSURE_OPTION,
     DeviceParam,
@@ -58,6 +59,7 @@ COLORIZER_OPTIONS = [
     ),
     TEMPERATURE_OPTION,
     UNSURE_OPTION,
+    SATURATION_OPTION,
     click.option(
         "--top-k",
         type=click.IntRange(1, 313),

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from bttf.cli.app import (
     RENDER_SQUARE_OPTION,
+    SATURATION_OPTION,
     TEMPERATURE_OPTION,
     UNSURE_OPTION,
     DeviceParam,
@@ -303,6 +304,7 @@ def _colour_rows(c, truth) -> list[tuple[str, str, float | None]]:
 )
 @TEMPERATURE_OPTION
 @UNSURE_OPTION
+@SATURATION_OPTION
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 def compare_cmd(
     input: str,
@@ -316,6 +318,7 @@ def compare_cmd(
     device: str,
     temperature: float,
     unsure,
+    saturation,
     overwrite: bool,
 ) -> None:
     """Colorize INPUT (image or film) with several models into one side-by-side sheet:
@@ -344,6 +347,7 @@ def compare_cmd(
         device=device,
         temperature=temperature,
         unsure=unsure,
+        saturation=saturation,
         render_size=render_size,
         render_square=render_square,
         overwrite=overwrite,

@@ -11,7 +11,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from bttf.cli.app import TEMPERATURE_OPTION, UNSURE_OPTION, cli, console
+from bttf.cli.app import SATURATION_OPTION, TEMPERATURE_OPTION, UNSURE_OPTION, cli, console
 
 
 def _val_every(value: str) -> tuple[int, str]:
@@ -526,6 +526,7 @@ def _report_table(report, folder: str | None = None):
 @click.option("--device", default="auto", show_default=True)
 @TEMPERATURE_OPTION
 @UNSURE_OPTION
+@SATURATION_OPTION
 @click.option(
     "--render-size",
     type=click.IntRange(16, 4096),
@@ -551,6 +552,7 @@ def eval_cmd(
     device: str,
     temperature: float,
     unsure,
+    saturation,
     render_size: int | None,
     by_folder: bool,
     as_json: bool,
@@ -572,6 +574,7 @@ def eval_cmd(
         device=device,
         temperature=temperature,
         unsure=unsure,
+        saturation=saturation,
         render_size=render_size,
         by_folder=by_folder,
     )

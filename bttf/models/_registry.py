@@ -36,6 +36,7 @@ class ModelSpec:
     render_size: int
     shipped: str | None = None  # file name under bttf/weights/, if weights ship with the package
     unsure: tuple[float, float] | None = None  # default per-pixel decoding (`bins.annealed_mean`)
+    saturation: float = 1.0  # default gain on the decoded ab (`Colorizer.saturate`)
     aliases: tuple[str, ...] = field(default=())
     description: str = ""
     # Measured CPU seconds per 360p frame through `bttf colorize` at the default settings
@@ -75,6 +76,7 @@ def register_model(
     render_size: int,
     shipped: str | None = None,
     unsure: tuple[float, float] | None = None,
+    saturation: float = 1.0,
     aliases: tuple[str, ...] = (),
     description: str = "",
     cpu_s_360p: float | None = None,
@@ -96,6 +98,7 @@ def register_model(
             render_size=render_size,
             shipped=shipped,
             unsure=unsure,
+            saturation=saturation,
             aliases=tuple(aliases),
             description=doc if isinstance(doc, str) else "".join(doc),
             cpu_s_360p=cpu_s_360p,

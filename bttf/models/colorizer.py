@@ -39,6 +39,22 @@ def resolve_unsure(
         raise BadInputError(str(e)) from None
 
 
+def resolve_saturation(saturation: float | str, spec: ModelSpec) -> float:
+    """The gain on decoded ab: "auto" is the model's own (`spec.saturation`), else a number
+    >= 0 (1: the model's colours as they are, 0: gray)."""
+    if isinstance(saturation, str):
+        if saturation != "auto":
+            raise BadInputError(f"saturation must be 'auto' or a number >= 0, got {saturation!r}")
+        return float(spec.saturation)
+    if (
+        isinstance(saturation, bool)
+        or not isinstance(saturation, numbers.Real)
+        or not (math.isfinite(saturation) and saturation >= 0)
+    ):
+        raise BadInputError(f"saturation must be a number >= 0, got {saturation!r}")
+    return float(saturation)
+
+
 class Colorizer(nn.Module):
     """A registered model plus its decoding: L in [0, 100] -> ab in Lab units.
 
@@ -61,6 +77,7 @@ class Colorizer(nn.Module):
         temperature: float = 0.38,
         top_k: int | None = None,
         unsure: tuple[float, float] | str | None = "auto",
+        saturation: float | str = "auto",
     ) -> None:
         super().__init__()
         if (
@@ -80,6 +97,7 @@ class Colorizer(nn.Module):
         self.temperature = float(temperature)
         self.top_k = None if top_k is None else int(top_k)
         self.unsure = resolve_unsure(unsure, spec)
+        self.saturation = resolve_saturation(saturation, spec)
 
     @classmethod
     def create(
@@ -90,6 +108,7 @@ class Colorizer(nn.Module):
         temperature: float = 0.38,
         top_k: int | None = None,
         unsure: tuple[float, float] | str | None = "auto",
+        saturation: float | str = "auto",
     ) -> Colorizer:
         """A ready Colorizer (eval mode) from a model name and/or a weights file.
 
@@ -102,7 +121,9 @@ class Colorizer(nn.Module):
         else:
             spec = get_spec(name)
             model = create_model(name, weights=weights, pretrained=pretrained)
-        return cls(model, spec, temperature=temperature, top_k=top_k, unsure=unsure).eval()
+        return cls(
+            model, spec, temperature=temperature, top_k=top_k, unsure=unsure, saturation=saturation
+        ).eval()
 
     @property
     def output(self) -> str:
@@ -155,11 +176,16 @@ class Colorizer(nn.Module):
             ab = F.interpolate(ab, size=size, mode="bilinear", align_corners=False)
         return ab
 
+    def saturate(self, ab: torch.Tensor) -> torch.Tensor:
+        """Decoded ab times the colorizer's `saturation` (ab itself at 1): the chroma of every
+        pixel scaled alike, its hue kept. The last step before ab meets L."""
+        return ab if self.saturation == 1.0 else ab * self.saturation
+
     def decode(self, out: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
         """The raw output of `predict` -> ab (N, 2, *size) in Lab units: the annealed mean for
-        "bins" models (at the model's resolution), then a bilinear resize."""
+        "bins" models (at the model's resolution), a bilinear resize, then `saturate`."""
         ab = self.decode_bins(out) if self.output == "bins" else out
-        return self.resize_ab(ab, size)
+        return self.saturate(self.resize_ab(ab, size))
 
     def forward(self, L: torch.Tensor) -> torch.Tensor:
         """L (N, 1, H, W) in [0, 100] -> ab (N, 2, H, W)."""
@@ -168,5 +194,5 @@ class Colorizer(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"name={self.spec.name}, temperature={self.temperature}, top_k={self.top_k}, "
-            f"unsure={self.unsure}"
+            f"unsure={self.unsure}, saturation={self.saturation}"
         )

@@ -95,6 +95,7 @@ class CompareConfig:
     device: str = "auto"
     temperature: float = 0.38
     unsure: tuple[float, float] | str | None = "auto"  # `Colorizer`'s: the model's default
+    saturation: float | str = "auto"  # `Colorizer`'s: the model's default
     render_size: int | None = None
     render_square: bool | None = None
     overwrite: bool = False
@@ -267,11 +268,12 @@ def _load_colorizers(cfg: CompareConfig, device: torch.device) -> list[tuple[str
     from bttf.models import Colorizer, get_spec, official_weights
 
     out: list[tuple[str, object]] = []
+    decoding = {"temperature": cfg.temperature, "unsure": cfg.unsure, "saturation": cfg.saturation}
     for name in cfg.models:
         spec = get_spec(name)
         # shipped or downloaded; released but not downloaded: MissingWeightsError names the fix
         trained = official_weights(spec.name) is not None
-        colorizer = Colorizer.create(name=name, temperature=cfg.temperature, unsure=cfg.unsure)
+        colorizer = Colorizer.create(name=name, **decoding)
         label = spec.name if trained else f"{spec.name} (untrained)"
         if not trained:
             log.warning(
@@ -284,7 +286,7 @@ def _load_colorizers(cfg: CompareConfig, device: torch.device) -> list[tuple[str
         p = Path(path)
         if not p.is_file():
             raise BadInputError(f"--weights {p} is not a file; check the path")
-        colorizer = Colorizer.create(weights=p, temperature=cfg.temperature, unsure=cfg.unsure)
+        colorizer = Colorizer.create(weights=p, **decoding)
         out.append((f"{colorizer.spec.name} ({p.stem})", colorizer.to(device)))
     return out
 

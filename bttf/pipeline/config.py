@@ -39,6 +39,9 @@ class ColorizeConfig:
     unsure: "auto" (the model's default), "off", or (lo, hi): where the model is unsure (its
         normalised entropy from lo to hi) the temperature rises to 1, muting colours it cannot
         settle (`bttf.models.bins.annealed_mean`).
+    saturation: "auto" (the model's own, 1 unless it was measured to need more) or a gain >= 0
+        on the model's ab: above 1 more colour, below 1 less, 0 gray (`Colorizer.saturate`;
+        keyframes keep their own colour).
     temporal: fuse predictions across frames with `bttf.pipeline.temporal.Stabilizer`.
     temporal_strength: 0..1, how much of the previous frames the stabilizer keeps where the
         optical flow is trusted (0 = frame by frame); None = its measured default.
@@ -73,6 +76,7 @@ class ColorizeConfig:
     temperature: float = 0.38
     top_k: int | None = None
     unsure: tuple[float, float] | str | None = "auto"
+    saturation: float | str = "auto"
     temporal: bool = True
     temporal_strength: float | None = None
     codec: str | None = None
@@ -112,6 +116,11 @@ class ColorizeConfig:
                 raise bad(str(e)) from None
         elif self.unsure not in ("auto", "off"):
             raise bad(f"unsure must be 'auto', 'off' or (lo, hi), got {self.unsure!r}")
+        if self.saturation != "auto" and (
+            isinstance(self.saturation, (str, bool))
+            or not (math.isfinite(self.saturation) and self.saturation >= 0)
+        ):
+            raise bad(f"saturation must be 'auto' or a number >= 0, got {self.saturation!r}")
         if self.start is not None and not (math.isfinite(self.start) and self.start >= 0):
             raise bad(f"start must be >= 0 seconds, got {self.start}")
         if self.duration is not None and not (math.isfinite(self.duration) and self.duration > 0):

@@ -86,6 +86,7 @@ def build_colorizer(config: ColorizeConfig, device: torch.device):
         temperature=config.temperature,
         top_k=config.top_k,
         unsure=config.unsure,
+        saturation=config.saturation,
     )
     return prepare_colorizer(colorizer, device)
 
@@ -211,6 +212,9 @@ def _job_settings(
         "pix_fmt": settings.pix_fmt,
         "size": list(size),
     }
+    saturation = getattr(colorizer, "saturation", 1.0)
+    if saturation != 1.0:  # absent at 1, so the work folders of earlier runs keep resuming
+        job["saturation"] = saturation
     if by_fields(info, c.fields):  # (absent otherwise, as below)
         job["fields"] = True
     if square_render(colorizer, c.render_square):  # (absent otherwise, as keyframes below)

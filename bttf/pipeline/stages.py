@@ -321,8 +321,9 @@ def chroma_planes(
 
 class ChromaStage:
     """ab at model resolution -> Cb, Cr planes (N, ch, cw) of the output: ab resized to the
-    chroma plane size and combined with that size's L (see `chroma_planes`). A `guide`
-    (`bttf.pipeline.keyframes.KeyframeGuide`) blends the keyframes' colour into ab there."""
+    chroma plane size, times the colorizer's saturation, and combined with that size's L (see
+    `chroma_planes`). A `guide` (`bttf.pipeline.keyframes.KeyframeGuide`) blends the keyframes'
+    colour into ab there, after the saturation: a restorer's colour is kept as painted."""
 
     def __init__(
         self, model: ModelStage, matrix: int, full_range: bool, bits: int, guide=None
@@ -345,6 +346,7 @@ class ChromaStage:
             cbs, crs = [], []
             for k in range(i, j, step):
                 abk = model.colorizer.resize_ab(ab[k : k + step].float(), size)
+                abk = model.colorizer.saturate(abk)
                 if self.guide is not None:
                     abk = self.guide.apply(batch[k : k + step], abk)
                 cb, cr = chroma_planes(model.lightness(gchroma[k : k + step]), abk, *self.fmt)

@@ -90,6 +90,7 @@ class EvalConfig:
     device: str = "auto"
     temperature: float = 0.38
     unsure: tuple[float, float] | str | None = "auto"  # `Colorizer`'s: the model's default
+    saturation: float | str = "auto"  # `Colorizer`'s: the model's default
     gray_baseline: bool = True
     # the short side the model sees (as `bttf colorize --render-size`): L resized to it, ab
     # brought back to the image's size; None = the image's own size
@@ -300,7 +301,11 @@ def _evaluate_on(
     for label, source, build in jobs:
         model, spec, _meta = build()
         col = Colorizer(
-            model.to(device).eval(), spec, temperature=cfg.temperature, unsure=cfg.unsure
+            model.to(device).eval(),
+            spec,
+            temperature=cfg.temperature,
+            unsure=cfg.unsure,
+            saturation=cfg.saturation,
         )
         name = spec.name
         m = _score(
