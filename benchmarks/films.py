@@ -116,13 +116,17 @@ def colorize_all(
     device: str,
     unsure: str = "auto",
     render_size: int | None = None,
+    saturation: str = "auto",
 ) -> None:
     """Colorize every film with the column's model into out_dir/<label>/<film>.mp4."""
     import bttf
     from bttf.models import Colorizer
 
     spec = col.spec
-    decoding = {"unsure": _unsure(unsure)}
+    decoding = {
+        "unsure": _unsure(unsure),
+        "saturation": saturation if saturation == "auto" else float(saturation),
+    }
     if _is_weights(spec):
         colorizer = Colorizer.create(weights=spec, **decoding)
     else:
@@ -330,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quality", choices=["lossless", "fast"], default="lossless")
     ap.add_argument("--no-temporal", action="store_true", help="colorize frame by frame")
     ap.add_argument("--unsure", default="auto", help="decoding: auto, off or LO,HI (bttf colorize)")
+    ap.add_argument("--saturation", default="auto", help="decoding: auto or a gain (bttf colorize)")
     ap.add_argument("--device", default="auto")
     ap.add_argument(
         "--render-size", type=int, default=None, help="short side the models work at (their own)"
@@ -373,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.device,
                     args.unsure,
                     args.render_size,
+                    args.saturation,
                 )
             else:
                 find_colorized(col, films)
