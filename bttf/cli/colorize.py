@@ -67,6 +67,13 @@ COLORIZER_OPTIONS = [
         help="Decode colours from the k most likely bins only.",
     ),
     click.option(
+        "--fill-bars/--keep-bars",
+        default=True,
+        show_default=True,
+        help="Fill the film's black bars (letterbox, pillarbox) in what the model sees, so they "
+        "do not warm its colour; the output keeps them black.",
+    ),
+    click.option(
         "--temporal/--no-temporal",
         default=True,
         show_default=True,

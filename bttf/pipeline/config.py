@@ -66,6 +66,8 @@ class ColorizeConfig:
         between the two fields of a frame keeps its colour; None = when the source says it is
         interlaced; True also for a source flagged progressive (top field first unless it
         names an order); False = whole frames.
+    fill_bars: fill the film's black bars (letterbox, pillarbox) in the gray the model sees
+        (`bttf.pipeline.bars`), so they do not sway its colour; the output keeps them black.
     """
 
     model: str | None = None
@@ -94,6 +96,7 @@ class ColorizeConfig:
     keyframes: Path | None = None
     fields: bool | None = None
     render_square: bool | None = None
+    fill_bars: bool = True
 
     def __post_init__(self) -> None:
         def bad(what: str) -> BadInputError:

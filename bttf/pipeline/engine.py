@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from bttf.errors import BadInputError
+from bttf.pipeline.bars import Bars, find_bars
 from bttf.pipeline.config import ColorizeConfig, ColorizeStats, ProgressCallback
 from bttf.pipeline.decode import VideoInfo, probe_video
 from bttf.pipeline.encode import OUTPUT_PIX_FMTS, EncodeSettings, plan_encode
@@ -186,6 +187,7 @@ def _job_settings(
     model_hw,
     stabilized: bool,
     size,
+    bars: Bars | None = None,
 ) -> dict:
     """Everything a resumed run must share with the one it continues (see segments.py); the
     encoder's `settings` as resolved (the codec OUTPUT's suffix picked, the pixel format the
@@ -215,6 +217,8 @@ def _job_settings(
     saturation = getattr(colorizer, "saturation", 1.0)
     if saturation != 1.0:  # absent at 1, so the work folders of earlier runs keep resuming
         job["saturation"] = saturation
+    if bars:  # (absent otherwise, as below)
+        job["bars"] = bars.as_list()
     if by_fields(info, c.fields):  # (absent otherwise, as below)
         job["fields"] = True
     if square_render(colorizer, c.render_square):  # (absent otherwise, as keyframes below)
@@ -456,8 +460,10 @@ def _build_stages(
     stabilizer,
     device: torch.device,
     overlap: bool,
+    bars: Bars | None = None,
 ) -> tuple[_Stages, tuple[int, int]]:
-    """The run's stages, and the (h, w) the model sees (upright)."""
+    """The run's stages, and the (h, w) the model sees (upright); `bars`: the film's black
+    bars, filled in what the model sees."""
     short = config.render_size or colorizer.render_size
     rotate_k = (info.rotation // 90) % 4 if info.rotation % 90 == 0 else 0
     square = square_render(colorizer, config.render_square)
@@ -473,14 +479,14 @@ def _build_stages(
         # the keyframes' grid keeps the frame's aspect, whatever shape the model sees
         grid_hw = render_dims(info.height, info.width, short, colorizer.stride)
         guide = keyframe_guide(config.keyframes, info, grid_hw, config.on_decode_error)
-    prepare = Preparer(info, (rh, rw), rotate_k, chroma_hw)
+    prepare = Preparer(info, (rh, rw), rotate_k, chroma_hw, bars)
     chroma = ChromaStage(model, info.colorspace, info.full_range, bits_out, guide)
     if by_fields(info, config.fields):  # interlaced: each frame's two fields coloured apart
         top = info.top_field_first
         log.info(
             "%s: coloured field by field, %s field first", info.path, "top" if top else "bottom"
         )
-        prepare = FieldPreparer(info, (rh, rw), rotate_k, chroma_hw, top)
+        prepare = FieldPreparer(info, (rh, rw), rotate_k, chroma_hw, top, bars)
         chroma = FieldChroma(chroma, chroma_hw[0], top)
     stages = _Stages(
         prepare=prepare,
@@ -505,6 +511,7 @@ def _make_sink(
     model_hw: tuple[int, int],
     stabilizer,
     share: Share | None = None,
+    bars: Bars | None = None,
 ) -> Sink | SharedSink:
     """One output file for a short film; closed, resumable segments for a long one (or --resume);
     under torchrun (`share`), this rank's segments in the shared work folder."""
@@ -525,7 +532,7 @@ def _make_sink(
     return kind(
         target,
         job=_job_settings(
-            src, info, config, settings, colorizer, model_hw, stabilizer is not None, size
+            src, info, config, settings, colorizer, model_hw, stabilizer is not None, size, bars
         ),
         segment_frames=config.segment_frames or DEFAULT_SEGMENT_FRAMES,
         stabilized=stabilizer is not None,
@@ -578,8 +585,9 @@ def colorize_video(
     colorizer = build_colorizer(config, device) if built else prepare_colorizer(colorizer, device)
     if stabilizer is None or not config.temporal:
         stabilizer = build_stabilizer(config)
+    bars = find_bars(info, config.start, config.duration) if config.fill_bars else None
     stages, model_hw = _build_stages(
-        info, config, settings, size, colorizer, stabilizer, device, overlap
+        info, config, settings, size, colorizer, stabilizer, device, overlap, bars
     )
     total = _expected_frames(info, config.start, config.duration)
     log.info(
@@ -595,7 +603,7 @@ def colorize_video(
         device,
     )
     sink = _make_sink(
-        src, dst, info, config, settings, size, total, colorizer, model_hw, stabilizer, share
+        src, dst, info, config, settings, size, total, colorizer, model_hw, stabilizer, share, bars
     )
 
     timing = _Timing()

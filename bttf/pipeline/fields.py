@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bttf.pipeline.bars import Bars
 from bttf.pipeline.decode import SourceFrame, VideoInfo
 from bttf.pipeline.stages import ChromaStage, PreparedFrame, Preparer, resize_plane
 
@@ -48,18 +49,20 @@ class FieldPreparer(Preparer):
         rotate_k: int,
         chroma_hw: tuple[int, int],
         top_first: bool,
+        bars: Bars | None = None,
     ) -> None:
-        super().__init__(info, render_hw, rotate_k, chroma_hw)
+        super().__init__(info, render_hw, rotate_k, chroma_hw, bars)
         self.rows = field_rows(info.height, top_first)
         self.field_chroma_hw = (-(-chroma_hw[0] // 2), chroma_hw[1])  # the top field's, the larger
 
     def __call__(self, f: SourceFrame) -> PreparedFrame:
         y = self.luma(f)
+        seen = self.model_luma(y)
         small, chroma = [], []
         for rows in self.rows:
-            field = np.ascontiguousarray(y[rows])
-            s = self.lut[resize_plane(field, self.render_hw)]
+            s = self.lut[resize_plane(np.ascontiguousarray(seen[rows]), self.render_hw)]
             small.append(np.rot90(s, self.rotate_k) if self.rotate_k else s)
+            field = np.ascontiguousarray(y[rows])
             chroma.append(self.lut[resize_plane(field, self.field_chroma_hw)])
         return PreparedFrame(f, np.ascontiguousarray(np.stack(small)), np.stack(chroma))
 

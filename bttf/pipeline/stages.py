@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from bttf.errors import BttfError
+from bttf.pipeline.bars import Bars, fill_bars
 from bttf.pipeline.decode import KR_KB, SourceFrame, VideoInfo
 from bttf.runtime import TRIM_EVERY, autocast_dtype, is_oom, trim_heap
 
@@ -90,7 +91,8 @@ class PreparedFrame:
 
 
 class Preparer:
-    """SourceFrame -> PreparedFrame. `rotate_k` quarter turns make the stored frame upright."""
+    """SourceFrame -> PreparedFrame. `rotate_k` quarter turns make the stored frame upright;
+    the film's black `bars` (`bttf.pipeline.bars`) are filled in the gray the model sees."""
 
     def __init__(
         self,
@@ -98,11 +100,13 @@ class Preparer:
         render_hw: tuple[int, int],
         rotate_k: int,
         chroma_hw: tuple[int, int],
+        bars: Bars | None = None,
     ) -> None:
         self.info = info
         self.render_hw = render_hw
         self.rotate_k = rotate_k
         self.chroma_hw = chroma_hw
+        self.bars = bars
         self.lut = gray_lut(info.bits, info.full_range)
 
     def luma(self, f: SourceFrame) -> np.ndarray:
@@ -120,9 +124,13 @@ class Preparer:
             y = f.y = resize_plane(y, (info.height, info.width))
         return y
 
+    def model_luma(self, y: np.ndarray) -> np.ndarray:
+        """The Y plane the model's gray is made from: `y`, its black bars filled."""
+        return fill_bars(y, self.bars) if self.bars else y
+
     def __call__(self, f: SourceFrame) -> PreparedFrame:
         y = self.luma(f)
-        small = self.lut[resize_plane(y, self.render_hw)]
+        small = self.lut[resize_plane(self.model_luma(y), self.render_hw)]
         if self.rotate_k:
             small = np.ascontiguousarray(np.rot90(small, self.rotate_k))
         return PreparedFrame(f, small, self.lut[resize_plane(y, self.chroma_hw)])
