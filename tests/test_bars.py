@@ -140,8 +140,8 @@ def test_engine_fills_bars_for_the_model_only(pillarboxed: Path, tmp_path: Path)
         out[fill] = _planes(dst)
     filled, kept = out[True], out[False]
     assert np.array_equal(filled[:, 0], kept[:, 0])  # luma: the film's own
-    for planes in (filled, kept):
-        assert np.abs(planes[:, 1:, :, :BAR] - 128).mean() < 1  # bars: black, (almost) no tint
+    assert np.abs(filled[:, 1:, :, :BAR] - 128).max() <= 1  # bars: black, no colour
+    assert np.abs(filled[:, 1:, :, -BAR:] - 128).max() <= 1
     assert np.abs(filled[:, 1:, :, BAR:-BAR] - kept[:, 1:, :, BAR:-BAR]).max() > 0
 
 
@@ -165,3 +165,22 @@ def test_keep_bars_is_a_changed_setting_for_resume(pillarboxed: Path, tmp_path: 
     assert exc.value.code == 2 and err.count("\n") == 1 and "bars" in err
     main(args)  # the same settings: it resumes
     assert dst.is_file() and len(_planes(dst)) == N
+
+
+def plane_of(p) -> np.ndarray:
+    return np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width]
+
+
+def test_bars_stay_neutral_in_420_and_field_by_field(pillarboxed: Path, tmp_path: Path) -> None:
+    for fields in (False, True):
+        dst = tmp_path / f"f{fields}.mkv"
+        config = ColorizeConfig(
+            codec="ffv1", pix_fmt="yuv420p", render_size=64, audio=False, fields=fields
+        )
+        bttf.colorize_video(pillarboxed, dst, config)
+        with av.open(str(dst)) as c:
+            for f in c.decode(video=0):
+                u, v = (plane_of(p) for p in f.planes[1:])
+                for plane in (u, v):
+                    assert np.abs(plane[:, : BAR // 2].astype(int) - 128).max() <= 1, fields
+                    assert np.abs(plane[:, -BAR // 2 :].astype(int) - 128).max() <= 1, fields

@@ -480,7 +480,9 @@ def _build_stages(
         grid_hw = render_dims(info.height, info.width, short, colorizer.stride)
         guide = keyframe_guide(config.keyframes, info, grid_hw, config.on_decode_error)
     prepare = Preparer(info, (rh, rw), rotate_k, chroma_hw, bars)
-    chroma = ChromaStage(model, info.colorspace, info.full_range, bits_out, guide)
+    chroma = ChromaStage(
+        model, info.colorspace, info.full_range, bits_out, guide, bars, (info.height, info.width)
+    )
     if by_fields(info, config.fields):  # interlaced: each frame's two fields coloured apart
         top = info.top_field_first
         log.info(

@@ -331,14 +331,25 @@ class ChromaStage:
     """ab at model resolution -> Cb, Cr planes (N, ch, cw) of the output: ab resized to the
     chroma plane size, times the colorizer's saturation, and combined with that size's L (see
     `chroma_planes`). A `guide` (`bttf.pipeline.keyframes.KeyframeGuide`) blends the keyframes'
-    colour into ab there, after the saturation: a restorer's colour is kept as painted."""
+    colour into ab there, after the saturation: a restorer's colour is kept as painted. The
+    film's black `bars` (widths of the frame `frame_hw`) get no colour: ab is 0 in every chroma
+    sample wholly inside one, whatever the model painted there."""
 
     def __init__(
-        self, model: ModelStage, matrix: int, full_range: bool, bits: int, guide=None
+        self,
+        model: ModelStage,
+        matrix: int,
+        full_range: bool,
+        bits: int,
+        guide=None,
+        bars: Bars | None = None,
+        frame_hw: tuple[int, int] | None = None,
     ) -> None:
         self.model = model
         self.fmt = (matrix, full_range, bits)
         self.guide = guide
+        self.bars = bars if bars and frame_hw else None
+        self.frame_hw = frame_hw
 
     @torch.inference_mode()
     def __call__(
@@ -357,6 +368,8 @@ class ChromaStage:
                 abk = model.colorizer.saturate(abk)
                 if self.guide is not None:
                     abk = self.guide.apply(batch[k : k + step], abk)
+                if self.bars is not None:
+                    abk = self.uncolour_bars(abk)
                 cb, cr = chroma_planes(model.lightness(gchroma[k : k + step]), abk, *self.fmt)
                 cbs.append(cb.cpu())
                 crs.append(cr.cpu())
@@ -368,6 +381,19 @@ class ChromaStage:
         if bits > 8:
             cb, cr = cb.astype(np.uint16), cr.astype(np.uint16)
         return cb, cr
+
+    def uncolour_bars(self, ab: torch.Tensor) -> torch.Tensor:
+        """ab (n, 2, ch, cw) with 0 in the chroma samples wholly inside the bars (the plane may
+        be a frame's or a field's: the bars are scaled from the frame to it)."""
+        (h, w), (ch, cw), b = self.frame_hw, ab.shape[-2:], self.bars
+        top, bottom = b.top * ch // h, b.bottom * ch // h
+        left, right = b.left * cw // w, b.right * cw // w
+        ab = ab.clone()
+        ab[..., :top, :] = 0
+        ab[..., ch - bottom :, :] = 0
+        ab[..., :, :left] = 0
+        ab[..., :, cw - right :] = 0
+        return ab
 
     def close(self) -> None:
         if self.guide is not None:
