@@ -5,10 +5,12 @@ Measured with the default model (v3; offline, every 5th frame, statistics over t
 Chaplin's 640×360 clip with its 72-pixel pillarbox bars is painted mean a* +10.1 with 43% of the
 picture strongly coloured; the same frames with the bars filled by the picture mirrored across
 its edges +6.9 and 26% (cropped away instead: +7.6 and 30%); Holland's +7.5 / 33% becomes +5.5 /
-25%; through `bttf colorize` (`benchmarks/films.py`, whole frames, the bars left without colour)
-Chaplin +7.5 → +5.2 and 31% → 18%, Holland +5.3 → +3.9. So the engine finds the bars once per film (`find_bars`: frames spread over the run's range;
-a band of rows or columns at an edge that stays black in every one of them) and fills them in
-the gray the model sees (`fill_bars`). Only the model's input changes: the output keeps the film's
+25%. Through `bttf colorize` (`benchmarks/films.py`, whole frames, the bars without colour):
+Chaplin +7.5 → +5.2 and 31% → 18%, Holland +5.3 → +3.9.
+
+So the engine finds the bars once per film (`find_bars`: frames spread over the run's range; a
+band of rows or columns at an edge that stays black in every one of them) and fills them in the
+gray the model sees (`fill_bars`). Only the model's input changes: the output keeps the film's
 own luma, black in the bars, and `ChromaStage` gives them no colour.
 """
 
