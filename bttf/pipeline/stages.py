@@ -348,6 +348,8 @@ class ChromaStage:
         self.model = model
         self.fmt = (matrix, full_range, bits)
         self.guide = guide
+        # a colorizer built outside bttf may not have one: its colours as they are
+        self.saturate = getattr(model.colorizer, "saturate", lambda ab: ab)
         self.bars = bars if bars and frame_hw else None
         self.frame_hw = frame_hw
 
@@ -365,7 +367,7 @@ class ChromaStage:
             cbs, crs = [], []
             for k in range(i, j, step):
                 abk = model.colorizer.resize_ab(ab[k : k + step].float(), size)
-                abk = model.colorizer.saturate(abk)
+                abk = self.saturate(abk)
                 if self.guide is not None:
                     abk = self.guide.apply(batch[k : k + step], abk)
                 if self.bars is not None:
