@@ -130,7 +130,9 @@ def _samples(container, info, t0: Fraction, end: Fraction):
     one pass, every n-th frame kept; a longer one by a seek per sample, each taking the keyframe
     it lands on, or where those repeat (few keyframes) the frame at its time, decoding at most
     `FORWARD` frames further."""
-    stream = container.streams.video[0]
+    from bttf.pipeline.decode import _video_stream
+
+    stream = _video_stream(container, info.path)  # the one the engine decodes
     tb = info.time_base
     count = (end - t0) * info.rate if info.rate else None
     if count is not None and count <= WALK:
