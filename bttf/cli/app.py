@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -69,13 +68,12 @@ class SaturationParam(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, float) or value == "auto":
             return value
+        from bttf.models.colorizer import check_saturation
+
         try:
-            gain = float(value)
+            return check_saturation(float(value))
         except ValueError:
-            self.fail(f"{value!r}; use auto or a number such as 1.3", param, ctx)
-        if not (math.isfinite(gain) and gain >= 0):
-            self.fail(f"{value!r}; the saturation is a number >= 0", param, ctx)
-        return gain
+            self.fail(f"{value!r}; use auto or a number >= 0 such as 1.3", param, ctx)
 
 
 class PixFmtParam(click.ParamType):

@@ -39,20 +39,28 @@ def resolve_unsure(
         raise BadInputError(str(e)) from None
 
 
-def resolve_saturation(saturation: float | str, spec: ModelSpec) -> float:
-    """The gain on decoded ab: "auto" is the model's own (`spec.saturation`), else a number
-    >= 0 (1: the model's colours as they are, 0: gray)."""
-    if isinstance(saturation, str):
-        if saturation != "auto":
-            raise BadInputError(f"saturation must be 'auto' or a number >= 0, got {saturation!r}")
-        return float(spec.saturation)
+def check_saturation(saturation: float | str) -> float | str:
+    """`saturation` checked: "auto", or a finite number >= 0 as a float; ValueError otherwise.
+    The one check of the option (CLI, `ColorizeConfig`, `Colorizer`)."""
+    if isinstance(saturation, str) and saturation == "auto":
+        return saturation
     if (
         isinstance(saturation, bool)
         or not isinstance(saturation, numbers.Real)
         or not (math.isfinite(saturation) and saturation >= 0)
     ):
-        raise BadInputError(f"saturation must be a number >= 0, got {saturation!r}")
+        raise ValueError(f"saturation must be 'auto' or a number >= 0, got {saturation!r}")
     return float(saturation)
+
+
+def resolve_saturation(saturation: float | str, spec: ModelSpec) -> float:
+    """The gain on decoded ab: "auto" is the model's own (`spec.saturation`), else a number
+    >= 0 (1: the model's colours as they are, 0: gray)."""
+    try:
+        saturation = check_saturation(saturation)
+    except ValueError as e:
+        raise BadInputError(str(e)) from None
+    return float(spec.saturation) if saturation == "auto" else saturation
 
 
 class Colorizer(nn.Module):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bttf.errors import BadInputError
 from bttf.models.bins import check_unsure
+from bttf.models.colorizer import check_saturation
 from bttf.pipeline.decode import DECODE_ERROR_POLICIES, VideoInfo
 from bttf.pipeline.encode import OUTPUT_PIX_FMTS, EncodeSettings, codec_for, output_pix_fmt
 from bttf.pipeline.segments import DEFAULT_SEGMENT_FRAMES
@@ -119,11 +120,10 @@ class ColorizeConfig:
                 raise bad(str(e)) from None
         elif self.unsure not in ("auto", "off"):
             raise bad(f"unsure must be 'auto', 'off' or (lo, hi), got {self.unsure!r}")
-        if self.saturation != "auto" and (
-            isinstance(self.saturation, (str, bool))
-            or not (math.isfinite(self.saturation) and self.saturation >= 0)
-        ):
-            raise bad(f"saturation must be 'auto' or a number >= 0, got {self.saturation!r}")
+        try:
+            check_saturation(self.saturation)
+        except ValueError as e:
+            raise bad(str(e)) from None
         if self.start is not None and not (math.isfinite(self.start) and self.start >= 0):
             raise bad(f"start must be >= 0 seconds, got {self.start}")
         if self.duration is not None and not (math.isfinite(self.duration) and self.duration > 0):
