@@ -3,10 +3,10 @@
 Every file bttf writes whole (films, images, weights, checkpoints, run logs, manifests) goes to a
 hidden temporary name beside its destination and is renamed over it (`os.replace`: one step on one
 file system) only once complete. On an error or an interrupt the temporary file is removed and the
-destination is left as it was. The file gets the mode any file the user writes gets (0o666 less the
-umask), whatever the writer chose (safetensors makes its files 0o600). `durable` also flushes the file and its folder to disk before and
-after the rename, for records another process relies on after a crash (resume manifests, the
-ranks' shared state).
+destination is left as it was. The file gets the mode any file the user writes gets (0o666 less
+the umask), whatever the writer chose (safetensors makes its files 0o600). `durable` also flushes
+the file and its folder to disk before and after the rename, for records another process relies
+on after a crash (resume manifests, the ranks' shared state).
 """
 
 from __future__ import annotations
